@@ -1,0 +1,58 @@
+# rnnserve: thin, documented targets. Every target creates .venv first when it is missing.
+#
+#   make serve    install, then serve the committed models on http://127.0.0.1:3000
+#   make test     install, then lint (ruff, mypy) and run the whole test suite
+#   make train    train the default models from the real data (see README for timings)
+#   make models   train + export every committed default model into models/ (reproduces them)
+#   make help     list all targets
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Real data: the shared folder next to the checkout when present, else the user's cache.
+DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
+RUNS ?= runs
+export RNNSERVE_DATA_DIR := $(abspath $(DATA_DIR))
+
+.PHONY: help setup serve test lint pytest train models export summary clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision are pinned in pyproject.toml; pip takes them from local disk.
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP)  ## create .venv and install the project with its dev tools
+
+serve: setup  ## serve the committed default models (until the service lands: print them)
+	$(PY) -m training.summary models
+
+lint: setup  ## ruff + mypy
+	$(VENV)/bin/ruff check training service tests loadtest
+	$(VENV)/bin/ruff format --check training service tests loadtest
+	$(VENV)/bin/mypy training service
+
+pytest: setup  ## the test suite only
+	$(PY) -m pytest
+
+test: lint pytest  ## lint, then the whole test suite (what CI runs)
+
+train: setup  ## train the default models into $(RUNS)/ (about an hour on 2 CPU cores)
+	./training/train_defaults.sh $(RUNS)
+
+models: train export  ## train and export all default models, then print the summary
+
+export: setup  ## export the runs in $(RUNS)/ into models/
+	./training/export_defaults.sh $(RUNS)
+
+summary: setup  ## print the committed models and their metrics
+	$(PY) -m training.summary models
+
+clean:  ## remove the virtualenv and caches (not runs/ or models/)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

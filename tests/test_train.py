@@ -1,0 +1,223 @@
+"""The training CLI: smoke runs of every model kind, run-directory contents, determinism, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from training import train
+from training.nets import CharLM, SequenceClassifier
+
+MNIST_KINDS = [
+    ["--cell", "rnn"],
+    ["--cell", "rnn", "--bidirectional"],
+    ["--cell", "lstm"],
+    ["--cell", "gru", "--bidirectional", "--dropout", "0.1"],
+]
+
+
+def run_mnist(root: Path, out: Path, *extra: str) -> dict:
+    return train.main(
+        [
+            "mnist",
+            "--data-dir",
+            str(root),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--hidden",
+            "16",
+            "--batch-size",
+            "64",
+            *extra,
+        ]
+    )
+
+
+@pytest.mark.parametrize("kind", MNIST_KINDS, ids=lambda k: "-".join(k).replace("--", ""))
+def test_mnist_dry_run_every_kind(kind: list[str], mnist_root: Path, tmp_path: Path) -> None:
+    metrics = run_mnist(mnist_root, tmp_path, "--dry-run", *kind)
+    assert metrics["dry_run"] and len(metrics["history"]) == 1
+    for name in ("best.pt", "metrics.json", "curves.png", "confusion.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_charlm_dry_run_every_cell(cell: str, corpus_path: Path, tmp_path: Path) -> None:
+    metrics = train.main(
+        [
+            "charlm",
+            "--corpus",
+            str(corpus_path),
+            "--out",
+            str(tmp_path),
+            "--dry-run",
+            "--no-progress",
+            "--cell",
+            cell,
+            "--hidden",
+            "32",
+            "--seq-len",
+            "32",
+            "--sample-len",
+            "20",
+        ]
+    )
+    assert metrics["val"]["bits_per_char"] == pytest.approx(
+        metrics["val"]["loss_nats_per_char"] / 0.6931471805599453
+    )
+    assert all(len(s["text"]) == 20 for s in metrics["samples"])
+    for name in ("best.pt", "metrics.json", "curves.png", "samples.png", "samples.txt"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_mnist_tiny_training_learns_and_writes_a_loadable_checkpoint(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    metrics = run_mnist(
+        mnist_root, tmp_path, "--epochs", "6", "--hidden", "48", "--lr", "3e-3", "--cell", "gru"
+    )
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test"]["accuracy"] == metrics["test"]["accuracy"]
+    assert len(saved["test"]["confusion_matrix"]) == 10
+    assert sum(map(sum, saved["test"]["confusion_matrix"])) == 200
+    # far better than chance (10%) after 6 short epochs on 540 real digits
+    assert metrics["test"]["accuracy"] > 0.5
+    ckpt = train.load_checkpoint(tmp_path / "best.pt")
+    model = train.model_from_checkpoint(ckpt)
+    assert isinstance(model, SequenceClassifier) and model.config.hidden_size == 48
+    assert ckpt["best_epoch"] == metrics["best_epoch"]
+
+
+def test_checkpoints_are_loaded_weights_only(mnist_root: Path, tmp_path: Path) -> None:
+    """A pickled object that is not plain data must be refused, not executed."""
+    torch.save({"format": 1, "payload": Path("/etc")}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match=r"[Ww]eights only"):
+        train.load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_same_seed_same_result(mnist_root: Path, tmp_path: Path) -> None:
+    a = run_mnist(mnist_root, tmp_path / "a", "--epochs", "2", "--seed", "7")
+    b = run_mnist(mnist_root, tmp_path / "b", "--epochs", "2", "--seed", "7")
+    c = run_mnist(mnist_root, tmp_path / "c", "--epochs", "2", "--seed", "8")
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    sd_a = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["state_dict"]
+    sd_b = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    assert a["history"][0]["train_loss"] != c["history"][0]["train_loss"]
+
+
+def test_charlm_checkpoint_rebuilds_and_generates(corpus_path: Path, tmp_path: Path) -> None:
+    train.main(
+        [
+            "charlm",
+            "--corpus",
+            str(corpus_path),
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--hidden",
+            "32",
+            "--seq-len",
+            "64",
+            "--sample-len",
+            "10",
+        ]
+    )
+    ckpt = train.load_checkpoint(tmp_path / "best.pt")
+    model = train.model_from_checkpoint(ckpt)
+    assert isinstance(model, CharLM)
+    from training.data import Vocabulary
+
+    vocab = Vocabulary(ckpt["vocab"])
+    first = train.generate(model, vocab, "ROMEO:", 40, temperature=0.8, top_k=5, seed=3)
+    again = train.generate(model, vocab, "ROMEO:", 40, temperature=0.8, top_k=5, seed=3)
+    assert first == again and len(first) == 40 and set(first) <= set(vocab.itos)
+
+
+def test_missing_data_exits_with_a_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as err:
+        train.main(
+            [
+                "mnist",
+                "--data-dir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "r"),
+                "--dry-run",
+                "--no-progress",
+            ]
+        )
+    assert "MNIST file not found" in str(err.value) and "--download" in str(err.value)
+
+
+def test_module_cli_dry_run_as_documented(mnist_root: Path, tmp_path: Path) -> None:
+    """`python -m training.train ... --dry-run` works as the README says (separate process)."""
+    env = {**os.environ, "RNNSERVE_DATA_DIR": str(mnist_root)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.train",
+            "mnist",
+            "--bidirectional",
+            "--dry-run",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test acc" in proc.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(mnist_root: Path, tmp_path: Path) -> None:
+    """DDP with gloo: two ranks train together and rank 0 writes one run directory."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "training.train",
+            "mnist",
+            "--data-dir",
+            str(mnist_root),
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert len(metrics["history"]) == 2
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert (tmp_path / "best.pt").exists()

@@ -1,0 +1,1 @@
+"""Training half of rnnserve: architectures, data, training CLI, export, numpy reference."""
