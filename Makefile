@@ -43,13 +43,14 @@ pytest: setup  ## the test suite only
 
 test: lint pytest  ## lint, then the whole test suite (what CI runs)
 
-train: setup  ## train the default models into $(RUNS)/ (about an hour on 2 CPU cores)
-	./training/train_defaults.sh $(RUNS)
+train: setup  ## train the default models into $(RUNS)/ (see README for wall times)
+	$(PY) -m training.defaults train --runs $(RUNS)
 
-models: train export  ## train and export all default models, then print the summary
+export: setup  ## export the runs in $(RUNS)/ into models/ and print the summary
+	$(PY) -m training.defaults export --runs $(RUNS)
 
-export: setup  ## export the runs in $(RUNS)/ into models/
-	./training/export_defaults.sh $(RUNS)
+models: setup  ## reproduce every committed model from scratch: train, export, summary
+	$(PY) -m training.defaults all --runs $(RUNS)
 
 summary: setup  ## print the committed models and their metrics
 	$(PY) -m training.summary models

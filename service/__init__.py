@@ -1,0 +1,1 @@
+"""Serving half of rnnserve. Importing the package imports neither BentoML nor torch."""

@@ -1,0 +1,198 @@
+"""Export of freshly trained tiny models: parity, dynamic axes, self-contained files, cards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from service.cards import CardError, load_card
+from training import export, train
+
+CASES = {
+    # name: (train args, exporter)
+    "mnist-rnn": (["mnist", "--cell", "rnn"], "auto"),
+    "mnist-bilstm": (["mnist", "--cell", "lstm", "--bidirectional"], "auto"),
+    "mnist-gru": (["mnist", "--cell", "gru", "--layers", "1"], "legacy"),
+    "char-lstm": (["charlm", "--cell", "lstm"], "auto"),
+    "char-gru": (["charlm", "--cell", "gru"], "legacy"),
+    "char-rnn": (["charlm", "--cell", "rnn", "--layers", "3"], "legacy"),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, mnist_root: Path, corpus_path: Path
+) -> dict[str, tuple[Path, dict]]:
+    """Train each case for a few batches and export it once for the whole module."""
+    base = tmp_path_factory.mktemp("export")
+    results: dict[str, tuple[Path, dict]] = {}
+    for name, (args, exporter) in CASES.items():
+        run_dir = base / "runs" / name
+        data = (
+            ["--data-dir", str(mnist_root)]
+            if args[0] == "mnist"
+            else ["--corpus", str(corpus_path), "--seq-len", "32", "--sample-len", "5"]
+        )
+        train.main(
+            [*args, *data, "--hidden", "24", "--dry-run", "--no-progress", "--out", str(run_dir)]
+        )
+        out = base / "models" / name
+        card = export.export_run(run_dir, out, exporter=exporter, data_dir=str(mnist_root))
+        results[name] = (out, card)
+    return results
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_export_writes_verified_files_with_parity(
+    name: str, exported: dict[str, tuple[Path, dict]]
+) -> None:
+    out, card = exported[name]
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.onnx", "model.ts"]
+    loaded = load_card(out)
+    assert loaded.name == name
+    tol = card["export"]["tolerance"]
+    for fmt in ("onnx", "torchscript"):
+        parity = card["export"][fmt]["parity_vs_pytorch"]
+        assert parity["max_abs_diff"] <= tol and parity["argmax_identical"]
+    cases = card["export"]["onnx"]["parity_vs_pytorch"]["cases"]
+    if card["task"] == "digit-classification":
+        assert cases == ["batch 1", "batch 7", "batch 256"]
+    else:
+        for required in (
+            "batch 256 x seq 17 logits",
+            "batch 7 x seq 300 logits",
+            "batch 7 x seq 1 logits",
+            "step-by-step x 17 logits",
+        ):
+            assert required in cases
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_onnx_axes_are_dynamic_and_file_is_self_contained(
+    name: str, exported: dict[str, tuple[Path, dict]]
+) -> None:
+    out, card = exported[name]
+    proto = onnx.load(str(out / "model.onnx"))
+    shapes = export.graph_io_shapes(proto)
+    if card["task"] == "digit-classification":
+        assert isinstance(shapes["pixels"][0], str) and shapes["pixels"][1:] == [28, 28]
+        assert isinstance(shapes["logits"][0], str)
+    else:
+        assert all(isinstance(d, str) for d in shapes["ids"])
+        assert isinstance(shapes["state"][1], str) and isinstance(shapes["logits"][1], str)
+    assert list(out.glob("*.data")) == []
+    assert all(i.data_location != onnx.TensorProto.EXTERNAL for i in proto.graph.initializer)
+
+
+def test_auto_exporter_records_both_candidates_and_picks_a_valid_one(
+    exported: dict[str, tuple[Path, dict]],
+) -> None:
+    for name in ("mnist-rnn", "char-lstm"):
+        onnx_info = exported[name][1]["export"]["onnx"]
+        assert {c["exporter"] for c in onnx_info["candidates"]} == {"dynamo", "legacy"}
+        chosen = next(c for c in onnx_info["candidates"] if c["exporter"] == onnx_info["exporter"])
+        assert chosen["valid"] and chosen["latency_ms"]
+    # the dynamo exporter fixes the char model's sequence axis: it must be caught and rejected
+    char = exported["char-lstm"][1]["export"]["onnx"]
+    dynamo = next(c for c in char["candidates"] if c["exporter"] == "dynamo")
+    if not dynamo["valid"]:
+        assert "must be dynamic" in dynamo["error"]
+    assert char["exporter"] == "legacy" or dynamo["valid"]
+
+
+def test_char_onnx_generates_step_by_step_like_torchscript(
+    exported: dict[str, tuple[Path, dict]],
+) -> None:
+    out, card = exported["char-lstm"]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(out / "model.ts"))
+    state_spec = next(i for i in card["inputs"] if i["name"] == "state")
+    rows, hidden = state_spec["shape"][0], state_spec["shape"][2]
+    ids = np.array([[3, 1, 4, 1, 5, 9, 2, 6]], dtype=np.int64)
+    state = np.zeros((rows, 1, hidden), dtype=np.float32)
+    ts_state = torch.zeros(rows, 1, hidden)
+    for t in range(ids.shape[1]):
+        logits, state = session.run(None, {"ids": ids[:, t : t + 1], "state": state})
+        ts_logits, ts_state = scripted(torch.from_numpy(ids[:, t : t + 1]), ts_state)
+        np.testing.assert_allclose(logits, ts_logits.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(state, ts_state.detach().numpy(), atol=1e-5)
+
+
+def test_card_contract_fields(exported: dict[str, tuple[Path, dict]]) -> None:
+    card = exported["mnist-bilstm"][1]
+    assert card["architecture"]["bidirectional"] is True and card["architecture"]["cell"] == "lstm"
+    assert card["inputs"][0]["shape"] == [-1, 28, 28]
+    assert card["inputs"][0]["normalization"]["mean"] == pytest.approx(0.1307)
+    assert card["outputs"][0]["labels"] == [str(i) for i in range(10)]
+    assert card["training"]["dataset"] == "MNIST" and len(card["training"]["dataset_sha256"]) == 64
+    for fmt in ("onnx", "torchscript"):
+        entry = card["files"][fmt]
+        assert entry["bytes"] == (exported["mnist-bilstm"][0] / entry["path"]).stat().st_size
+    char = exported["char-gru"][1]
+    assert len(char["vocabulary"]) == char["outputs"][0]["shape"][-1]
+    assert char["metrics"]["val_bits_per_char"] > 0
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_one_changed_byte_fails_validation_naming_the_file(
+    exported: dict[str, tuple[Path, dict]], tmp_path: Path
+) -> None:
+    model_dir = _copy(exported["mnist-rnn"][0], tmp_path / "m")
+    target = model_dir / "model.onnx"
+    blob = bytearray(target.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    target.write_bytes(bytes(blob))
+    with pytest.raises(CardError, match=r"model\.onnx: sha256 .* does not match"):
+        load_card(model_dir)
+
+
+def test_missing_file_and_path_traversal_are_refused(
+    exported: dict[str, tuple[Path, dict]], tmp_path: Path
+) -> None:
+    model_dir = _copy(exported["char-gru"][0], tmp_path / "c")
+    (model_dir / "model.ts").unlink()
+    with pytest.raises(CardError, match=r"torchscript file .*model\.ts is missing"):
+        load_card(model_dir)
+    card = json.loads((model_dir / "card.json").read_text())
+    for evil in ("../c/model.onnx", "/etc/passwd", "sub/../../x"):
+        card["files"] = {"onnx": {"path": evil, "bytes": 1, "sha256": "0" * 64}}
+        (model_dir / "card.json").write_text(json.dumps(card))
+        with pytest.raises(CardError, match="outside the model directory"):
+            load_card(model_dir)
+    (model_dir / "card.json").write_text("{not json")
+    with pytest.raises(CardError, match="not valid JSON"):
+        load_card(model_dir)
+
+
+def test_export_fails_when_parity_is_impossible(
+    exported: dict[str, tuple[Path, dict]], tmp_path: Path, mnist_root: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    train.main(
+        [
+            "mnist",
+            "--data-dir",
+            str(mnist_root),
+            "--hidden",
+            "8",
+            "--dry-run",
+            "--no-progress",
+            "--out",
+            str(run_dir),
+        ]
+    )
+    with pytest.raises(export.ExportError, match="exceeds tolerance"):
+        export.export_run(
+            run_dir, tmp_path / "out", exporter="legacy", tolerance=0.0, data_dir=str(mnist_root)
+        )
