@@ -221,3 +221,22 @@ def test_torchrun_two_processes_on_cpu(mnist_root: Path, tmp_path: Path) -> None
     assert len(metrics["history"]) == 2
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
     assert (tmp_path / "best.pt").exists()
+
+
+def test_augmenter_warps_deterministically_and_keeps_the_background(mnist_root: Path) -> None:
+    from training import data as D
+
+    x = D.normalize_images(D.load_mnist_split(mnist_root, train=False).images[:16])
+    a, b = train.Augmenter(3)(x), train.Augmenter(3)(x)
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert (a - x).abs().mean() > 0.05  # it does change the images
+    background = (0 - D.MNIST_MEAN) / D.MNIST_STD
+    assert torch.allclose(a[:, 0, 0], torch.full((16,), background), atol=1e-4)
+    # ink is preserved roughly: same amount of bright pixels within 25%
+    assert abs((a > 1).sum().item() / (x > 1).sum().item() - 1) < 0.25
+
+
+def test_augment_flag_changes_training(mnist_root: Path, tmp_path: Path) -> None:
+    plain = run_mnist(mnist_root, tmp_path / "p", "--epochs", "1", "--seed", "1")
+    warped = run_mnist(mnist_root, tmp_path / "w", "--epochs", "1", "--seed", "1", "--augment")
+    assert plain["history"][0]["train_loss"] != warped["history"][0]["train_loss"]

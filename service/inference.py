@@ -1,0 +1,218 @@
+"""Loaded models and what the endpoints ask of them, free of any HTTP or BentoML concern.
+
+`ModelRegistry.load` verifies every card in the model directory (a bad or missing file stops
+start-up with a message naming it), opens each model on the chosen device, and warms it up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.cards import ModelCard, discover_cards
+from service.preprocess import InputError, encode_text, normalize, softmax, top_k
+from service.runtime import Backend, DeviceChoice, choose_device, load_backend
+from service.settings import Settings
+
+logger = logging.getLogger("bentoml.rnnserve")
+
+# observer(model_name, seconds, batch_size): hooks inference timing into metrics
+Observer = Callable[[str, float, int], None]
+
+
+def _no_observer(model: str, seconds: float, batch: int) -> None:
+    return None
+
+
+@dataclass
+class LoadedModel:
+    card: ModelCard
+    backend: Backend
+    backend_name: str
+    observe: Observer = field(default=_no_observer, repr=False)
+
+    def __post_init__(self) -> None:
+        """Subclasses derive their lookup tables from the card here."""
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    def run(self, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+        started = time.perf_counter()
+        outputs = self.backend.run(feeds)
+        self.observe(self.name, time.perf_counter() - started, batch)
+        return outputs
+
+    def describe(self) -> dict[str, Any]:
+        data = self.card.data
+        return {
+            "name": self.name,
+            "version": data["version"],
+            "task": self.card.task,
+            "architecture": data["architecture"],
+            "metrics": data["metrics"],
+            "backend": self.backend_name,
+            "provider": self.backend.provider,
+            "inputs": data["inputs"],
+            "outputs": data["outputs"],
+        }
+
+
+class DigitClassifier(LoadedModel):
+    """A row-sequence MNIST classifier: (N, 28, 28) pixels on the 0..255 scale -> probabilities."""
+
+    def predict(self, pixels_0_255: np.ndarray) -> np.ndarray:
+        spec = self.card.input_spec("pixels")
+        x = normalize(pixels_0_255, spec["normalization"])
+        (logits,) = self.run({"pixels": np.ascontiguousarray(x, dtype=np.float32)}, len(x))
+        return softmax(logits)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.card.data["outputs"][0]["labels"])
+
+
+class CharModel(LoadedModel):
+    """Next-character model with carried recurrent state."""
+
+    def __post_init__(self) -> None:
+        self.vocab: list[str] = list(self.card.data["vocabulary"])
+        self.stoi = {c: i for i, c in enumerate(self.vocab)}
+        shape = self.card.input_spec("state")["shape"]
+        self.state_rows, self.hidden = int(shape[0]), int(shape[2])
+
+    def encode(self, text: str) -> np.ndarray:
+        return encode_text(text, self.stoi)
+
+    def _step(self, ids: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, new_state = self.run({"ids": ids, "state": state}, ids.shape[0])
+        return logits[:, -1, :], new_state  # (B, V) at the last position
+
+    def fresh_state(self, batch: int = 1) -> np.ndarray:
+        return np.zeros((self.state_rows, batch, self.hidden), dtype=np.float32)
+
+    def next_chars(self, text: str, k: int, temperature: float) -> list[tuple[str, float]]:
+        ids = self.encode(text)[None, :]
+        last, _ = self._step(ids, self.fresh_state())
+        probs = softmax(last[0], temperature)
+        return [(self.vocab[i], float(probs[i])) for i in top_k(probs, k)]
+
+    def generate(
+        self, prompt: str, length: int, temperature: float, k: int | None, seed: int
+    ) -> str:
+        """Sample `length` characters one step at a time, carrying the state (no re-reading
+        of the prefix). temperature 0 means greedy decoding."""
+        rng = np.random.default_rng(seed)
+        last, state = self._step(self.encode(prompt)[None, :], self.fresh_state())
+        out: list[str] = []
+        for _ in range(length):
+            logits = last[0].astype(np.float64)
+            if temperature == 0:
+                nxt = int(np.argmax(logits))
+            else:
+                if k is not None and k < len(logits):
+                    kth = np.partition(logits, -k)[-k]
+                    logits = np.where(logits < kth, -np.inf, logits)
+                probs = softmax(logits, temperature)
+                nxt = int(rng.choice(len(probs), p=probs))
+            out.append(self.vocab[nxt])
+            last, state = self._step(np.array([[nxt]], dtype=np.int64), state)
+        return "".join(out)
+
+
+def preflight(settings: Settings) -> tuple[list[ModelCard], DeviceChoice]:
+    """Checks that need no model session: every card and file verified, device policy met.
+
+    Run at import of the service module, so `bentoml serve` itself exits non-zero with the
+    message when they fail (a failure inside a worker would leave the server process up with
+    no worker). Each worker repeats the checks when it loads the models.
+    """
+    cards = discover_cards(settings.model_dir)  # verifies every file's sha256
+    if not cards:
+        raise FileNotFoundError(f"no models (*/card.json) under {settings.model_dir}")
+    return cards, choose_device(settings.device)
+
+
+def short_name(name: str) -> str:
+    """'mnist-birnn' -> 'birnn': the alias clients may use in the model field."""
+    return name.removeprefix("mnist-")
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, device: DeviceChoice) -> None:
+        self.settings = settings
+        self.device = device
+        self.digits: dict[str, DigitClassifier] = {}
+        self.char: CharModel | None = None
+        self.aliases: dict[str, str] = {}
+
+    @classmethod
+    def load(cls, settings: Settings, observe: Observer = _no_observer) -> ModelRegistry:
+        cards, device = preflight(settings)
+        registry = cls(settings, device)
+        for card in cards:
+            backend = load_backend(card, settings, device)
+            if card.task == "digit-classification":
+                model = DigitClassifier(card, backend, settings.backend, observe)
+                registry.digits[card.name] = model
+                registry.aliases[short_name(card.name)] = card.name
+            else:
+                if registry.char is not None:
+                    raise ValueError(
+                        f"two next-character models ({registry.char.name}, {card.name}) "
+                        f"in {settings.model_dir}: keep one"
+                    )
+                registry.char = CharModel(card, backend, settings.backend, observe)
+            logger.info(
+                "model %s (%s): backend %s, provider %s; device %s (%s)",
+                card.name,
+                card.task,
+                settings.backend,
+                backend.provider,
+                device.device,
+                device.reason,
+            )
+        if settings.default_digit_model not in registry.digits and registry.digits:
+            raise ValueError(
+                f"RNNSERVE_DEFAULT_DIGIT_MODEL={settings.default_digit_model!r} is not among "
+                f"the loaded classifiers {sorted(registry.digits)}"
+            )
+        registry.warm_up()
+        return registry
+
+    def warm_up(self) -> None:
+        """One real inference per model (and per batch shape the hot path uses)."""
+        for model in self.digits.values():
+            for batch in (1, min(8, self.settings.max_batch_size)):
+                model.predict(np.zeros((batch, 28, 28), dtype=np.uint8))
+        if self.char is not None:
+            self.char.generate(self.char.vocab[0], 2, 1.0, None, seed=0)
+
+    def digit_model(self, requested: str | None) -> DigitClassifier:
+        name = requested or self.settings.default_digit_model
+        name = self.aliases.get(name, name)
+        if name not in self.digits:
+            raise InputError(
+                f"unknown model {requested!r}; choose one of {self.digit_model_names()}", 422
+            )
+        return self.digits[name]
+
+    def digit_model_names(self) -> list[str]:
+        return sorted(self.aliases) + sorted(self.digits)
+
+    def char_model(self) -> CharModel:
+        if self.char is None:
+            raise InputError("no next-character model is loaded on this server", 404)
+        return self.char
+
+    def describe(self) -> list[dict[str, Any]]:
+        models: list[LoadedModel] = [*self.digits.values()]
+        if self.char is not None:
+            models.append(self.char)
+        return [m.describe() for m in models]

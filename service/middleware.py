@@ -1,0 +1,166 @@
+"""ASGI middleware: a request-size limit (413) and one JSON shape for every error response.
+
+BentoML answers errors in several shapes (a JSON object, a JSON array holding one, plain text
+from Starlette for 404/405). Clients should parse one: `{"error": str, "detail": any}`.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+def error_body(status: int, message: str, detail: Any = None) -> bytes:
+    return json.dumps({"error": message, "detail": detail}).encode()
+
+
+async def send_error(send: Send, status: int, message: str, detail: Any = None) -> None:
+    body = error_body(status, message, detail)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _describe_validation(errors: list[dict[str, Any]]) -> str:
+    """pydantic's error list -> one readable sentence per problem."""
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "invalid input: " + "; ".join(parts) + more
+
+
+def normalize_error(status: int, body: bytes) -> bytes:
+    """Rewrite any error body into {"error": str, "detail": ...}."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
+    try:
+        data: Any = json.loads(body) if body else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = body.decode("utf-8", "replace").strip()
+        return error_body(status, text or phrase)
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+        data = data[0]  # BentoML wraps some errors in a one-element array
+    if isinstance(data, dict) and "error" in data:
+        detail = data.get("detail")
+        message = str(data["error"])
+        if (
+            isinstance(detail, list)
+            and detail
+            and isinstance(detail[0], dict)
+            and "msg" in detail[0]
+        ):
+            message = _describe_validation(detail)
+        return error_body(status, message, detail)
+    if isinstance(data, dict) and "detail" in data:  # Starlette HTTPException
+        return error_body(status, str(data["detail"]), None)
+    return error_body(status, phrase, data)
+
+
+class ErrorShapeMiddleware:
+    """Buffers error responses (status >= 400) and rewrites their body into the one shape."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                start = message
+                return
+            if start is not None and message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = normalize_error(start["status"], b"".join(chunks))
+                headers = [
+                    (k, v)
+                    for k, v in start.get("headers", [])
+                    if k.lower() not in (b"content-length", b"content-type")
+                ]
+                headers += [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over `max_bytes` with 413 before the application reads them.
+
+    A declared Content-Length over the limit is refused at once; a body without one (chunked)
+    is read up to the limit and replayed to the application, or refused when it goes over.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> str:
+        return f"request body over the limit of {self.max_bytes} bytes (RNNSERVE_MAX_REQUEST_BYTES)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                await send_error(send, 400, "invalid Content-Length header")
+                return
+            if length > self.max_bytes:
+                await send_error(send, 413, self._too_large())
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await send_error(send, 413, self._too_large())
+                return
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,153 @@
+"""Typed request and response bodies; their constraints and examples feed the OpenAPI page.
+
+Limits come from the settings (read once at import), and the list of classifier names from the
+model directory, so the Swagger page shows exactly what this server accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, cast
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from service.cards import CardError, discover_cards
+from service.settings import get_settings
+
+SETTINGS = get_settings()
+
+
+def _classifier_names() -> list[str]:
+    try:
+        cards = discover_cards(SETTINGS.model_dir, verify=False)  # start-up verifies later
+    except CardError:
+        return []
+    names = [c.name for c in cards if c.task == "digit-classification"]
+    return sorted({n.removeprefix("mnist-") for n in names}) + sorted(names)
+
+
+DIGIT_MODEL_NAMES = _classifier_names()
+DEFAULT_DIGIT_MODEL = SETTINGS.default_digit_model.removeprefix("mnist-")
+
+
+def _known_model(name: str) -> str:
+    if DIGIT_MODEL_NAMES and name not in DIGIT_MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {DIGIT_MODEL_NAMES}")
+    return name
+
+
+DigitModelName = Annotated[
+    str,
+    AfterValidator(_known_model),
+    Field(
+        description="which digit classifier answers (short or full name)",
+        json_schema_extra={"enum": DIGIT_MODEL_NAMES} if DIGIT_MODEL_NAMES else None,
+    ),
+]
+
+EXAMPLE_DIGIT = [[0.0] * 28 for _ in range(28)]
+for _r in range(6, 22):  # a rough "1": a vertical bar of ink
+    EXAMPLE_DIGIT[_r][13] = EXAMPLE_DIGIT[_r][14] = 255.0
+
+
+class DigitPixels(BaseModel):
+    """One 28x28 digit as rows of pixel values, white ink on black as in MNIST."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                cast(Any, {"pixels": EXAMPLE_DIGIT, "model": DEFAULT_DIGIT_MODEL, "scale": "0-255"})
+            ]
+        }
+    )
+
+    pixels: Annotated[
+        list[list[float]],
+        Field(min_length=28, max_length=28, description="28 rows of 28 values"),
+    ]
+    model: DigitModelName = DEFAULT_DIGIT_MODEL
+    scale: Literal["0-255", "0-1"] = Field(
+        "0-255", description="value range of the pixels: 0..255 (bytes) or 0..1 (fractions)"
+    )
+
+    _array: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _check_pixels(self) -> DigitPixels:
+        """Shape, finiteness and range are checked here, per request, before batching: a bad
+        image must fail its own request, never a batch it would have shared with others."""
+        rows = self.pixels
+        bad_rows = [i for i, row in enumerate(rows) if len(row) != 28]
+        if bad_rows:
+            raise ValueError(
+                f"every row needs 28 values; row {bad_rows[0]} has {len(rows[bad_rows[0]])}"
+            )
+        array = np.asarray(rows, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise ValueError("pixels must be finite numbers (no NaN or infinity)")
+        top = 255.0 if self.scale == "0-255" else 1.0
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > top:
+            raise ValueError(
+                f"pixel values must lie in 0..{top:g} for scale {self.scale!r}; got "
+                f"{low:g}..{high:g}"
+            )
+        self._array = array if top == 255.0 else array * np.float32(255.0)
+        return self
+
+    def as_0_255(self) -> np.ndarray:
+        """The validated (28, 28) float32 image on the 0..255 scale."""
+        return self._array
+
+
+class DigitPrediction(BaseModel):
+    digit: int = Field(description="the most probable digit")
+    probabilities: list[float] = Field(description="probability of each digit 0..9")
+    model: str = Field(description="the model that answered")
+    provider: str = Field(description="where it ran, e.g. CPUExecutionProvider")
+
+
+class CharCandidate(BaseModel):
+    char: str
+    probability: float
+
+
+class NextCharResponse(BaseModel):
+    text: str
+    candidates: list[CharCandidate] = Field(description="most probable first")
+    model: str
+    provider: str
+
+
+class GenerateResponse(BaseModel):
+    prompt: str
+    text: str = Field(description="the generated continuation (without the prompt)")
+    seed: int = Field(description="the seed used: send it again to get the same text")
+    temperature: float
+    top_k: int | None
+    model: str
+    provider: str
+
+
+def finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Temperature = Annotated[
+    float,
+    AfterValidator(finite),
+    Field(ge=0.0, le=5.0, description="sampling temperature; 0 means greedy"),
+]
+TopK = Annotated[int, Field(ge=1, le=SETTINGS.max_top_k)]
+PromptText = Annotated[
+    str, Field(min_length=1, max_length=SETTINGS.max_text_chars, examples=["ROMEO:\n"])
+]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+GenerateLength = Annotated[int, Field(ge=1, le=SETTINGS.max_generate_chars)]
+
+
+def error_example(message: str) -> dict[str, Any]:
+    return {"error": message, "detail": None}

@@ -1,0 +1,228 @@
+"""The rnnserve BentoML service: digit classification and next-character prediction.
+
+    bentoml serve service.service:RnnServe          # or: make serve
+
+Models come from RNNSERVE_MODEL_DIR (default: models/), verified against their cards and
+warmed up before the worker reports ready. Every error answers {"error": ..., "detail": ...}.
+"""
+
+from __future__ import annotations
+
+import secrets
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from pydantic import Field
+
+from service import __version__
+from service.cards import CardError
+from service.inference import ModelRegistry, preflight
+from service.meta_app import meta_app
+from service.middleware import BodyLimitMiddleware, ErrorShapeMiddleware
+from service.preprocess import InputError, decode_image, mnist_style
+from service.runtime import DeviceError
+from service.schemas import (
+    DEFAULT_DIGIT_MODEL,
+    SETTINGS,
+    CharCandidate,
+    DigitModelName,
+    DigitPixels,
+    DigitPrediction,
+    GenerateLength,
+    GenerateResponse,
+    NextCharResponse,
+    PromptText,
+    Seed,
+    Temperature,
+    TopK,
+)
+
+try:
+    preflight(SETTINGS)
+except (CardError, DeviceError, FileNotFoundError) as exc:
+    raise SystemExit(f"rnnserve cannot start: {exc}") from None
+
+INFERENCE_SECONDS = bentoml.metrics.Histogram(
+    name="rnnserve_inference_seconds",
+    documentation="Model inference time per call (one call may serve a whole batch)",
+    labelnames=["model"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+INFERENCE_BATCH = bentoml.metrics.Histogram(
+    name="rnnserve_inference_batch_size",
+    documentation="Rows per model call",
+    labelnames=["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+MODEL_INFO = bentoml.metrics.Gauge(
+    name="rnnserve_model_info",
+    documentation="Loaded models with their backend and execution provider (value 1)",
+    labelnames=["model", "backend", "provider", "device"],
+)
+
+
+def observe(model: str, seconds: float, batch: int) -> None:
+    INFERENCE_SECONDS.labels(model=model).observe(seconds)
+    INFERENCE_BATCH.labels(model=model).observe(batch)
+
+
+def client_error(exc: InputError) -> BentoMLException:
+    """An InputError as the BentoML exception that carries its HTTP status."""
+    return BentoMLException(str(exc), error_code=HTTPStatus(exc.status))
+
+
+@bentoml.service(
+    name="rnnserve",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.timeout_s},
+    http={"cors": {"enabled": False}},
+)
+@bentoml.asgi_app(meta_app, path="/v1")
+class RnnServe:
+    """Digits from images or pixel arrays, next characters and generated text."""
+
+    def __init__(self) -> None:
+        self.registry = ModelRegistry.load(SETTINGS, observe)  # verify, load, warm up
+        for info in self.registry.describe():
+            MODEL_INFO.labels(
+                model=info["name"],
+                backend=info["backend"],
+                provider=info["provider"],
+                device=self.registry.device.device,
+            ).set(1)
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return getattr(self, "ready", False)
+
+    # ------------------------------------------------------------------ digits
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def classify_pixels(
+        self,
+        images: Annotated[
+            list[DigitPixels],
+            Field(min_length=1, max_length=SETTINGS.max_images_per_request),
+        ],
+    ) -> list[DigitPrediction]:
+        """Classify 28x28 pixel arrays (white digit on black). Requests are batched
+        adaptively across clients; each image may name its model."""
+        results: list[DigitPrediction | None] = [None] * len(images)
+        by_model: dict[str, list[int]] = {}
+        for i, item in enumerate(images):
+            by_model.setdefault(item.model, []).append(i)
+        for requested, indices in by_model.items():
+            model = self.registry.digit_model(requested)
+            batch = np.stack([images[i].as_0_255() for i in indices])
+            probs = model.predict(batch)
+            for row, i in enumerate(indices):
+                results[i] = self._prediction(model.name, model.backend.provider, probs[row])
+        return [r for r in results if r is not None]
+
+    @bentoml.api
+    def classify_image(
+        self,
+        image: Annotated[Path, Field(description="the picture: PNG, JPEG, BMP, GIF or WebP")],
+        model: DigitModelName = DEFAULT_DIGIT_MODEL,
+    ) -> DigitPrediction:
+        """Classify an uploaded picture of one handwritten digit (PNG, JPEG, BMP, GIF, WebP):
+        it is cropped, scaled and centred the way MNIST digits were."""
+        try:
+            picture = decode_image(image.read_bytes(), SETTINGS.max_image_pixels)
+            pixels = mnist_style(picture)
+            classifier = self.registry.digit_model(model)
+        except InputError as exc:
+            raise client_error(exc) from None
+        probs = classifier.predict(pixels[None].astype(np.float32))
+        return self._prediction(classifier.name, classifier.backend.provider, probs[0])
+
+    @staticmethod
+    def _prediction(name: str, provider: str, probs: np.ndarray) -> DigitPrediction:
+        return DigitPrediction(
+            digit=int(np.argmax(probs)),
+            probabilities=[round(float(p), 6) for p in probs],
+            model=name,
+            provider=provider,
+        )
+
+    # ------------------------------------------------------------------ text
+
+    @bentoml.api
+    def next_char(
+        self, text: PromptText, k: TopK = 5, temperature: Temperature = 1.0
+    ) -> NextCharResponse:
+        """The k most probable next characters after `text`, with their probabilities."""
+        try:
+            model = self.registry.char_model()
+            if temperature == 0:
+                raise InputError("temperature must be above 0 for probabilities", 422)
+            candidates = model.next_chars(text, k, temperature)
+        except InputError as exc:
+            raise client_error(exc) from None
+        return NextCharResponse(
+            text=text,
+            candidates=[CharCandidate(char=c, probability=round(p, 6)) for c, p in candidates],
+            model=model.name,
+            provider=model.backend.provider,
+        )
+
+    @bentoml.api
+    def generate(
+        self,
+        prompt: PromptText,
+        length: GenerateLength = 200,
+        temperature: Temperature = 0.8,
+        top_k: TopK | None = None,
+        seed: Seed | None = None,
+    ) -> GenerateResponse:
+        """Continue `prompt` by `length` characters, one step at a time with carried state.
+        The same seed (and settings) gives the same text."""
+        used_seed = secrets.randbelow(2**31) if seed is None else seed
+        try:
+            model = self.registry.char_model()
+            text = model.generate(prompt, length, temperature, top_k, used_seed)
+        except InputError as exc:
+            raise client_error(exc) from None
+        return GenerateResponse(
+            prompt=prompt,
+            text=text,
+            seed=used_seed,
+            temperature=temperature,
+            top_k=top_k,
+            model=model.name,
+            provider=model.backend.provider,
+        )
+
+    # ------------------------------------------------------------------ metadata
+
+    @bentoml.api
+    def metadata(self) -> dict[str, Any]:
+        """Loaded models with their cards' metrics, backend, provider and the service version
+        (also at GET /v1/metadata)."""
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "service": "rnnserve",
+            "version": __version__,
+            "backend": SETTINGS.backend,
+            "device": self.registry.device.device,
+            "device_reason": self.registry.device.reason,
+            "default_digit_model": self.registry.settings.default_digit_model,
+            "digit_model_names": self.registry.digit_model_names(),
+            "vocabulary": self.registry.char.vocab if self.registry.char else None,
+            "models": self.registry.describe(),
+        }
+
+
+# (the decorator turned the class into a bentoml Service, which mypy cannot see)
+cast(Any, RnnServe).add_asgi_middleware(ErrorShapeMiddleware)
+cast(Any, RnnServe).add_asgi_middleware(BodyLimitMiddleware, max_bytes=SETTINGS.max_request_bytes)

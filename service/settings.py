@@ -1,0 +1,102 @@
+"""Service settings, read once from environment variables with the `RNNSERVE_` prefix.
+
+Every knob the service has is here, with its default and its limits; the README's settings
+table mirrors `SETTINGS_DOC`. A malformed value stops start-up with a message naming the
+variable, instead of being silently replaced by a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+
+PREFIX = "RNNSERVE_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("onnx", "torchscript")
+DEVICE_POLICIES = ("auto", "cpu", "cuda")
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path = PROJECT_ROOT / "models"
+    backend: str = "onnx"
+    device: str = "auto"
+    threads: int = 1
+    default_digit_model: str = "mnist-birnn"
+    max_batch_size: int = 256
+    max_latency_ms: int = 200
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_images_per_request: int = 256
+    max_image_pixels: int = 4096 * 4096
+    max_text_chars: int = 2000
+    max_generate_chars: int = 1000
+    max_top_k: int = 20
+    workers: int = 1
+    timeout_s: int = 30
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise SettingsError(f"{PREFIX}BACKEND={self.backend!r}: expected one of {BACKENDS}")
+        if self.device not in DEVICE_POLICIES:
+            raise SettingsError(
+                f"{PREFIX}DEVICE={self.device!r}: expected one of {DEVICE_POLICIES}"
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and value < (0 if f.name == "threads" else 1):
+                raise SettingsError(f"{PREFIX}{f.name.upper()}={value}: must be positive")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            default = f.default
+            if isinstance(default, Path):
+                values[f.name] = Path(raw).expanduser()
+            elif isinstance(default, int):
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise SettingsError(
+                        f"{PREFIX}{f.name.upper()}={raw!r}: expected a whole number"
+                    ) from None
+            else:
+                values[f.name] = raw.strip().lower() if f.name in ("backend", "device") else raw
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings.from_env()
+
+
+SETTINGS_DOC: dict[str, str] = {
+    "model_dir": "folder of exported models (one sub-folder with card.json per model)",
+    "backend": "onnx (onnxruntime, no torch import) or torchscript (imports torch lazily)",
+    "device": "auto (GPU when usable, else CPU), cpu (never touch the GPU), "
+    "cuda (require a GPU: start-up fails instead of falling back)",
+    "threads": "intra-op threads per model session (0: the runtime's default)",
+    "default_digit_model": "classifier used when a request names none",
+    "max_batch_size": "adaptive batching: most images one model call may take",
+    "max_latency_ms": "adaptive batching: latency budget of a queued request before 503",
+    "max_request_bytes": "largest request body accepted (413 beyond)",
+    "max_images_per_request": "most 28x28 arrays in one pixel request",
+    "max_image_pixels": "largest width x height of an uploaded image (decompression bombs)",
+    "max_text_chars": "longest text for next-character prediction and generation prompts",
+    "max_generate_chars": "most characters one generation request may ask for",
+    "max_top_k": "largest k for next-character candidates and top-k sampling",
+    "workers": "BentoML worker processes",
+    "timeout_s": "per-request timeout",
+}

@@ -1,0 +1,115 @@
+"""Start and stop a real `bentoml serve` process on a free localhost port, for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return int(self.process.returncode)
+
+
+def server_env(scratch: Path, **settings: str) -> dict[str, str]:
+    """Environment for a server whose side effects stay in `scratch`."""
+    home, tmp = scratch / "bentoml-home", scratch / "tmp"
+    home.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "TMPDIR": str(tmp),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.update({f"RNNSERVE_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def start_server(
+    scratch: Path,
+    target: str = "service.service:RnnServe",
+    cwd: Path = ROOT,
+    wait: bool = True,
+    timeout: float = 90.0,
+    **settings: str,
+) -> Server:
+    port = free_port()
+    log_path = scratch / f"server-{port}.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            target,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=cwd,
+        env=server_env(scratch, **settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    if wait:
+        wait_ready(server, timeout)
+    return server
+
+
+def wait_ready(server: Server, timeout: float) -> float:
+    """Seconds until /readyz answers 200; fails with the server log if it exits or times out."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server not ready after {timeout}s:\n{server.log()}")
+
+
+def wait_exit(server: Server, timeout: float = 90.0) -> int:
+    try:
+        return int(server.process.wait(timeout=timeout))
+    finally:
+        server.stop()

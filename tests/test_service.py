@@ -1,0 +1,322 @@
+"""Integration: a real `bentoml serve` process with the committed models, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from tests.images import as_user_photo, mnist_test_digits, png_bytes
+from tests.server import Server, start_server
+
+pytestmark = pytest.mark.slow
+MODELS = ROOT / "models"
+SHAKESPEARE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, s"
+
+
+@pytest.fixture(scope="module")
+def onnx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("onnx"), model_dir=str(MODELS))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(
+        tmp_path_factory.mktemp("ts"), model_dir=str(MODELS), backend="torchscript"
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(onnx_server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=onnx_server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    return mnist_test_digits(mnist_root, 200)
+
+
+def pixel_body(images: np.ndarray, **extra: object) -> dict:
+    return {"images": [{"pixels": img.astype(float).tolist(), **extra} for img in images]}
+
+
+def assert_still_serving(client: httpx.Client, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = digits
+    r = client.post("/classify_pixels", json=pixel_body(images[:1]))
+    assert r.status_code == 200, r.text
+    assert r.json()[0]["digit"] == labels[0]
+
+
+def test_health_and_readiness(client: httpx.Client) -> None:
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_log_has_one_honest_line_per_model(onnx_server: Server) -> None:
+    log = onnx_server.log()
+    for name in ("mnist-rnn", "mnist-birnn", "char-rnn"):
+        lines = [line for line in log.splitlines() if f"model {name} " in line]
+        assert len(lines) == 1, lines
+        assert "provider CPUExecutionProvider" in lines[0] and "device cpu" in lines[0]
+    assert "CUDAExecutionProvider" not in log  # no GPU probing noise on a CPU machine
+
+
+def test_pixels_on_real_mnist_digits(
+    client: httpx.Client, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = digits
+    for model in ("rnn", "birnn", "mnist-birnn"):
+        r = client.post("/classify_pixels", json=pixel_body(images[:100], model=model))
+        assert r.status_code == 200, r.text
+        answers = r.json()
+        assert len(answers) == 100
+        predicted = np.array([a["digit"] for a in answers])
+        assert (predicted == labels[:100]).mean() >= 0.95
+        assert all(abs(sum(a["probabilities"]) - 1) < 1e-3 for a in answers)
+        assert answers[0]["model"].endswith(model.removeprefix("mnist-"))
+        assert answers[0]["provider"] == "CPUExecutionProvider"
+
+
+def test_pixels_scale_0_1_gives_the_same_answer(
+    client: httpx.Client, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, _ = digits
+    a = client.post("/classify_pixels", json=pixel_body(images[:5])).json()
+    b = client.post(
+        "/classify_pixels",
+        json={"images": [{"pixels": (img / 255.0).tolist(), "scale": "0-1"} for img in images[:5]]},
+    ).json()
+    for x, y in zip(a, b, strict=True):
+        assert x["digit"] == y["digit"]
+        np.testing.assert_allclose(x["probabilities"], y["probabilities"], atol=1e-4)
+
+
+def test_image_upload_real_digits_png_and_photo_like(
+    client: httpx.Client, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = digits
+    correct_png = correct_photo = 0
+    for img, label in zip(images[:30], labels[:30], strict=True):
+        r = client.post("/classify_image", files={"image": ("d.png", png_bytes(img), "image/png")})
+        assert r.status_code == 200, r.text
+        correct_png += r.json()["digit"] == label
+        r = client.post(
+            "/classify_image",
+            data={"model": "rnn"},
+            files={"image": ("d.jpg", as_user_photo(img), "image/jpeg")},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "mnist-rnn"
+        correct_photo += r.json()["digit"] == label
+    assert correct_png >= 28 and correct_photo >= 27
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "WEBP"])
+def test_image_formats(
+    fmt: str, client: httpx.Client, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = digits
+    r = client.post("/classify_image", files={"image": ("d", as_user_photo(images[0], fmt))})
+    assert r.status_code == 200, r.text
+    assert r.json()["digit"] == labels[0]
+
+
+def test_next_char_on_real_text(client: httpx.Client) -> None:
+    r = client.post("/next_char", json={"text": SHAKESPEARE, "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    probs = [c["probability"] for c in body["candidates"]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
+    assert body["candidates"][0]["char"] in "peaoi"  # "Speak, s|peak" — a real model knows
+    cooler = client.post("/next_char", json={"text": SHAKESPEARE, "k": 5, "temperature": 0.5})
+    assert cooler.json()["candidates"][0]["probability"] > probs[0]
+
+
+def test_generate_is_reproducible_with_a_seed(client: httpx.Client) -> None:
+    body = {"prompt": "ROMEO:\n", "length": 120, "temperature": 0.8, "seed": 42}
+    first = client.post("/generate", json=body).json()
+    again = client.post("/generate", json=body).json()
+    other = client.post("/generate", json={**body, "seed": 43}).json()
+    assert first["text"] == again["text"] and len(first["text"]) == 120
+    assert other["text"] != first["text"]
+    greedy = client.post("/generate", json={**body, "temperature": 0, "seed": 1}).json()
+    greedy2 = client.post("/generate", json={**body, "temperature": 0, "seed": 2}).json()
+    assert greedy["text"] == greedy2["text"]
+    unseeded = client.post("/generate", json={"prompt": "KING:", "length": 10}).json()
+    assert isinstance(unseeded["seed"], int)
+    replay = client.post(
+        "/generate", json={"prompt": "KING:", "length": 10, "seed": unseeded["seed"]}
+    ).json()
+    assert replay["text"] == unseeded["text"]
+
+
+def test_metadata_get_and_post(client: httpx.Client) -> None:
+    got = client.get("/v1/metadata")
+    posted = client.post("/metadata", json={})
+    assert got.status_code == posted.status_code == 200
+    meta = got.json()
+    assert meta == posted.json()
+    assert meta["backend"] == "onnx" and meta["device"] == "cpu"
+    names = {m["name"] for m in meta["models"]}
+    assert {"mnist-rnn", "mnist-birnn", "char-rnn"} <= names
+    for m in meta["models"]:
+        assert m["provider"] == "CPUExecutionProvider" and m["metrics"]
+    assert meta["vocabulary"] and "rnn" in meta["digit_model_names"]
+
+
+def test_metrics_report_models_latency_and_batch(client: httpx.Client) -> None:
+    client.post("/next_char", json={"text": "ROMEO", "k": 1})
+    text = client.get("/metrics").text
+    assert "rnnserve_model_info{" in text and 'provider="CPUExecutionProvider"' in text
+    assert "rnnserve_inference_seconds_bucket" in text
+    assert "rnnserve_inference_batch_size_bucket" in text
+
+
+def test_both_backends_agree(
+    onnx_server: Server, ts_server: Server, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, _ = digits
+    body = pixel_body(images[:32])
+    a = httpx.post(f"{onnx_server.url}/classify_pixels", json=body, timeout=30).json()
+    b = httpx.post(f"{ts_server.url}/classify_pixels", json=body, timeout=30).json()
+    assert [x["digit"] for x in a] == [y["digit"] for y in b]
+    np.testing.assert_allclose(
+        [x["probabilities"] for x in a], [y["probabilities"] for y in b], atol=1e-4
+    )
+    assert b[0]["provider"] == "torch-cpu"
+    text = {"text": SHAKESPEARE, "k": 3}
+    na = httpx.post(f"{onnx_server.url}/next_char", json=text, timeout=30).json()
+    nb = httpx.post(f"{ts_server.url}/next_char", json=text, timeout=30).json()
+    assert [c["char"] for c in na["candidates"]] == [c["char"] for c in nb["candidates"]]
+    gen = {"prompt": "ROMEO:", "length": 40, "seed": 5, "temperature": 0}
+    ga = httpx.post(f"{onnx_server.url}/generate", json=gen, timeout=30).json()
+    gb = httpx.post(f"{ts_server.url}/generate", json=gen, timeout=30).json()
+    assert ga["text"] == gb["text"]
+
+
+def test_sync_http_client(onnx_server: Server, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    import bentoml
+
+    images, labels = digits
+    with bentoml.SyncHTTPClient(onnx_server.url) as c:
+        answer = c.classify_pixels(images=[{"pixels": images[0].astype(float).tolist()}])
+        assert answer[0]["digit"] == labels[0]
+        nxt = c.next_char(text="ROMEO", k=2)
+        assert len(nxt["candidates"]) == 2
+
+
+# ---------------------------------------------------------------------------- errors
+
+ZERO = [[0.0] * 28 for _ in range(28)]
+BAD_REQUESTS = [
+    ("malformed json", "/classify_pixels", {"content": b"{not json"}, 400, "Invalid JSON"),
+    ("wrong type", "/classify_pixels", {"json": {"images": "abc"}}, 400, "images"),
+    ("empty batch", "/classify_pixels", {"json": {"images": []}}, 400, "at least 1"),
+    (
+        "27 rows",
+        "/classify_pixels",
+        {"json": {"images": [{"pixels": ZERO[:27]}]}},
+        400,
+        "at least 28",
+    ),
+    (
+        "short row",
+        "/classify_pixels",
+        {"json": {"images": [{"pixels": [[0.0] * 27, *ZERO[1:]]}]}},
+        400,
+        "row 0 has 27",
+    ),
+    (
+        "NaN",
+        "/classify_pixels",
+        {"content": json.dumps({"images": [{"pixels": [[float("nan")] * 28, *ZERO[1:]]}]})},
+        400,
+        "finite",
+    ),
+    (
+        "out of range",
+        "/classify_pixels",
+        {"json": {"images": [{"pixels": [[300.0] * 28, *ZERO[1:]]}]}},
+        400,
+        "0..255",
+    ),
+    (
+        "0-1 out of range",
+        "/classify_pixels",
+        {"json": {"images": [{"pixels": [[2.0] * 28, *ZERO[1:]], "scale": "0-1"}]}},
+        400,
+        "0..1",
+    ),
+    (
+        "unknown model",
+        "/classify_pixels",
+        {"json": {"images": [{"pixels": ZERO, "model": "cnn"}]}},
+        400,
+        "unknown model",
+    ),
+    (
+        "huge body",
+        "/classify_pixels",
+        {"content": b"[" + b"0," * 3_000_000 + b"0]"},
+        413,
+        "over the limit",
+    ),
+    (
+        "not an image",
+        "/classify_image",
+        {"files": {"image": ("x.txt", b"hello", "text/plain")}},
+        415,
+        "not a readable image",
+    ),
+    (
+        "blank image",
+        "/classify_image",
+        {"files": {"image": ("w.png", png_bytes(np.full((28, 28), 255, np.uint8)), "image/png")}},
+        422,
+        "no visible digit",
+    ),
+    ("empty text", "/next_char", {"json": {"text": ""}}, 400, "at least 1"),
+    (
+        "unknown chars",
+        "/next_char",
+        {"json": {"text": "ROMEO\u20ac\u00e9"}},
+        422,
+        "not in the model's vocabulary",
+    ),
+    ("k too large", "/next_char", {"json": {"text": "ROMEO", "k": 1000}}, 400, "less than"),
+    ("temperature", "/generate", {"json": {"prompt": "A", "temperature": 50}}, 400, "less than"),
+    ("length", "/generate", {"json": {"prompt": "A", "length": 10**6}}, 400, "less than"),
+    ("unknown route", "/nope", {"json": {}}, 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "status", "message"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_bad_input_gets_a_clear_4xx_in_one_shape(
+    client: httpx.Client,
+    digits: tuple[np.ndarray, np.ndarray],
+    path: str,
+    kwargs: dict,
+    status: int,
+    message: str,
+) -> None:
+    headers = {"content-type": "application/json"} if "content" in kwargs else None
+    r = client.post(path, headers=headers, **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "detail"} and isinstance(body["error"], str)
+    assert message in body["error"], body
+    assert_still_serving(client, digits)

@@ -1,0 +1,61 @@
+"""Start-up of a real server: model verification, device policy and settings fail fast."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+from tests.server import start_server, wait_exit
+
+pytestmark = pytest.mark.slow
+
+
+def copy_models(tmp_path: Path) -> Path:
+    target = tmp_path / "models"
+    shutil.copytree(ROOT / "models", target, ignore=shutil.ignore_patterns("README.md"))
+    return target
+
+
+def test_tampered_model_stops_start_up_naming_the_file(tmp_path: Path) -> None:
+    models = copy_models(tmp_path)
+    onnx_file = models / "mnist-rnn" / "model.onnx"
+    blob = bytearray(onnx_file.read_bytes())
+    blob[100] ^= 0xFF
+    onnx_file.write_bytes(bytes(blob))
+    server = start_server(tmp_path, model_dir=str(models), wait=False)
+    assert wait_exit(server) != 0
+    assert f"{onnx_file}: sha256" in server.log()
+
+
+def test_missing_model_file_stops_start_up(tmp_path: Path) -> None:
+    models = copy_models(tmp_path)
+    (models / "char-rnn" / "model.onnx").unlink()
+    server = start_server(tmp_path, model_dir=str(models), wait=False)
+    assert wait_exit(server) != 0
+    assert "model.onnx is missing" in server.log()
+
+
+def test_requiring_a_gpu_fails_fast_on_a_cpu_machine(tmp_path: Path) -> None:
+    server = start_server(tmp_path, model_dir=str(ROOT / "models"), device="cuda", wait=False)
+    assert wait_exit(server) != 0
+    assert "RNNSERVE_DEVICE=cuda requires a GPU" in server.log()
+
+
+def test_bad_setting_is_named(tmp_path: Path) -> None:
+    server = start_server(tmp_path, backend="tensorflow", wait=False)
+    assert wait_exit(server) != 0
+    assert "RNNSERVE_BACKEND='tensorflow'" in server.log()
+
+
+def test_forced_cpu_is_reported(tmp_path: Path) -> None:
+    server = start_server(tmp_path, model_dir=str(ROOT / "models"), device="cpu")
+    try:
+        meta = httpx.get(f"{server.url}/v1/metadata", timeout=10).json()
+        assert meta["device"] == "cpu" and "forced" in meta["device_reason"]
+        assert {m["provider"] for m in meta["models"]} == {"CPUExecutionProvider"}
+    finally:
+        assert server.stop() == 0
