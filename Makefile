@@ -16,7 +16,7 @@ DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
 RUNS ?= runs
 export RNNSERVE_DATA_DIR := $(abspath $(DATA_DIR))
 
-.PHONY: help setup serve test lint pytest train models export summary clean
+.PHONY: help setup serve test lint pytest train models export summary bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
@@ -30,8 +30,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the project with its dev tools
 
-serve: setup  ## serve the committed default models (until the service lands: print them)
+HOST ?= 127.0.0.1
+PORT ?= 3000
+# BentoML writes its store and temp files here, inside the project, not under $$HOME.
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export BENTOML_DO_NOT_TRACK ?= true
+
+serve: setup  ## serve the committed models on http://$(HOST):$(PORT) (Swagger UI at /)
 	$(PY) -m training.summary models
+	$(VENV)/bin/bentoml serve service.service:RnnServe --host $(HOST) --port $(PORT)
+
+bench: setup  ## benchmarks: in-process runtimes, then the HTTP service (numbers, not tests)
+	$(PY) -m loadtest.bench_inference
+	$(PY) -m loadtest.bench_service
 
 lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff check training service tests loadtest

@@ -55,10 +55,11 @@ class DigitPixels(BaseModel):
     """One 28x28 digit as rows of pixel values, white ink on black as in MNIST."""
 
     model_config = ConfigDict(
+        # BentoML's OpenAPI schema takes a single `example` (not `examples`)
         json_schema_extra={
-            "examples": [
-                cast(Any, {"pixels": EXAMPLE_DIGIT, "model": DEFAULT_DIGIT_MODEL, "scale": "0-255"})
-            ]
+            "example": cast(
+                Any, {"pixels": EXAMPLE_DIGIT, "model": DEFAULT_DIGIT_MODEL, "scale": "0-255"}
+            )
         }
     )
 

@@ -9,6 +9,7 @@ warmed up before the worker reports ready. Every error answers {"error": ..., "d
 from __future__ import annotations
 
 import secrets
+import sys
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -102,7 +103,7 @@ class RnnServe:
     # ------------------------------------------------------------------ digits
 
     @bentoml.api(
-        batchable=True,
+        batchable=SETTINGS.batching,
         max_batch_size=SETTINGS.max_batch_size,
         max_latency_ms=SETTINGS.max_latency_ms,
     )
@@ -115,17 +116,17 @@ class RnnServe:
     ) -> list[DigitPrediction]:
         """Classify 28x28 pixel arrays (white digit on black). Requests are batched
         adaptively across clients; each image may name its model."""
-        results: list[DigitPrediction | None] = [None] * len(images)
+        # one model call per distinct model in the (possibly merged) batch
         by_model: dict[str, list[int]] = {}
         for i, item in enumerate(images):
-            by_model.setdefault(item.model, []).append(i)
-        for requested, indices in by_model.items():
-            model = self.registry.digit_model(requested)
-            batch = np.stack([images[i].as_0_255() for i in indices])
-            probs = model.predict(batch)
+            by_model.setdefault(self.registry.digit_model(item.model).name, []).append(i)
+        results: dict[int, DigitPrediction] = {}
+        for name, indices in by_model.items():
+            model = self.registry.digits[name]
+            probs = model.predict(np.stack([images[i].as_0_255() for i in indices]))
             for row, i in enumerate(indices):
-                results[i] = self._prediction(model.name, model.backend.provider, probs[row])
-        return [r for r in results if r is not None]
+                results[i] = self._prediction(name, model.backend.provider, probs[row])
+        return [results[i] for i in range(len(images))]
 
     @bentoml.api
     def classify_image(
@@ -216,6 +217,8 @@ class RnnServe:
             "backend": SETTINGS.backend,
             "device": self.registry.device.device,
             "device_reason": self.registry.device.reason,
+            # the ONNX path must stay torch-free: this makes it observable
+            "torch_imported": "torch" in sys.modules,
             "default_digit_model": self.registry.settings.default_digit_model,
             "digit_model_names": self.registry.digit_model_names(),
             "vocabulary": self.registry.char.vocab if self.registry.char else None,

@@ -30,6 +30,7 @@ class Settings:
     device: str = "auto"
     threads: int = 1
     default_digit_model: str = "mnist-birnn"
+    batching: bool = True
     max_batch_size: int = 256
     max_latency_ms: int = 200
     max_request_bytes: int = 4 * 1024 * 1024
@@ -50,6 +51,8 @@ class Settings:
             )
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
             if isinstance(value, int) and value < (0 if f.name == "threads" else 1):
                 raise SettingsError(f"{PREFIX}{f.name.upper()}={value}: must be positive")
 
@@ -62,7 +65,13 @@ class Settings:
             if raw is None or raw == "":
                 continue
             default = f.default
-            if isinstance(default, Path):
+            if isinstance(default, bool):
+                if raw.strip().lower() not in ("1", "0", "true", "false", "on", "off"):
+                    raise SettingsError(
+                        f"{PREFIX}{f.name.upper()}={raw!r}: expected on/off (or true/false, 1/0)"
+                    )
+                values[f.name] = raw.strip().lower() in ("1", "true", "on")
+            elif isinstance(default, Path):
                 values[f.name] = Path(raw).expanduser()
             elif isinstance(default, int):
                 try:
@@ -89,6 +98,7 @@ SETTINGS_DOC: dict[str, str] = {
     "cuda (require a GPU: start-up fails instead of falling back)",
     "threads": "intra-op threads per model session (0: the runtime's default)",
     "default_digit_model": "classifier used when a request names none",
+    "batching": "adaptive batching of /classify_pixels across requests (on/off)",
     "max_batch_size": "adaptive batching: most images one model call may take",
     "max_latency_ms": "adaptive batching: latency budget of a queued request before 503",
     "max_request_bytes": "largest request body accepted (413 beyond)",

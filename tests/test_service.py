@@ -167,6 +167,7 @@ def test_metadata_get_and_post(client: httpx.Client) -> None:
     meta = got.json()
     assert meta == posted.json()
     assert meta["backend"] == "onnx" and meta["device"] == "cpu"
+    assert meta["torch_imported"] is False  # the ONNX serving path never imports torch
     names = {m["name"] for m in meta["models"]}
     assert {"mnist-rnn", "mnist-birnn", "char-rnn"} <= names
     for m in meta["models"]:
@@ -194,6 +195,8 @@ def test_both_backends_agree(
         [x["probabilities"] for x in a], [y["probabilities"] for y in b], atol=1e-4
     )
     assert b[0]["provider"] == "torch-cpu"
+    ts_meta = httpx.get(f"{ts_server.url}/v1/metadata", timeout=30).json()
+    assert ts_meta["backend"] == "torchscript" and ts_meta["torch_imported"] is True
     text = {"text": SHAKESPEARE, "k": 3}
     na = httpx.post(f"{onnx_server.url}/next_char", json=text, timeout=30).json()
     nb = httpx.post(f"{ts_server.url}/next_char", json=text, timeout=30).json()
@@ -320,3 +323,12 @@ def test_bad_input_gets_a_clear_4xx_in_one_shape(
     assert set(body) == {"error", "detail"} and isinstance(body["error"], str)
     assert message in body["error"], body
     assert_still_serving(client, digits)
+
+
+def test_openapi_document_lists_every_endpoint(client: httpx.Client) -> None:
+    r = client.get("/docs.json")
+    assert r.status_code == 200
+    paths = r.json()["paths"]
+    for route in ("/classify_pixels", "/classify_image", "/next_char", "/generate", "/metadata"):
+        assert route in paths, route
+    assert client.get("/").status_code == 200  # the Swagger UI page

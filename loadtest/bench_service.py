@@ -1,0 +1,255 @@
+"""HTTP benchmark of the running service: throughput and latency at 1, 8, 32, 64 clients.
+
+    python -m loadtest.bench_service                 # starts its own servers, ~4 minutes
+    python -m loadtest.bench_service --seconds 5 --clients 1 8
+
+For each scenario a fresh `bentoml serve` is started on a free 127.0.0.1 port (with its
+BentoML home and temp dir in a scratch folder), timed to readiness, loaded by closed-loop
+clients (each sends its next request when the previous one answered) for a fixed time, and
+stopped. Scenarios: the pixel endpoint with adaptive batching on and off (one 28x28 image per
+request), the image upload endpoint and next-character prediction. Reported per level:
+requests/s, p50/p95/p99 latency, errors, and the worker's resident memory. Only loopback
+addresses are ever targeted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import psutil
+
+from tests.images import mnist_test_digits, png_bytes
+from tests.server import Server, start_server, wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+PROMPTS = ["ROMEO:\nWhat light", "First Citizen:\nWe are accounted poor", "KING HENRY:\nOnce mo"]
+
+
+@dataclass
+class Level:
+    scenario: str
+    clients: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@dataclass
+class Request:
+    path: str
+    json: Any = None
+    form: tuple[str, bytes] | None = None  # (field, png bytes) for uploads
+
+
+def scenario_requests(name: str, digits: np.ndarray) -> list[Request]:
+    if name.startswith("pixels"):
+        return [
+            Request("/classify_pixels", {"images": [{"pixels": d.astype(float).tolist()}]})
+            for d in digits[:50]
+        ]
+    if name == "image":
+        return [Request("/classify_image", form=("image", png_bytes(d))) for d in digits[:50]]
+    return [Request("/next_char", {"text": p, "k": 5}) for p in PROMPTS]
+
+
+async def one_client(
+    session: aiohttp.ClientSession,
+    url: str,
+    requests: list[Request],
+    stop_at: float,
+    latencies: list[float],
+    errors: list[int],
+    offset: int,
+) -> None:
+    i = offset
+    while time.perf_counter() < stop_at:
+        req = requests[i % len(requests)]
+        i += 1
+        started = time.perf_counter()
+        try:
+            if req.form is not None:
+                data = aiohttp.FormData()
+                data.add_field(req.form[0], req.form[1], filename="d.png", content_type="image/png")
+                resp_ctx = session.post(url + req.path, data=data)
+            else:
+                resp_ctx = session.post(url + req.path, json=req.json)
+            async with resp_ctx as resp:
+                await resp.read()
+                ok = resp.status == 200
+        except aiohttp.ClientError:
+            ok = False
+        if ok:
+            latencies.append((time.perf_counter() - started) * 1000)
+        else:
+            errors.append(1)
+
+
+async def run_level(
+    url: str, requests: list[Request], clients: int, seconds: float, warmup: float
+) -> tuple[list[float], int, float]:
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        if warmup:
+            await asyncio.gather(
+                *(
+                    one_client(session, url, requests, time.perf_counter() + warmup, [], [], c)
+                    for c in range(clients)
+                )
+            )
+        latencies: list[float] = []
+        errors: list[int] = []
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(
+                one_client(session, url, requests, started + seconds, latencies, errors, c)
+                for c in range(clients)
+            )
+        )
+        return latencies, len(errors), time.perf_counter() - started
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def worker_rss_mb(server: Server) -> float:
+    """Largest resident set among the server's worker processes (children of the arbiter)."""
+    try:
+        children = psutil.Process(server.process.pid).children(recursive=True)
+    except psutil.Error:
+        return float("nan")
+    sizes = [c.memory_info().rss for c in children if c.is_running()]
+    return max(sizes) / 2**20 if sizes else float("nan")
+
+
+SCENARIOS = {
+    "pixels, batching on": {},
+    "pixels, batching off": {"batching": "off"},
+    "image upload": {},
+    "next_char": {},
+}
+
+
+def bench(
+    clients: list[int],
+    seconds: float,
+    warmup: float,
+    scenarios: list[str],
+    settings: dict[str, str],
+) -> dict[str, Any]:
+    digits, _ = mnist_test_digits(FIXTURES, 50)
+    levels: list[Level] = []
+    servers: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:
+        for name in scenarios:
+            scratch = Path(tmp) / name.replace(" ", "_").replace(",", "")
+            scratch.mkdir()
+            server = start_server(scratch, wait=False, **{**settings, **SCENARIOS[name]})
+            ready_s = wait_ready(server, 120)  # from process start to /readyz == 200
+            try:
+                requests = scenario_requests(name, digits)
+                for c in clients:
+                    lat, errors, elapsed = asyncio.run(
+                        run_level(server.url, requests, c, seconds, warmup)
+                    )
+                    level = Level(
+                        name,
+                        c,
+                        len(lat),
+                        errors,
+                        len(lat) / elapsed,
+                        percentile(lat, 50),
+                        percentile(lat, 95),
+                        percentile(lat, 99),
+                    )
+                    levels.append(level)
+                    print(
+                        f"{name:22s} {c:3d} clients: {level.rps:8.1f} req/s  p50 "
+                        f"{level.p50_ms:6.1f}  p95 {level.p95_ms:6.1f}  p99 "
+                        f"{level.p99_ms:6.1f} ms  errors {errors}",
+                        flush=True,
+                    )
+                servers[name] = {
+                    "ready_s": round(ready_s, 2),
+                    "worker_rss_mb": round(worker_rss_mb(server), 1),
+                }
+            finally:
+                server.stop()
+    return {"levels": [asdict(lv) for lv in levels], "servers": servers}
+
+
+def render(result: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU; "
+        f"{args.seconds:g} s per level after {args.warmup:g} s warm-up; client and server on "
+        "the same machine.",
+        "",
+        "| scenario | clients | req/s | p50 ms | p95 ms | p99 ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for lv in result["levels"]:
+        lines.append(
+            f"| {lv['scenario']} | {lv['clients']} | {lv['rps']:.0f} | "
+            f"{lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} | "
+            f"{lv['errors']} |"
+        )
+    lines += ["", "| server | ready after start (s) | worker RSS (MB) |", "| --- | ---: | ---: |"]
+    for name, info in result["servers"].items():
+        lines.append(f"| {name} | {info['ready_s']:.1f} | {info['worker_rss_mb']:.0f} |")
+    by = {(lv["scenario"], lv["clients"]): lv for lv in result["levels"]}
+    on, off = by.get(("pixels, batching on", 32)), by.get(("pixels, batching off", 32))
+    if on and off and off["rps"]:
+        lines += [
+            "",
+            f"Batching on vs off at 32 clients: {on['rps'] / off['rps']:.2f}x requests/s.",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.bench_service",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per level")
+    parser.add_argument("--warmup", type=float, default=2.0, help="per level, not counted")
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--backend", choices=("onnx", "torchscript"), default="onnx")
+    parser.add_argument("--json", type=Path, help="also write raw results here")
+    parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    args = parser.parse_args(argv)
+    result = bench(
+        args.clients,
+        args.seconds,
+        args.warmup,
+        args.scenarios,
+        {"backend": args.backend, "model_dir": str(ROOT / "models")},
+    )
+    table = render(result, args)
+    print("\n" + table)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
