@@ -160,7 +160,8 @@ def bench(
         for name in scenarios:
             scratch = Path(tmp) / name.replace(" ", "_").replace(",", "")
             scratch.mkdir()
-            server = start_server(scratch, wait=False, **{**settings, **SCENARIOS[name]})
+            server_settings: dict[str, Any] = {**settings, **SCENARIOS[name]}
+            server = start_server(scratch, wait=False, **server_settings)
             ready_s = wait_ready(server, 120)  # from process start to /readyz == 200
             try:
                 requests = scenario_requests(name, digits)
