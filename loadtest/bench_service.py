@@ -29,12 +29,11 @@ import aiohttp
 import numpy as np
 import psutil
 
-from tests.images import mnist_test_digits, png_bytes
-from tests.server import Server, start_server, wait_ready
+from loadtest.payloads import PROMPTS
+from loadtest.payloads import digits as real_digits
+from loadtest.servers import Server, start_server, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures"
-PROMPTS = ["ROMEO:\nWhat light", "First Citizen:\nWe are accounted poor", "KING HENRY:\nOnce mo"]
 
 
 @dataclass
@@ -56,15 +55,16 @@ class Request:
     form: tuple[str, bytes] | None = None  # (field, png bytes) for uploads
 
 
-def scenario_requests(name: str, digits: np.ndarray) -> list[Request]:
+def scenario_requests(name: str) -> list[Request]:
     if name.startswith("pixels"):
         return [
-            Request("/classify_pixels", {"images": [{"pixels": d.astype(float).tolist()}]})
-            for d in digits[:50]
+            Request("/classify_pixels", {"images": [{"pixels": d.pixels}]}) for d in real_digits()
         ]
-    if name == "image":
-        return [Request("/classify_image", form=("image", png_bytes(d))) for d in digits[:50]]
-    return [Request("/next_char", {"text": p, "k": 5}) for p in PROMPTS]
+    if name == "image upload":
+        return [Request("/classify_image", form=("image", d.png)) for d in real_digits()]
+    if name == "next_char":
+        return [Request("/next_char", {"text": p, "k": 5}) for p in PROMPTS]
+    raise ValueError(f"unknown scenario {name!r}")
 
 
 async def one_client(
@@ -153,7 +153,6 @@ def bench(
     scenarios: list[str],
     settings: dict[str, str],
 ) -> dict[str, Any]:
-    digits, _ = mnist_test_digits(FIXTURES, 50)
     levels: list[Level] = []
     servers: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:
@@ -164,7 +163,7 @@ def bench(
             server = start_server(scratch, wait=False, **server_settings)
             ready_s = wait_ready(server, 120)  # from process start to /readyz == 200
             try:
-                requests = scenario_requests(name, digits)
+                requests = scenario_requests(name)
                 for c in clients:
                     lat, errors, elapsed = asyncio.run(
                         run_level(server.url, requests, c, seconds, warmup)

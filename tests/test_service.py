@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from loadtest.servers import Server, start_server
 from tests.conftest import ROOT
 from tests.images import as_user_photo, mnist_test_digits, png_bytes
-from tests.server import Server, start_server
 
 pytestmark = pytest.mark.slow
 MODELS = ROOT / "models"

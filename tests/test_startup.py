@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtest.servers import start_server, wait_exit
 from tests.conftest import ROOT
-from tests.server import start_server, wait_exit
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Start and stop a real `bentoml serve` process on a free localhost port, for tests."""
+"""Start and stop a real `bentoml serve` process on a free 127.0.0.1 port (tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -66,6 +66,7 @@ def start_server(
     timeout: float = 90.0,
     **settings: str,
 ) -> Server:
+    scratch.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = scratch / f"server-{port}.log"
     log = log_path.open("wb")
