@@ -42,15 +42,17 @@ class Server:
         return int(self.process.returncode)
 
 
-def server_env(scratch: Path, **settings: str) -> dict[str, str]:
-    """Environment for a server whose side effects stay in `scratch`."""
-    home, tmp = scratch / "bentoml-home", scratch / "tmp"
-    home.mkdir(parents=True, exist_ok=True)
-    tmp.mkdir(parents=True, exist_ok=True)
+def server_env(scratch: Path, home: str | None = None, **settings: str) -> dict[str, str]:
+    """Environment for a server whose side effects stay in `scratch` (BentoML's store too,
+    unless `home` names another one)."""
+    home_dir = Path(home) if home else scratch / "bentoml-home"
+    tmp_dir = scratch / "tmp"
+    home_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
-        "BENTOML_HOME": str(home),
-        "TMPDIR": str(tmp),
+        "BENTOML_HOME": str(home_dir),
+        "TMPDIR": str(tmp_dir),
         "BENTOML_DO_NOT_TRACK": "true",
         "OMP_NUM_THREADS": "1",
     }
@@ -64,8 +66,10 @@ def start_server(
     cwd: Path = ROOT,
     wait: bool = True,
     timeout: float = 90.0,
+    home: str | None = None,
     **settings: str,
 ) -> Server:
+    """Start `bentoml serve target`; `settings` become RNNSERVE_* variables."""
     scratch.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = scratch / f"server-{port}.log"
@@ -83,7 +87,7 @@ def start_server(
             str(port),
         ],
         cwd=cwd,
-        env=server_env(scratch, **settings),
+        env=server_env(scratch, home, **settings),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
