@@ -6,6 +6,7 @@ from Starlette for 404/405). Clients should parse one: `{"error": str, "detail":
 
 from __future__ import annotations
 
+import hmac
 import json
 from http import HTTPStatus
 from typing import Any
@@ -107,6 +108,51 @@ class ErrorShapeMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
+
+
+class BearerAuthMiddleware:
+    """Optional bearer-token authentication (off when no tokens are configured).
+
+    Tokens are compared in constant time (`hmac.compare_digest`) against every configured
+    token, so neither a match nor its position leaks through timing. Exempt paths (health,
+    metrics by default) stay open for probes and scrapers.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: tuple[str, ...], exempt: tuple[str, ...]) -> None:
+        self.app = app
+        self.tokens = [t.encode() for t in tokens]
+        self.exempt = set(exempt)
+
+    def _authorized(self, header: bytes | None) -> bool:
+        if header is None or not header.lower().startswith(b"bearer "):
+            return False
+        offered = header[7:].strip()
+        matches = [hmac.compare_digest(offered, token) for token in self.tokens]
+        return any(matches)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.tokens or scope.get("path") in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        if not self._authorized(headers.get(b"authorization")):
+            body = error_body(
+                401, "missing or invalid bearer token: send 'Authorization: Bearer <token>'"
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"www-authenticate", b'Bearer realm="rnnserve"'),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:

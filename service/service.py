@@ -23,7 +23,7 @@ from service import __version__
 from service.cards import CardError
 from service.inference import ModelRegistry, preflight
 from service.meta_app import meta_app
-from service.middleware import BodyLimitMiddleware, ErrorShapeMiddleware
+from service.middleware import BearerAuthMiddleware, BodyLimitMiddleware, ErrorShapeMiddleware
 from service.preprocess import InputError, decode_image, mnist_style
 from service.runtime import DeviceError
 from service.schemas import (
@@ -226,6 +226,12 @@ class RnnServe:
         }
 
 
-# (the decorator turned the class into a bentoml Service, which mypy cannot see)
-cast(Any, RnnServe).add_asgi_middleware(ErrorShapeMiddleware)
-cast(Any, RnnServe).add_asgi_middleware(BodyLimitMiddleware, max_bytes=SETTINGS.max_request_bytes)
+# Outermost first: every error gets the one shape; a request without a valid token is refused
+# before its body is read; then the body limit. (The decorator turned the class into a
+# bentoml Service, which mypy cannot see.)
+_service = cast(Any, RnnServe)
+_service.add_asgi_middleware(ErrorShapeMiddleware)
+_service.add_asgi_middleware(
+    BearerAuthMiddleware, tokens=SETTINGS.tokens, exempt=SETTINGS.exempt_paths
+)
+_service.add_asgi_middleware(BodyLimitMiddleware, max_bytes=SETTINGS.max_request_bytes)

@@ -41,6 +41,17 @@ class Settings:
     max_top_k: int = 20
     workers: int = 1
     timeout_s: int = 30
+    api_tokens: str = ""
+    auth_exempt: str = "/livez,/readyz,/healthz,/metrics"
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """The accepted bearer tokens (empty: authentication off)."""
+        return tuple(t.strip() for t in self.api_tokens.split(",") if t.strip())
+
+    @property
+    def exempt_paths(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.auth_exempt.split(",") if p.strip())
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -109,4 +120,7 @@ SETTINGS_DOC: dict[str, str] = {
     "max_top_k": "largest k for next-character candidates and top-k sampling",
     "workers": "BentoML worker processes",
     "timeout_s": "per-request timeout",
+    "api_tokens": "comma-separated bearer tokens; when set, every other route needs "
+    "`Authorization: Bearer <token>` (401 otherwise)",
+    "auth_exempt": "paths open without a token when tokens are set (exact paths)",
 }
