@@ -29,7 +29,7 @@ class Settings:
     backend: str = "onnx"
     device: str = "auto"
     threads: int = 1
-    default_digit_model: str = "mnist-birnn"
+    default_digit_model: str = "mnist-bigru"
     batching: bool = True
     max_batch_size: int = 256
     max_latency_ms: int = 200

@@ -25,24 +25,13 @@ from training import export, summary
 
 # name -> arguments for `python -m training.train` (data location comes from the environment)
 DEFAULT_MODELS: dict[str, list[str]] = {
-    "mnist-rnn": [
-        "mnist",
-        "--cell",
-        "rnn",
-        "--hidden",
-        "256",
-        "--dropout",
-        "0.2",
-        "--epochs",
-        "40",
-        "--patience",
-        "10",
-    ],
+    "mnist-rnn": ["mnist", "--cell", "rnn", "--augment", "--epochs", "40", "--patience", "10"],
     "mnist-birnn": [
         "mnist",
         "--cell",
         "rnn",
         "--bidirectional",
+        "--augment",
         "--epochs",
         "30",
         "--patience",
@@ -55,6 +44,7 @@ DEFAULT_MODELS: dict[str, list[str]] = {
         "--bidirectional",
         "--dropout",
         "0.2",
+        "--augment",
         "--epochs",
         "20",
         "--patience",

@@ -513,7 +513,9 @@ def try_onnx_candidate(
         }
         cand.ok = True
     except Exception as exc:  # a rejected candidate is recorded, not fatal
-        cand.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        # the temporary folder means nothing in a card: keep the file name only
+        cand.error = f"{type(exc).__name__}: {first_line.replace(str(path), path.name)[:300]}"
     return cand, path
 
 

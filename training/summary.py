@@ -57,8 +57,55 @@ def render(table: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def exporter_table(cards: list[ModelCard]) -> str:
+    """Markdown: each model's ONNX exporter candidates, validity and onnxruntime latency."""
+    lines = [
+        "| model | exporter | valid | ONNX ops | latency (ms, 1 thread) | chosen |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for card in cards:
+        onnx_export = card.data["export"]["onnx"]
+        for cand in onnx_export["candidates"]:
+            latency = ", ".join(f"{k}: {v:.3f}" for k, v in cand["latency_ms"].items())
+            status = "yes" if cand["valid"] else f"no: {cand['error']}"
+            ops = (
+                "RNN/LSTM/GRU op"
+                if {"RNN", "LSTM", "GRU"} & set(cand["ops"])
+                else ("unrolled MatMul/Tanh" if cand["ops"] else "-")
+            )
+            chosen = "**yes**" if cand["exporter"] == onnx_export["exporter"] else ""
+            lines.append(
+                f"| {card.name} | {cand['exporter']} | {status} | {ops} | "
+                f"{latency or '-'} | {chosen} |"
+            )
+    return "\n".join(lines)
+
+
+def parity_table(cards: list[ModelCard]) -> str:
+    """Markdown: max |logit difference| against PyTorch for each model and format."""
+    lines = [
+        "| model | ONNX max abs diff | TorchScript max abs diff | argmax identical | tolerance |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
+    for card in cards:
+        export = card.data["export"]
+        onnx_p, ts_p = (
+            export["onnx"]["parity_vs_pytorch"],
+            export["torchscript"]["parity_vs_pytorch"],
+        )
+        same = onnx_p["argmax_identical"] and ts_p["argmax_identical"]
+        lines.append(
+            f"| {card.name} | {onnx_p['max_abs_diff']:.2e} | "
+            f"{ts_p['max_abs_diff']:.2e} | {'yes' if same else 'NO'} | "
+            f"{export['tolerance']:g} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    markdown = "--markdown" in args
+    args = [a for a in args if a != "--markdown"]
     root = Path(args[0] if args else "models")
     try:
         cards = discover_cards(root)
@@ -68,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if not cards:
         print(f"no models (no */card.json) under {root}", file=sys.stderr)
         return 1
+    if markdown:
+        print(exporter_table(cards) + "\n\n" + parity_table(cards))
+        return 0
     print(render(rows(cards)))
     print(f"\n{len(cards)} models under {root}; every file matches its card's sha256.")
     return 0
