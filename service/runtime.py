@@ -85,6 +85,9 @@ class OnnxBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The CPU arena keeps peak-batch buffers for good: about 20 MB of worker RSS for no
+        # measurable speed (0.32 ms at batch 1, 11-12 ms at batch 64 either way, bigru).
+        options.enable_cpu_mem_arena = False
         providers: list[Any] = ["CPUExecutionProvider"]
         if device == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": 0}))

@@ -31,8 +31,8 @@ class Settings:
     threads: int = 1
     default_digit_model: str = "mnist-bigru"
     batching: bool = True
-    max_batch_size: int = 256
-    max_latency_ms: int = 200
+    max_batch_size: int = 64
+    max_latency_ms: int = 1000
     max_request_bytes: int = 4 * 1024 * 1024
     max_images_per_request: int = 256
     max_image_pixels: int = 4096 * 4096
