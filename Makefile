@@ -16,7 +16,7 @@ DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
 RUNS ?= runs
 export RNNSERVE_DATA_DIR := $(abspath $(DATA_DIR))
 
-.PHONY: help setup serve test lint pytest train models export summary bench clean
+.PHONY: help setup serve test lint pytest train models export summary bench build load clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
@@ -65,6 +65,12 @@ models: setup  ## reproduce every committed model from scratch: train, export, s
 
 summary: setup  ## print the committed models and their metrics
 	$(PY) -m training.summary models
+
+build: setup  ## build the bento (service + models) into $$BENTOML_HOME
+	$(VENV)/bin/bentoml build
+
+load: setup  ## Locust load test at 1/8/32/64 users + FastAPI comparison (report in loadtest/results)
+	$(PY) -m loadtest.run_load --compare
 
 clean:  ## remove the virtualenv and caches (not runs/ or models/)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
