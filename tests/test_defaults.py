@@ -1,0 +1,77 @@
+"""`make models` machinery (training.defaults): train side by side, export, summarize.
+
+The real settings take most of an hour; here the same code runs every default model's
+command with --dry-run on the fixtures, so the path `make models` takes is exercised end to
+end (subprocess training, logs, export into a models folder, verified summary).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.cards import discover_cards
+from training import defaults
+
+
+def test_defaults_all_trains_exports_and_summarizes(
+    tmp_path: Path,
+    mnist_root: Path,
+    corpus_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tiny = {
+        name: [
+            *args,
+            "--dry-run",
+            "--hidden",
+            "16",
+            *(
+                ["--corpus", str(corpus_path), "--seq-len", "32", "--sample-len", "5"]
+                if args[0] == "charlm"
+                else []
+            ),
+        ]
+        for name, args in defaults.DEFAULT_MODELS.items()
+    }
+    monkeypatch.setattr(defaults, "DEFAULT_MODELS", tiny)
+    code = defaults.main(
+        [
+            "all",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--models",
+            str(tmp_path / "models"),
+            "--data-dir",
+            str(mnist_root),
+        ]
+    )
+    assert code == 0
+    cards = discover_cards(tmp_path / "models")
+    assert {c.name for c in cards} == set(tiny)
+    for name in tiny:
+        assert (tmp_path / "runs" / "logs" / f"{name}.log").stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "every file matches its card's sha256" in out
+
+
+def test_a_failed_training_stops_before_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(defaults, "DEFAULT_MODELS", {"broken": ["mnist", "--cell", "rnn"]})
+    code = defaults.main(
+        [
+            "all",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--models",
+            str(tmp_path / "models"),
+            "--data-dir",
+            str(tmp_path / "nodata"),
+        ]
+    )
+    assert code == 1
+    assert not (tmp_path / "models").exists()
+    assert "MNIST file not found" in (tmp_path / "runs" / "logs" / "broken.log").read_text()
