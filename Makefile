@@ -47,7 +47,7 @@ bench: setup  ## benchmarks: in-process runtimes, then the HTTP service (numbers
 lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff check training service tests loadtest
 	$(VENV)/bin/ruff format --check training service tests loadtest
-	$(VENV)/bin/mypy training service
+	$(VENV)/bin/mypy training service loadtest
 
 pytest: setup  ## the test suite only
 	$(PY) -m pytest
