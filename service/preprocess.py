@@ -51,6 +51,10 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
                     "(RNNSERVE_MAX_IMAGE_PIXELS)",
                     413,
                 )
+            # load() can succeed on a truncated file (PIL decodes what is there); verify()
+            # checks the structure (chunk CRCs for PNG) but leaves the image unusable: reopen
+            image.verify()
+            image = Image.open(io.BytesIO(data))
             image.seek(0)  # animated GIF/WebP: the first frame
             image.load()
     except InputError:

@@ -30,3 +30,10 @@ def as_user_photo(pixels: np.ndarray, fmt: str = "JPEG", size: int = 180) -> byt
     buffer = io.BytesIO()
     canvas.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def big_blank_png(side: int) -> bytes:
+    """A tiny file that declares side x side pixels: the shape of a decompression bomb."""
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 0).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

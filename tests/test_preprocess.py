@@ -90,6 +90,13 @@ def test_bad_uploads(payload: bytes, message: str) -> None:
         decode_image(payload, LIMIT)
 
 
+def test_truncated_png_that_pil_would_half_decode_is_refused() -> None:
+    whole = png_bytes(np.eye(28, dtype=np.uint8) * 255)
+    with pytest.raises(InputError, match="not a readable image") as err:
+        decode_image(whole[:60], LIMIT)  # PIL's load() alone accepts this prefix
+    assert err.value.status == 415
+
+
 def test_unsupported_but_valid_format_is_415() -> None:
     tiff = encoded(Image.new("L", (10, 10), 0), "TIFF")
     with pytest.raises(InputError, match="unsupported image format TIFF") as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,10 +10,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from loadtest.servers import Server, start_server
 from tests.conftest import ROOT
-from tests.images import as_user_photo, mnist_test_digits, png_bytes
+from tests.images import as_user_photo, big_blank_png, mnist_test_digits, png_bytes
 
 pytestmark = pytest.mark.slow
 MODELS = ROOT / "models"
@@ -121,6 +123,17 @@ def test_image_upload_real_digits_png_and_photo_like(
     assert correct_png >= 28 and correct_photo >= 27
 
 
+def test_animated_gif_is_read_from_its_first_frame(
+    client: httpx.Client, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = digits
+    frames = [Image.fromarray(images[0]), Image.fromarray(images[1])]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    r = client.post("/classify_image", files={"image": ("anim.gif", buffer.getvalue())})
+    assert r.status_code == 200 and r.json()["digit"] == labels[0]
+
+
 @pytest.mark.parametrize("fmt", ["BMP", "GIF", "WEBP"])
 def test_image_formats(
     fmt: str, client: httpx.Client, digits: tuple[np.ndarray, np.ndarray]
@@ -221,6 +234,7 @@ def test_sync_http_client(onnx_server: Server, digits: tuple[np.ndarray, np.ndar
 # ---------------------------------------------------------------------------- errors
 
 ZERO = [[0.0] * 28 for _ in range(28)]
+BOMB_PNG = big_blank_png(6000)  # 36 megapixels declared, a few KB sent
 BAD_REQUESTS = [
     ("malformed json", "/classify_pixels", {"content": b"{not json"}, 400, "Invalid JSON"),
     ("wrong type", "/classify_pixels", {"json": {"images": "abc"}}, 400, "images"),
@@ -300,6 +314,56 @@ BAD_REQUESTS = [
     ("temperature", "/generate", {"json": {"prompt": "A", "temperature": 50}}, 400, "less than"),
     ("length", "/generate", {"json": {"prompt": "A", "length": 10**6}}, 400, "less than"),
     ("unknown route", "/nope", {"json": {}}, 404, "Not Found"),
+    ("missing field", "/classify_pixels", {"json": {"images": [{"model": "rnn"}]}}, 400, "pixels"),
+    (
+        "batch over the limit",
+        "/classify_pixels",
+        {"json": {"images": [{"pixels": ZERO}] * 257}},
+        400,
+        "at most 256",
+    ),
+    (
+        "decompression bomb",
+        "/classify_image",
+        {"files": {"image": ("bomb.png", BOMB_PNG, "image/png")}},
+        413,
+        "over the limit",
+    ),
+    (
+        "1x1 image",
+        "/classify_image",
+        {"files": {"image": ("dot.png", png_bytes(np.zeros((1, 1), np.uint8)), "image/png")}},
+        422,
+        "no visible digit",
+    ),
+    (
+        "truncated png",
+        "/classify_image",
+        {
+            "files": {
+                "image": ("t.png", png_bytes(np.eye(28, dtype=np.uint8) * 255)[:60], "image/png")
+            }
+        },
+        415,
+        "not a readable image",
+    ),
+    ("text over the limit", "/next_char", {"json": {"text": "a" * 2001}}, 400, "at most 2000"),
+    (
+        "negative k",
+        "/next_char",
+        {"json": {"text": "ROMEO", "k": -1}},
+        400,
+        "greater than or equal to 1",
+    ),
+    (
+        "top_k zero",
+        "/generate",
+        {"json": {"prompt": "A", "top_k": 0}},
+        400,
+        "greater than or equal to 1",
+    ),
+    ("empty prompt", "/generate", {"json": {"prompt": ""}}, 400, "at least 1"),
+    ("wrong method", "/classify_pixels", {"method": "GET"}, 405, "Method Not Allowed"),
 ]
 
 
@@ -317,7 +381,8 @@ def test_bad_input_gets_a_clear_4xx_in_one_shape(
     message: str,
 ) -> None:
     headers = {"content-type": "application/json"} if "content" in kwargs else None
-    r = client.post(path, headers=headers, **kwargs)
+    method = kwargs.pop("method", "POST")
+    r = client.request(method, path, headers=headers, **kwargs)
     assert r.status_code == status, r.text
     body = r.json()
     assert set(body) == {"error", "detail"} and isinstance(body["error"], str)
