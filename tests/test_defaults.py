@@ -15,6 +15,21 @@ from service.cards import discover_cards
 from training import defaults
 
 
+def make_models(tmp_path: Path, data_dir: Path) -> int:
+    """What `make models` runs, with runs and models inside tmp_path."""
+    return defaults.main(
+        [
+            "all",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--models",
+            str(tmp_path / "models"),
+            "--data-dir",
+            str(data_dir),
+        ]
+    )
+
+
 def test_defaults_all_trains_exports_and_summarizes(
     tmp_path: Path,
     mnist_root: Path,
@@ -37,17 +52,7 @@ def test_defaults_all_trains_exports_and_summarizes(
         for name, args in defaults.DEFAULT_MODELS.items()
     }
     monkeypatch.setattr(defaults, "DEFAULT_MODELS", tiny)
-    code = defaults.main(
-        [
-            "all",
-            "--runs",
-            str(tmp_path / "runs"),
-            "--models",
-            str(tmp_path / "models"),
-            "--data-dir",
-            str(mnist_root),
-        ]
-    )
+    code = make_models(tmp_path, mnist_root)
     assert code == 0
     cards = discover_cards(tmp_path / "models")
     assert {c.name for c in cards} == set(tiny)
@@ -61,17 +66,7 @@ def test_a_failed_training_stops_before_export(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(defaults, "DEFAULT_MODELS", {"broken": ["mnist", "--cell", "rnn"]})
-    code = defaults.main(
-        [
-            "all",
-            "--runs",
-            str(tmp_path / "runs"),
-            "--models",
-            str(tmp_path / "models"),
-            "--data-dir",
-            str(tmp_path / "nodata"),
-        ]
-    )
+    code = make_models(tmp_path, tmp_path / "nodata")
     assert code == 1
     assert not (tmp_path / "models").exists()
     assert "MNIST file not found" in (tmp_path / "runs" / "logs" / "broken.log").read_text()
