@@ -148,7 +148,3 @@ PromptText = Annotated[
 ]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 GenerateLength = Annotated[int, Field(ge=1, le=SETTINGS.max_generate_chars)]
-
-
-def error_example(message: str) -> dict[str, Any]:
-    return {"error": message, "detail": None}
