@@ -148,6 +148,11 @@ def load_card(model_dir: Path, verify: bool = True) -> ModelCard:
     return ModelCard(directory=model_dir, data=data)
 
 
+def short_name(name: str) -> str:
+    """'mnist-birnn' -> 'birnn': the alias clients may use for a classifier."""
+    return name.removeprefix("mnist-")
+
+
 def discover_cards(models_root: Path, verify: bool = True) -> list[ModelCard]:
     """Every model folder (one holding a card.json) under `models_root`, sorted by name."""
     if not models_root.is_dir():

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from service.cards import ModelCard, discover_cards
+from service.cards import ModelCard, discover_cards, short_name
 from service.preprocess import InputError, encode_text, normalize, softmax, top_k
 from service.runtime import Backend, DeviceChoice, choose_device, load_backend
 from service.settings import Settings
@@ -139,11 +139,6 @@ def preflight(settings: Settings) -> tuple[list[ModelCard], DeviceChoice]:
     return cards, choose_device(settings.device)
 
 
-def short_name(name: str) -> str:
-    """'mnist-birnn' -> 'birnn': the alias clients may use in the model field."""
-    return name.removeprefix("mnist-")
-
-
 class ModelRegistry:
     def __init__(self, settings: Settings, device: DeviceChoice) -> None:
         self.settings = settings
@@ -153,8 +148,14 @@ class ModelRegistry:
         self.aliases: dict[str, str] = {}
 
     @classmethod
-    def load(cls, settings: Settings, observe: Observer = _no_observer) -> ModelRegistry:
-        cards, device = preflight(settings)
+    def load(
+        cls,
+        settings: Settings,
+        observe: Observer = _no_observer,
+        checked: tuple[list[ModelCard], DeviceChoice] | None = None,
+    ) -> ModelRegistry:
+        """`checked`: a preflight result this process already has (saves hashing twice)."""
+        cards, device = checked if checked is not None else preflight(settings)
         registry = cls(settings, device)
         for card in cards:
             backend = load_backend(card, settings, device)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, cast
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from service.cards import CardError, discover_cards
+from service.cards import CardError, discover_cards, short_name
 from service.settings import get_settings
 
 SETTINGS = get_settings()
@@ -24,11 +24,11 @@ def _classifier_names() -> list[str]:
     except CardError:
         return []
     names = [c.name for c in cards if c.task == "digit-classification"]
-    return sorted({n.removeprefix("mnist-") for n in names}) + sorted(names)
+    return sorted({short_name(n) for n in names}) + sorted(names)
 
 
 DIGIT_MODEL_NAMES = _classifier_names()
-DEFAULT_DIGIT_MODEL = SETTINGS.default_digit_model.removeprefix("mnist-")
+DEFAULT_DIGIT_MODEL = short_name(SETTINGS.default_digit_model)
 
 
 def _known_model(name: str) -> str:

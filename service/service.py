@@ -44,7 +44,7 @@ from service.schemas import (
 )
 
 try:
-    preflight(SETTINGS)
+    CHECKED = preflight(SETTINGS)  # in every process that imports the service, workers too
 except (CardError, DeviceError, FileNotFoundError) as exc:
     raise SystemExit(f"rnnserve cannot start: {exc}") from None
 
@@ -103,7 +103,7 @@ class RnnServe:
     """Digits from images or pixel arrays, next characters and generated text."""
 
     def __init__(self) -> None:
-        self.registry = ModelRegistry.load(SETTINGS, observe)  # verify, load, warm up
+        self.registry = ModelRegistry.load(SETTINGS, observe, CHECKED)  # load, warm up
         for info in self.registry.describe():
             MODEL_INFO.labels(
                 model=info["name"],
