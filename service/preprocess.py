@@ -149,8 +149,13 @@ def encode_text(text: str, stoi: dict[str, int]) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(axis=-1, keepdims=True)
+    """Probabilities of `logits / temperature`, stable for any temperature above 0.
+
+    The maximum is subtracted before dividing: for a tiny temperature (1e-300, found by the
+    fuzzer) `logits / temperature` overflows to inf and inf - inf gave NaN probabilities.
+    """
+    z = logits.astype(np.float64)
+    z = (z - z.max(axis=-1, keepdims=True)) / temperature
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 

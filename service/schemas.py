@@ -12,22 +12,43 @@ from typing import Annotated, Any, Literal, cast
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from service.cards import CardError, discover_cards, short_name
+from service.cards import CardError, ModelCard, discover_cards, short_name
 from service.settings import get_settings
 
 SETTINGS = get_settings()
 
 
-def _classifier_names() -> list[str]:
+def _cards() -> list[ModelCard]:
     try:
-        cards = discover_cards(SETTINGS.model_dir, verify=False)  # start-up verifies later
+        return discover_cards(SETTINGS.model_dir, verify=False)  # start-up verifies later
     except CardError:
         return []
+
+
+def _classifier_names(cards: list[ModelCard]) -> list[str]:
     names = [c.name for c in cards if c.task == "digit-classification"]
     return sorted({short_name(n) for n in names}) + sorted(names)
 
 
-DIGIT_MODEL_NAMES = _classifier_names()
+def vocabulary_pattern(vocabulary: list[str]) -> str:
+    """A JSON-schema (ECMA-262) pattern matching text made only of `vocabulary`'s characters."""
+    escaped = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    chars = "".join(
+        escaped.get(c, "\\" + c if c in "\\]^-[" else c) for c in sorted(set(vocabulary))
+    )
+    return f"^[{chars}]*$"
+
+
+def _text_schema(cards: list[ModelCard]) -> dict[str, Any] | None:
+    """Documents the characters the text model knows (others are refused with 422)."""
+    char_cards = [c for c in cards if c.task == "next-character"]
+    if not char_cards:
+        return None
+    return {"pattern": vocabulary_pattern(list(char_cards[0].data.get("vocabulary", [])))}
+
+
+CARDS = _cards()
+DIGIT_MODEL_NAMES = _classifier_names(CARDS)
 DEFAULT_DIGIT_MODEL = short_name(SETTINGS.default_digit_model)
 
 
@@ -46,6 +67,12 @@ DigitModelName = Annotated[
     ),
 ]
 
+ROW_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "minItems": 28,
+    "maxItems": 28,
+    "items": {"type": "number", "minimum": 0, "maximum": 255},
+}
 EXAMPLE_DIGIT = [[0.0] * 28 for _ in range(28)]
 for _r in range(6, 22):  # a rough "1": a vertical bar of ink
     EXAMPLE_DIGIT[_r][13] = EXAMPLE_DIGIT[_r][14] = 255.0
@@ -55,17 +82,25 @@ class DigitPixels(BaseModel):
     """One 28x28 digit as rows of pixel values, white ink on black as in MNIST."""
 
     model_config = ConfigDict(
+        strict=True,  # numbers must be JSON numbers (not true/false or strings)
         # BentoML's OpenAPI schema takes a single `example` (not `examples`)
         json_schema_extra={
             "example": cast(
                 Any, {"pixels": EXAMPLE_DIGIT, "model": DEFAULT_DIGIT_MODEL, "scale": "0-255"}
             )
-        }
+        },
     )
 
     pixels: Annotated[
         list[list[float]],
-        Field(min_length=28, max_length=28, description="28 rows of 28 values"),
+        Field(
+            min_length=28,
+            max_length=28,
+            description="28 rows of 28 values, 0..255 (or 0..1 with scale '0-1')",
+            # the row length and value range are checked by _check_pixels (with messages
+            # that name the row); this documents them in the schema as well
+            json_schema_extra={"items": ROW_SCHEMA},
+        ),
     ]
     model: DigitModelName = DEFAULT_DIGIT_MODEL
     scale: Literal["0-255", "0-1"] = Field(
@@ -139,12 +174,32 @@ def finite(value: float) -> float:
 
 Temperature = Annotated[
     float,
+    # the bounds first, so that they reach the JSON schema as minimum/maximum
+    Field(ge=0.0, le=5.0, strict=True, description="sampling temperature; 0 means greedy"),
     AfterValidator(finite),
-    Field(ge=0.0, le=5.0, description="sampling temperature; 0 means greedy"),
 ]
-TopK = Annotated[int, Field(ge=1, le=SETTINGS.max_top_k)]
+SoftmaxTemperature = Annotated[
+    float,
+    Field(
+        gt=0.0,
+        le=5.0,
+        strict=True,
+        description="softmax temperature for the probabilities (above 0)",
+    ),
+    AfterValidator(finite),
+]
+# strict: JSON numbers only, no true/false or "5" strings (pydantic's lax mode takes both,
+# which the schema does not allow; found by the schemathesis run)
+TopK = Annotated[int, Field(ge=1, le=SETTINGS.max_top_k, strict=True)]
 PromptText = Annotated[
-    str, Field(min_length=1, max_length=SETTINGS.max_text_chars, examples=["ROMEO:\n"])
+    str,
+    Field(
+        min_length=1,
+        max_length=SETTINGS.max_text_chars,
+        examples=["ROMEO:\n"],
+        description="text in the model's vocabulary (GET /v1/metadata lists it)",
+        json_schema_extra=_text_schema(CARDS),
+    ),
 ]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
-GenerateLength = Annotated[int, Field(ge=1, le=SETTINGS.max_generate_chars)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
+GenerateLength = Annotated[int, Field(ge=1, le=SETTINGS.max_generate_chars, strict=True)]

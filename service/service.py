@@ -23,8 +23,14 @@ from pydantic import Field
 from service import __version__
 from service.cards import CardError
 from service.inference import ModelRegistry, preflight
-from service.meta_app import meta_app
-from service.middleware import BearerAuthMiddleware, BodyLimitMiddleware, ErrorShapeMiddleware
+from service.meta_app import META_PATHS, MOUNT_PATH, meta_app
+from service.middleware import (
+    BearerAuthMiddleware,
+    BodyLimitMiddleware,
+    ErrorShapeMiddleware,
+    MultipartGuardMiddleware,
+)
+from service.openapi import OpenApiMiddleware, document_errors
 from service.preprocess import InputError, decode_image, mnist_style
 from service.runtime import DeviceError
 from service.schemas import (
@@ -39,6 +45,7 @@ from service.schemas import (
     NextCharResponse,
     PromptText,
     Seed,
+    SoftmaxTemperature,
     Temperature,
     TopK,
 )
@@ -98,7 +105,7 @@ def client_error(exc: InputError) -> BentoMLException:
     traffic={"timeout": SETTINGS.timeout_s},
     http={"cors": {"enabled": False}},
 )
-@bentoml.asgi_app(meta_app, path="/v1")
+@bentoml.asgi_app(meta_app, path=MOUNT_PATH)
 class RnnServe:
     """Digits from images or pixel arrays, next characters and generated text."""
 
@@ -175,13 +182,11 @@ class RnnServe:
 
     @bentoml.api
     def next_char(
-        self, text: PromptText, k: TopK = 5, temperature: Temperature = 1.0
+        self, text: PromptText, k: TopK = 5, temperature: SoftmaxTemperature = 1.0
     ) -> NextCharResponse:
         """The k most probable next characters after `text`, with their probabilities."""
         try:
             model = self.registry.char_model()
-            if temperature == 0:
-                raise InputError("temperature must be above 0 for probabilities", 422)
             candidates = model.next_chars(text, k, temperature)
         except InputError as exc:
             raise client_error(exc) from None
@@ -244,8 +249,9 @@ class RnnServe:
 
 
 # Outermost first: every error gets the one shape; a request without a valid token is refused
-# before its body is read; then the body limit. (The decorator turned the class into a
-# bentoml Service, which mypy cannot see.)
+# before its body is read; then the body limit; then a guard for malformed multipart bodies;
+# then /docs.json, which documents the one error shape and every status (service/openapi.py).
+# (The decorator turned the class into a bentoml Service, which mypy cannot see.)
 _service = cast(Any, RnnServe)
 # Every answer is JSON. Saying so up front spares BentoML from deriving the media type from
 # the output's JSON schema on every response (profiled: ~11% of a worker's time under load).
@@ -256,3 +262,7 @@ _service.add_asgi_middleware(
     BearerAuthMiddleware, tokens=SETTINGS.tokens, exempt=SETTINGS.exempt_paths
 )
 _service.add_asgi_middleware(BodyLimitMiddleware, max_bytes=SETTINGS.max_request_bytes)
+_service.add_asgi_middleware(MultipartGuardMiddleware)
+_service.add_asgi_middleware(
+    OpenApiMiddleware, build=lambda: document_errors(_service.openapi_spec.asdict(), META_PATHS)
+)

@@ -364,6 +364,29 @@ BAD_REQUESTS = [
     ),
     ("empty prompt", "/generate", {"json": {"prompt": ""}}, 400, "at least 1"),
     ("wrong method", "/classify_pixels", {"method": "GET"}, 405, "Method Not Allowed"),
+    (
+        "multipart without boundary",
+        "/classify_image",
+        {"content": b"{}", "headers": {"content-type": "multipart/form-data"}},
+        400,
+        "malformed multipart body",
+    ),
+    (
+        "broken multipart",
+        "/classify_image",
+        {"content": b"{}", "headers": {"content-type": "multipart/form-data; boundary=xx"}},
+        400,
+        "malformed multipart body",
+    ),
+    ("boolean seed", "/generate", {"json": {"prompt": "A", "seed": False}}, 400, "integer"),
+    ("number as text", "/next_char", {"json": {"text": "A", "k": "5"}}, 400, "integer"),
+    (
+        "zero softmax temperature",
+        "/next_char",
+        {"json": {"text": "A", "temperature": 0}},
+        400,
+        "greater than 0",
+    ),
 ]
 
 
@@ -380,7 +403,9 @@ def test_bad_input_gets_a_clear_4xx_in_one_shape(
     status: int,
     message: str,
 ) -> None:
-    headers = {"content-type": "application/json"} if "content" in kwargs else None
+    kwargs = dict(kwargs)
+    default_headers = {"content-type": "application/json"} if "content" in kwargs else None
+    headers = kwargs.pop("headers", default_headers)
     method = kwargs.pop("method", "POST")
     r = client.request(method, path, headers=headers, **kwargs)
     assert r.status_code == status, r.text
@@ -388,6 +413,32 @@ def test_bad_input_gets_a_clear_4xx_in_one_shape(
     assert set(body) == {"error", "detail"} and isinstance(body["error"], str)
     assert message in body["error"], body
     assert_still_serving(client, digits)
+
+
+def test_tiny_temperature_gives_finite_probabilities(client: httpx.Client) -> None:
+    """(logits / 1e-300) overflowed to inf and gave NaN (sent as null); found by fuzzing."""
+    r = client.post("/next_char", json={"text": "ROMEO", "k": 3, "temperature": 1e-300})
+    assert r.status_code == 200, r.text
+    probabilities = [c["probability"] for c in r.json()["candidates"]]
+    assert probabilities == [1.0, 0.0, 0.0]
+
+
+def test_openapi_documents_the_error_shape_and_statuses(client: httpx.Client) -> None:
+    spec = client.get("/docs.json").json()
+    error = spec["components"]["schemas"]["Error"]
+    assert error["required"] == ["error", "detail"]
+    assert "InvalidArgument" not in spec["components"]["schemas"]
+    image = spec["paths"]["/classify_image"]["post"]["responses"]
+    assert {"200", "400", "401", "413", "415", "422", "500", "503"} <= set(image)
+    assert image["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
+    generate = spec["components"]["schemas"]["generate__Input"]["properties"]
+    assert generate["seed"]["nullable"] is True and generate["seed"]["type"] == "integer"
+    assert spec["paths"]["/generate"]["post"]["requestBody"]["required"] is True
+    assert "/v1/metadata" in spec["paths"]
+    pixels = spec["components"]["schemas"]["DigitPixels"]["properties"]["pixels"]
+    assert pixels["items"]["minItems"] == 28 and pixels["items"]["items"]["maximum"] == 255
 
 
 def test_openapi_document_lists_every_endpoint(client: httpx.Client) -> None:

@@ -83,3 +83,77 @@ def test_registry_on_committed_models() -> None:
     assert slow[len(text) :] == greedy
     probs = registry.digit_model("birnn").predict(np.zeros((3, 28, 28), np.float32))
     assert probs.shape == (3, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- OpenAPI document
+
+
+def test_openapi30_spells_nullable_and_exclusive_bounds_the_30_way() -> None:
+    from service.openapi import openapi30
+
+    node = {
+        "properties": {
+            "seed": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}], "title": "S"},
+            "t": {"type": "number", "exclusiveMinimum": 0.0, "maximum": 5},
+            "flag": {"type": "boolean", "exclusiveMinimum": True},
+        }
+    }
+    out = openapi30(node)["properties"]
+    assert out["seed"] == {"type": "integer", "minimum": 0, "title": "S", "nullable": True}
+    assert out["t"] == {"type": "number", "minimum": 0.0, "exclusiveMinimum": True, "maximum": 5}
+    assert out["flag"]["exclusiveMinimum"] is True  # already 3.0 style: untouched
+
+
+def test_document_errors_replaces_bentoml_error_schemas_on_every_api() -> None:
+    from service.openapi import document_errors
+
+    spec = {
+        "components": {"schemas": {"InvalidArgument": {}, "x__Input": {"required": ["a"]}}},
+        "paths": {
+            "/x": {
+                "post": {
+                    "x-bentoml-name": "x",
+                    "responses": {200: {"description": "ok"}, 400: {}, 404: {}, 500: {}},
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {"required": ["a"], "properties": {"a": {}}}
+                            }
+                        }
+                    },
+                }
+            },
+            "/livez": {"get": {"responses": {"200": {}}}},
+        },
+    }
+    out = document_errors(spec, {"/v1/m": {"get": {}}})
+    assert "InvalidArgument" not in out["components"]["schemas"]
+    responses = out["paths"]["/x"]["post"]["responses"]
+    assert set(responses) == {"200", "400", "401", "413", "422", "500", "503"}
+    body = out["paths"]["/x"]["post"]["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/x__Input"
+    }
+    assert out["paths"]["/livez"] == {"get": {"responses": {"200": {}}}}
+    assert "/v1/m" in out["paths"]
+    assert 400 in spec["paths"]["/x"]["post"]["responses"]  # the input is not modified
+
+
+def test_vocabulary_pattern_accepts_exactly_the_vocabulary() -> None:
+    import re
+
+    from service.schemas import vocabulary_pattern
+
+    pattern = re.compile(vocabulary_pattern(["a", "-", "]", "\\", "^", "\n", " "]))
+    assert pattern.fullmatch("a-]\\^\n a")
+    assert pattern.fullmatch("")  # the length limit is minLength's job
+    for outsider in ("b", "[", "\t", "é", "A"):
+        assert not pattern.fullmatch(f"a{outsider}"), outsider
+
+
+def test_softmax_survives_a_tiny_temperature() -> None:
+    from service.preprocess import softmax
+
+    probs = softmax(np.array([1.0, 3.0, 2.0], dtype=np.float32), 1e-300)
+    assert np.isfinite(probs).all() and probs.tolist() == [0.0, 1.0, 0.0]

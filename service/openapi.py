@@ -1,0 +1,148 @@
+"""The OpenAPI document at /docs.json, corrected to describe what the service really answers.
+
+BentoML generates the document from the typed APIs, but documents errors as 400/404/500 with a
+`detail` that is a string. This service answers every error in one shape,
+`{"error": str, "detail": any}` (ErrorShapeMiddleware), where `detail` holds pydantic's list of
+validation problems or null, and with more statuses: 401 (auth), 413 (body or image too large),
+415 (not an image), 422 (understood but unusable, e.g. a blank picture), 503 (not ready). A client
+generator, or a fuzzer checking responses against the schema (tests/test_fuzz.py), must see that.
+The document is also extended with the GET routes mounted beside BentoML's (GET /v1/metadata).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Error",
+    "description": "Every error response: a message a person can act on, and details.",
+    "required": ["error", "detail"],
+    "properties": {
+        "error": {"type": "string", "description": "what went wrong and what to change"},
+        # any JSON value: a list of pydantic validation problems, or null
+        "detail": {"description": "machine-readable details, or null", "nullable": True},
+    },
+}
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+BENTOML_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError")
+
+ERROR_PHRASES = {
+    400: "Invalid input: malformed JSON, wrong types or shapes, values out of range",
+    401: "Missing or invalid bearer token (only when RNNSERVE_API_TOKENS is set)",
+    404: "Unknown route",
+    413: "Request body or image over the configured limit",
+    415: "The upload is not a readable image",
+    422: "Valid input the model cannot use (blank picture, characters outside the vocabulary)",
+    500: "Unexpected server error",
+    503: "Not ready yet, or overloaded",
+}
+API_ERROR_STATUSES = (400, 401, 413, 422, 500, 503)
+IMAGE_ROUTES = ("/classify_image",)
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    return {
+        "description": ERROR_PHRASES[status],
+        "content": {"application/json": {"schema": ERROR_REF}},
+    }
+
+
+def openapi30(node: Any) -> Any:
+    """pydantic writes JSON Schema 2020-12; BentoML declares OpenAPI 3.0, which spells two
+    things differently: `X | None` (`anyOf: [X, {"type": "null"}]`) is `X` + `nullable: true`,
+    and `exclusiveMinimum: 0` is `minimum: 0` + `exclusiveMinimum: true`."""
+    if isinstance(node, list):
+        return [openapi30(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: openapi30(value) for key, value in node.items()}
+    options = node.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        other = next(o for o in options if o != {"type": "null"})
+        node.pop("anyOf")
+        node = {**other, **node, "nullable": True}
+    for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = node.get(bound)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            node[limit] = value
+            node[bound] = True
+    return node
+
+
+def _use_component_schemas(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """BentoML inlines the request and response schemas into the paths with `X | None` fields
+    flattened to plain `X` (so a null that the API accepts and returns looks invalid); the
+    components keep them. Point the operation at the component schemas instead."""
+    body = operation.get("requestBody", {})
+    name = f"{operation['x-bentoml-name']}__Input"
+    for media in body.get("content", {}).values():
+        if name in schemas and media.get("schema", {}).get("properties"):
+            media["schema"] = {"$ref": f"#/components/schemas/{name}"}
+    for media in operation["responses"].get("200", {}).get("content", {}).values():
+        title = media.get("schema", {}).get("title")
+        if title in schemas:
+            media["schema"] = {"$ref": f"#/components/schemas/{title}"}
+
+
+def document_errors(
+    spec: dict[str, Any], extra_paths: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A copy of BentoML's `spec` with the one error shape, every status the service uses,
+    OpenAPI 3.0 nullables and required request bodies."""
+    spec = openapi30(copy.deepcopy(spec))
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for name in BENTOML_ERROR_SCHEMAS:
+        schemas.pop(name, None)
+    schemas["Error"] = ERROR_SCHEMA
+    for route, item in spec.get("paths", {}).items():
+        operation = item.get("post")
+        if operation is None or "x-bentoml-name" not in operation:
+            continue
+        responses = {str(k): v for k, v in operation["responses"].items() if int(k) < 400}
+        statuses = API_ERROR_STATUSES + ((415,) if route in IMAGE_ROUTES else ())
+        for status in sorted(statuses):
+            responses[str(status)] = _error_response(status)
+        operation["responses"] = responses
+        body = operation.get("requestBody")
+        if body and any(m.get("schema", {}).get("required") for m in body["content"].values()):
+            body["required"] = True  # no body at all is as invalid as one without a field
+        _use_component_schemas(operation, schemas)
+    spec["paths"].update(copy.deepcopy(extra_paths or {}))
+    return spec
+
+
+class OpenApiMiddleware:
+    """Answers GET /docs.json with the corrected document (built once, on first request)."""
+
+    def __init__(self, app: ASGIApp, build: Callable[[], dict[str, Any]]) -> None:
+        self.app = app
+        self.build = build
+        self.body: bytes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("path") != "/docs.json"
+            or scope.get("method") != "GET"
+        ):
+            await self.app(scope, receive, send)
+            return
+        if self.body is None:
+            self.body = json.dumps(self.build()).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(self.body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": self.body})

@@ -1,0 +1,137 @@
+"""Property-based API fuzzing: schemathesis against the service's own OpenAPI document.
+
+A real `bentoml serve` process; schemathesis reads /docs.json and generates valid and invalid
+requests for every operation (at least 1,000 in all, counted), and checks each answer: no 5xx,
+a documented status code and content type, a body that matches the documented schema, schema-
+invalid input refused, and every error in the one shape {"error": str, "detail": any}.
+
+Two operations skip `positive_data_acceptance` (a schema-valid request must succeed) because
+they refuse some schema-valid input on purpose, with a 4xx that says why: a picture with no
+visible digit (422), and pixels over 1 sent with scale "0-1" (400; the schema states the 0..255
+bound that both scales share, JSON schema cannot tie the bound to the scale field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from loadtest.servers import Server, start_server
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES_PER_OPERATION = 150
+MIN_REQUESTS = 1_000
+SEMANTIC_REFUSALS = {"/classify_image", "/classify_pixels"}
+SENT: dict[str, int] = {}
+
+
+@schemathesis.check
+def one_error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Every 4xx/5xx body is {"error": non-empty str, "detail": any} and nothing else."""
+    if response.status_code < 400:
+        return None
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error", "detail"}, body
+    assert isinstance(body["error"], str) and body["error"].strip(), body
+    return True
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
+    one_error_shape,
+]
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("fuzz"), model_dir=str(ROOT / "models"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_server: Server) -> Any:
+    schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/docs.json", timeout=30)
+    schema.config.update(base_url=fuzz_server.url)
+    return schema
+
+
+# Every operation of the document, by name, so that each is its own test; a route added to the
+# service without being added here fails test_every_documented_operation_is_fuzzed.
+OPERATIONS_WITH_INPUT = [
+    ("POST", "/classify_pixels"),
+    ("POST", "/classify_image"),
+    ("POST", "/next_char"),
+    ("POST", "/generate"),
+    ("POST", "/metadata"),
+]
+OPERATIONS_WITHOUT_INPUT = [
+    ("GET", "/v1/metadata"),
+    ("GET", "/healthz"),
+    ("GET", "/livez"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+]
+CASES = [(m, p, "positive") for m, p in OPERATIONS_WITH_INPUT + OPERATIONS_WITHOUT_INPUT] + [
+    (m, p, "negative") for m, p in OPERATIONS_WITH_INPUT
+]
+
+
+def test_every_documented_operation_is_fuzzed(api_schema: Any) -> None:
+    documented = {
+        (result.ok().method.upper(), result.ok().path) for result in api_schema.get_all_operations()
+    }
+    assert documented == set(OPERATIONS_WITH_INPUT + OPERATIONS_WITHOUT_INPUT)
+
+
+@pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=[" ".join(c) for c in CASES])
+def test_api_fuzzing(api_schema: Any, method: str, path: str, mode: str) -> None:
+    operation = api_schema[path][method]
+    checks = [
+        c for c in CHECKS if not (c is positive_data_acceptance and path in SEMANTIC_REFUSALS)
+    ]
+
+    @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        derandomize=True,  # the same requests on every run: CI cannot flake on a new draw
+        database=None,  # no .hypothesis/ folder
+        suppress_health_check=list(HealthCheck),
+    )
+    def call_and_check(case: Any) -> None:
+        SENT[f"{method} {path}"] = SENT.get(f"{method} {path}", 0) + 1
+        case.call_and_validate(checks=checks, timeout=30)
+
+    call_and_check()
+
+
+def test_fuzzing_sent_enough_requests_to_every_operation(fuzz_server: Server) -> None:
+    if len(SENT) < len(OPERATIONS_WITH_INPUT + OPERATIONS_WITHOUT_INPUT):
+        pytest.skip("run the whole module to count the fuzzing requests")
+    print(f"fuzzing requests per operation: {SENT} (total {sum(SENT.values())})")
+    assert sum(SENT.values()) >= MIN_REQUESTS, SENT
+    assert fuzz_server.process.poll() is None, "the server died during fuzzing"
+    assert "status=500" not in fuzz_server.log()  # BentoML's access log line of every answer
