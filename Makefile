@@ -16,7 +16,7 @@ DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
 RUNS ?= runs
 export RNNSERVE_DATA_DIR := $(abspath $(DATA_DIR))
 
-.PHONY: help setup serve test lint pytest train models export summary bench build load clean
+.PHONY: help setup browser serve test lint pytest train models export summary bench build load soak clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
@@ -29,6 +29,16 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 setup: $(STAMP)  ## create .venv and install the project with its dev tools
+
+# The demo page is tested in Debian's Chromium (Playwright drives it; it downloads no browser).
+browser:  ## install Debian's chromium for the browser tests when it is missing (apt, as root)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium with apt-get (browser tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing and cannot be installed here: the browser tests will skip"; \
+	  fi; }
 
 HOST ?= 127.0.0.1
 PORT ?= 3000
@@ -49,7 +59,7 @@ lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff format --check training service tests loadtest
 	$(VENV)/bin/mypy training service loadtest
 
-pytest: setup  ## the test suite only
+pytest: setup browser  ## the test suite only
 	$(PY) -m pytest
 
 test: lint pytest  ## lint, then the whole test suite (what CI runs)
@@ -71,6 +81,9 @@ build: setup  ## build the bento (service + models) into $$BENTOML_HOME
 
 load: setup  ## Locust load test at 1/8/32/64 users + FastAPI comparison (report in loadtest/results)
 	$(PY) -m loadtest.run_load --compare
+
+soak: setup  ## 10-minute soak: mixed load, failures and worker memory growth (loadtest/results/soak.md)
+	$(PY) -m loadtest.soak
 
 clean:  ## remove the virtualenv and caches (not runs/ or models/)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

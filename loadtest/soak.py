@@ -16,7 +16,7 @@ samples against the median of the first three after warm-up. A leak of a few byt
 shows here; the one-off start-up growth does not.
 
 Targets (exit status 1 when missed): 0 failures, memory growth under 10%. Writes soak.json,
-soak.md and soak.png into --out (default loadtest/results/soak). Only 127.0.0.1 is targeted.
+soak.md and soak.png into --out (default loadtest/results). Only 127.0.0.1 is targeted.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--url", help="soak a running server on 127.0.0.1 instead")
     parser.add_argument("--server-pid", type=int, help="its arbiter's pid, to sample memory")
-    parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results" / "soak")
+    parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else []
     return args

@@ -77,11 +77,14 @@ def normalize_error(status: int, body: bytes) -> bytes:
 class ErrorShapeMiddleware:
     """Buffers error responses (status >= 400) and rewrites their body into the one shape."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, exempt_prefix: str | None = None) -> None:
         self.app = app
+        self.exempt_prefix = exempt_prefix  # routes with an error format of their own
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.exempt_prefix and scope.get("path", "").startswith(self.exempt_prefix)
+        ):
             await self.app(scope, receive, send)
             return
         start: Message | None = None
@@ -119,13 +122,15 @@ class BearerAuthMiddleware:
 
     Tokens are compared in constant time (`hmac.compare_digest`) against every configured
     token, so neither a match nor its position leaks through timing. Exempt paths (health,
-    metrics by default) stay open for probes and scrapers.
+    metrics by default) stay open for probes and scrapers; an entry ending in `*` exempts a
+    prefix (the demo page's static files, `/ui/*`: they hold no data, the page sends the token).
     """
 
     def __init__(self, app: ASGIApp, tokens: tuple[str, ...], exempt: tuple[str, ...]) -> None:
         self.app = app
         self.tokens = [t.encode() for t in tokens]
-        self.exempt = set(exempt)
+        self.exempt = {p for p in exempt if not p.endswith("*")}
+        self.exempt_prefixes = tuple(p[:-1] for p in exempt if p.endswith("*"))
 
     def _authorized(self, header: bytes | None) -> bool:
         if header is None or not header.lower().startswith(b"bearer "):
@@ -135,7 +140,13 @@ class BearerAuthMiddleware:
         return any(matches)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.tokens or scope.get("path") in self.exempt:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not self.tokens
+            or path in self.exempt
+            or path.startswith(self.exempt_prefixes)
+        ):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))

@@ -49,6 +49,9 @@ from service.schemas import (
     Temperature,
     TopK,
 )
+from service.v2_app import MOUNT_PATH as V2_PATH
+from service.v2_app import V2RootMiddleware, v2_app
+from service.web_app import web_app
 
 try:
     CHECKED = preflight(SETTINGS)  # in every process that imports the service, workers too
@@ -106,6 +109,8 @@ def client_error(exc: InputError) -> BentoMLException:
     http={"cors": {"enabled": False}},
 )
 @bentoml.asgi_app(meta_app, path=MOUNT_PATH)
+@bentoml.asgi_app(v2_app, path=V2_PATH)
+@bentoml.asgi_app(web_app, path="/ui")
 class RnnServe:
     """Digits from images or pixel arrays, next characters and generated text."""
 
@@ -257,7 +262,8 @@ _service = cast(Any, RnnServe)
 # the output's JSON schema on every response (profiled: ~11% of a worker's time under load).
 for _api in _service.apis.values():
     _api.output_spec.media_type = "application/json"
-_service.add_asgi_middleware(ErrorShapeMiddleware)
+_service.add_asgi_middleware(V2RootMiddleware)
+_service.add_asgi_middleware(ErrorShapeMiddleware, exempt_prefix=V2_PATH)  # V2: {"error"}
 _service.add_asgi_middleware(
     BearerAuthMiddleware, tokens=SETTINGS.tokens, exempt=SETTINGS.exempt_paths
 )

@@ -42,7 +42,7 @@ class Settings:
     workers: int = 1
     timeout_s: int = 30
     api_tokens: str = ""
-    auth_exempt: str = "/livez,/readyz,/healthz,/metrics"
+    auth_exempt: str = "/livez,/readyz,/healthz,/metrics,/v2/health/live,/v2/health/ready,/ui,/ui/*"
 
     @property
     def tokens(self) -> tuple[str, ...]:
@@ -122,5 +122,5 @@ SETTINGS_DOC: dict[str, str] = {
     "timeout_s": "per-request timeout",
     "api_tokens": "comma-separated bearer tokens; when set, every other route needs "
     "`Authorization: Bearer <token>` (401 otherwise)",
-    "auth_exempt": "paths open without a token when tokens are set (exact paths)",
+    "auth_exempt": "paths open without a token when tokens are set (exact; `*` ends a prefix)",
 }

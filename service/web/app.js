@@ -1,0 +1,334 @@
+// rnnserve demo page: plain JavaScript, no build step, no requests beyond this server.
+"use strict";
+
+const MAX_TEXT = 2000; // the API's text limit; longer prompts send their last 2000 characters
+const $ = (id) => document.getElementById(id);
+
+// ---------------------------------------------------------------- API
+// A bearer token (when the server requires one) comes from #token=... once, then localStorage.
+const hashToken = new URLSearchParams(location.hash.slice(1)).get("token");
+if (hashToken) localStorage.setItem("rnnserve-token", hashToken);
+const token = localStorage.getItem("rnnserve-token");
+
+async function api(path, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, {
+    method: body === undefined ? "GET" : "POST",
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({ error: response.statusText }));
+  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+  return data;
+}
+
+function setStatus(text, bad = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("bad", bad);
+}
+
+// ---------------------------------------------------------------- drawing pad
+const pad = $("pad");
+const pen = pad.getContext("2d");
+let drawing = false;
+
+function clearPad() {
+  pen.fillStyle = "#000";
+  pen.fillRect(0, 0, pad.width, pad.height);
+}
+
+function padPoint(event) {
+  const box = pad.getBoundingClientRect(); // the pad may be drawn smaller than 280 px
+  return [
+    ((event.clientX - box.left) * pad.width) / box.width,
+    ((event.clientY - box.top) * pad.height) / box.height,
+  ];
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  pad.setPointerCapture(event.pointerId);
+  drawing = true;
+  const [x, y] = padPoint(event);
+  pen.strokeStyle = "#fff";
+  pen.fillStyle = "#fff";
+  pen.lineWidth = Number($("pen").value);
+  pen.lineCap = "round";
+  pen.lineJoin = "round";
+  pen.beginPath();
+  pen.arc(x, y, pen.lineWidth / 2, 0, 2 * Math.PI);
+  pen.fill();
+  pen.beginPath();
+  pen.moveTo(x, y);
+  schedulePrediction();
+});
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  const [x, y] = padPoint(event);
+  pen.lineTo(x, y);
+  pen.stroke();
+  schedulePrediction();
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(type, () => {
+    drawing = false;
+    schedulePrediction();
+  });
+}
+$("clear").addEventListener("click", () => {
+  clearPad();
+  renderPreview(null);
+  renderModels(null);
+});
+
+// ---------------------------------------------------------------- MNIST-style 28x28
+// As the service does for uploads (service/preprocess.py): crop to the ink, fit it into a
+// 20x20 box keeping the aspect ratio (area averaging), centre the box in 28x28, then shift so
+// the centre of mass sits at (14, 14). Returns 28 rows of 0..255 values, or null when blank.
+function toMnist(canvas) {
+  const width = canvas.width;
+  const height = canvas.height;
+  const rgba = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+  const gray = new Float32Array(width * height);
+  let top = height, bottom = -1, left = width, right = -1;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const value = rgba[(y * width + x) * 4] / 255;
+      gray[y * width + x] = value;
+      if (value > 0.1) {
+        top = Math.min(top, y); bottom = Math.max(bottom, y);
+        left = Math.min(left, x); right = Math.max(right, x);
+      }
+    }
+  }
+  if (bottom < 0) return null;
+  const h = bottom - top + 1;
+  const w = right - left + 1;
+  const scale = 20 / Math.max(h, w);
+  const boxH = Math.max(1, Math.round(h * scale));
+  const boxW = Math.max(1, Math.round(w * scale));
+  const image = new Float32Array(28 * 28);
+  const offY = Math.floor((28 - boxH) / 2);
+  const offX = Math.floor((28 - boxW) / 2);
+  for (let ty = 0; ty < boxH; ty++) {
+    const y0 = top + Math.floor((ty * h) / boxH);
+    const y1 = Math.max(y0 + 1, top + Math.floor(((ty + 1) * h) / boxH));
+    for (let tx = 0; tx < boxW; tx++) {
+      const x0 = left + Math.floor((tx * w) / boxW);
+      const x1 = Math.max(x0 + 1, left + Math.floor(((tx + 1) * w) / boxW));
+      let sum = 0;
+      for (let y = y0; y < y1; y++) for (let x = x0; x < x1; x++) sum += gray[y * width + x];
+      image[(offY + ty) * 28 + offX + tx] = sum / ((y1 - y0) * (x1 - x0));
+    }
+  }
+  let mass = 0, cy = 0, cx = 0;
+  for (let y = 0; y < 28; y++) {
+    for (let x = 0; x < 28; x++) {
+      const v = image[y * 28 + x];
+      mass += v; cy += y * v; cx += x * v;
+    }
+  }
+  const dy = Math.round(14 - cy / mass);
+  const dx = Math.round(14 - cx / mass);
+  const rows = [];
+  for (let y = 0; y < 28; y++) {
+    const row = [];
+    for (let x = 0; x < 28; x++) {
+      const sy = y - dy, sx = x - dx;
+      const inside = sy >= 0 && sy < 28 && sx >= 0 && sx < 28;
+      row.push(inside ? Math.round(Math.min(1, image[sy * 28 + sx]) * 255) : 0);
+    }
+    rows.push(row);
+  }
+  return rows;
+}
+
+function renderPreview(rows) {
+  const preview = $("preview").getContext("2d");
+  const pixels = preview.createImageData(28, 28);
+  for (let i = 0; i < 28 * 28; i++) {
+    const v = rows ? rows[Math.floor(i / 28)][i % 28] : 0;
+    pixels.data.set([v, v, v, 255], i * 4);
+  }
+  preview.putImageData(pixels, 0, 0);
+}
+
+// ---------------------------------------------------------------- digit predictions
+let digitModels = [];
+let predicting = false;
+let predictAgain = false;
+
+function schedulePrediction() {
+  if (predicting) {
+    predictAgain = true;
+    return;
+  }
+  predicting = true;
+  requestAnimationFrame(predict);
+}
+
+async function predict() {
+  const rows = toMnist(pad);
+  renderPreview(rows);
+  try {
+    if (rows && digitModels.length) {
+      // one request, one image per model: every classifier answers the same drawing
+      const answers = await api("/classify_pixels", {
+        images: digitModels.map((model) => ({ pixels: rows, model })),
+      });
+      renderModels(answers);
+    }
+  } catch (error) {
+    setStatus(`prediction failed: ${error.message}`, true);
+  } finally {
+    predicting = false;
+    if (predictAgain) {
+      predictAgain = false;
+      schedulePrediction();
+    }
+  }
+}
+
+function renderModels(answers) {
+  const box = $("models");
+  box.replaceChildren();
+  digitModels.forEach((model, index) => {
+    const answer = answers ? answers[index] : null;
+    const card = document.createElement("article");
+    card.className = "model";
+    card.dataset.model = model;
+    const title = document.createElement("h3");
+    title.textContent = model;
+    const digit = document.createElement("div");
+    digit.className = "digit";
+    digit.textContent = answer ? String(answer.digit) : "–";
+    const bars = document.createElement("div");
+    bars.className = "bars";
+    for (let d = 0; d < 10; d++) {
+      const p = answer ? answer.probabilities[d] : 0;
+      const label = document.createElement("span");
+      label.textContent = String(d);
+      const bar = document.createElement("div");
+      bar.className = "bar";
+      const fill = document.createElement("span");
+      fill.style.width = `${(p * 100).toFixed(1)}%`;
+      bar.append(fill);
+      const value = document.createElement("span");
+      value.textContent = `${(p * 100).toFixed(0)}%`;
+      if (answer && d === answer.digit) label.className = value.className = "top";
+      bars.append(label, bar, value);
+    }
+    card.append(title, digit, bars);
+    box.append(card);
+  });
+}
+
+// ---------------------------------------------------------------- next character
+const shown = (char) => (char === " " ? "␣" : char === "\n" ? "↵" : char);
+let textTimer = 0;
+let textRequest = 0;
+
+function promptText() {
+  return $("prompt").value.slice(-MAX_TEXT);
+}
+
+function scheduleCandidates() {
+  clearTimeout(textTimer);
+  textTimer = setTimeout(updateCandidates, 120);
+}
+
+async function updateCandidates() {
+  const text = promptText();
+  const request = ++textRequest;
+  if (!text) {
+    $("candidates").replaceChildren();
+    $("text-error").textContent = "";
+    return;
+  }
+  try {
+    const answer = await api("/next_char", { text, k: 5 });
+    if (request !== textRequest) return; // a newer keystroke already asked
+    $("text-error").textContent = "";
+    renderCandidates(answer.candidates);
+  } catch (error) {
+    if (request !== textRequest) return;
+    $("candidates").replaceChildren();
+    $("text-error").textContent = error.message;
+  }
+}
+
+function renderCandidates(candidates) {
+  const list = $("candidates");
+  list.replaceChildren();
+  for (const { char, probability } of candidates) {
+    const item = document.createElement("li");
+    item.title = "click to add this character";
+    const glyph = document.createElement("span");
+    glyph.className = "char";
+    glyph.textContent = shown(char);
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = `${(probability * 100).toFixed(1)}%`;
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.textContent = `${(probability * 100).toFixed(1)}%`;
+    item.append(glyph, bar, value);
+    item.addEventListener("click", () => {
+      $("prompt").value += char;
+      updateCandidates();
+    });
+    list.append(item);
+  }
+}
+
+$("prompt").addEventListener("input", scheduleCandidates);
+$("temperature").addEventListener("input", () => {
+  $("temperature-value").textContent = $("temperature").value;
+});
+$("continue").addEventListener("click", async () => {
+  const button = $("continue");
+  button.disabled = true;
+  const body = {
+    prompt: promptText(),
+    length: Number($("length").value) || 200,
+    temperature: Number($("temperature").value),
+  };
+  if ($("seed").value !== "") body.seed = Number($("seed").value);
+  try {
+    const answer = await api("/generate", body);
+    $("prompt").value += answer.text;
+    $("text-error").textContent = "";
+    setStatus(`generated ${answer.text.length} characters with seed ${answer.seed}`);
+    updateCandidates();
+  } catch (error) {
+    $("text-error").textContent = error.message;
+  } finally {
+    button.disabled = false;
+  }
+});
+
+// ---------------------------------------------------------------- start
+async function start() {
+  clearPad();
+  renderPreview(null);
+  try {
+    const meta = await api("/v1/metadata");
+    const classifiers = meta.models.filter((m) => m.task === "digit-classification");
+    const preferred = meta.default_digit_model;
+    digitModels = classifiers.map((m) => m.name)
+      .sort((a, b) => (b === preferred) - (a === preferred) || a.localeCompare(b));
+    const char = meta.models.find((m) => m.task === "next-character");
+    const providers = [...new Set(meta.models.map((m) => m.provider))].join(", ");
+    setStatus(`${digitModels.length} digit models · ${char ? char.name : "no text model"} · ` +
+      `${meta.device} (${providers}) · rnnserve ${meta.version}`);
+    document.body.dataset.ready = "true";
+  } catch (error) {
+    setStatus(`cannot reach the service: ${error.message}`, true);
+  }
+  renderModels(null);
+  updateCandidates();
+}
+
+start();

@@ -1,0 +1,170 @@
+"""The demo page at /ui/, in a real browser: Debian's Chromium driven by Playwright.
+
+No browser is downloaded: Playwright launches /usr/bin/chromium (installed by `make test` with
+apt when missing). The test draws real MNIST test digits onto the canvas stroke by stroke, as a
+person would with a mouse, and reads the predictions the page shows; it types a prompt and
+reads the suggestions; it continues the text and compares it with the API's own answer for the
+same seed; and it checks that the page never asks anything of another host.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from loadtest.payloads import digits
+from loadtest.servers import Server, start_server
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Flags for a sandboxed CI machine without network: no background connections, no GPU.
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+if CHROMIUM is None:
+    pytest.skip(
+        "Debian's chromium is not installed and could not be (make test installs it with "
+        "apt-get when run as root on Debian/Ubuntu)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("ui"), model_dir=str(ROOT / "models"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, ui_server: Server) -> Iterator[Any]:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(f"{ui_server.url}/ui/")
+    sync_api.expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=20_000)
+    yield page
+    foreign = [url for url in requested if not url.startswith(ui_server.url)]
+    assert not foreign, f"the page asked other hosts: {foreign}"
+    page.close()
+
+
+def draw_digit(page: Any, pixels: np.ndarray) -> None:
+    """Draw a 28x28 digit on the pad with the mouse: one horizontal stroke per run of ink in
+    each pixel row (the pad is 10 screen pixels per MNIST pixel at this viewport)."""
+    box = page.locator("#pad").bounding_box()
+    cell = box["width"] / 28
+    for y, row in enumerate(pixels):
+        ink = np.flatnonzero(row > 100)
+        if ink.size == 0:
+            continue
+        runs = np.split(ink, np.flatnonzero(np.diff(ink) > 1) + 1)
+        for run in runs:
+            top = box["y"] + (y + 0.5) * cell
+            page.mouse.move(box["x"] + (run[0] + 0.5) * cell, top)
+            page.mouse.down()
+            page.mouse.move(box["x"] + (run[-1] + 0.5) * cell, top, steps=max(2, len(run)))
+            page.mouse.up()
+
+
+def shown_digits(page: Any) -> dict[str, str]:
+    cards = page.locator(".model")
+    return {
+        cards.nth(i).get_attribute("data-model"): cards.nth(i).locator(".digit").inner_text()
+        for i in range(cards.count())
+    }
+
+
+def test_drawn_mnist_digits_are_recognised(page: Any, tmp_path: Path) -> None:
+    page.locator("#pen").fill("12")  # a pen about as thick as an MNIST stroke
+    pool = digits()
+    chosen = [next(d for d in pool if d.label == label) for label in (3, 7, 0)]
+    for digit in chosen:
+        page.click("#clear")
+        draw_digit(page, np.asarray(digit.pixels))
+        default = page.locator('.model[data-model="mnist-bigru"] .digit')
+        sync_api.expect(default).to_have_text(str(digit.label), timeout=10_000)
+        page.wait_for_timeout(300)  # let the last stroke's prediction land
+        answers = shown_digits(page)
+        assert len(answers) == 3, answers
+        agree = sum(answer == str(digit.label) for answer in answers.values())
+        assert agree >= 2, (digit.label, answers)  # every classifier answered; most right
+    page.screenshot(path=str(tmp_path / "ui-digits.png"), full_page=True)
+
+
+def test_typing_shows_next_character_suggestions(page: Any, ui_server: Server) -> None:
+    prompt = page.locator("#prompt")
+    prompt.fill("")
+    prompt.press_sequentially("ROMEO:\nWhat light through yonder window bre", delay=5)
+    items = page.locator("#candidates li")
+    sync_api.expect(items).to_have_count(5, timeout=10_000)
+    expected = httpx.post(
+        f"{ui_server.url}/next_char",
+        json={"text": "ROMEO:\nWhat light through yonder window bre", "k": 5},
+    ).json()["candidates"]
+    first = items.nth(0).locator(".char").inner_text()
+    glyph = {" ": "␣", "\n": "↵"}.get(expected[0]["char"], expected[0]["char"])
+    assert first == glyph
+    # a character outside the vocabulary: the API's message, no suggestions
+    prompt.press_sequentially("€")
+    sync_api.expect(page.locator("#text-error")).to_contain_text("vocabulary", timeout=10_000)
+    sync_api.expect(items).to_have_count(0)
+
+
+def test_continue_generates_the_same_text_as_the_api(page: Any, ui_server: Server) -> None:
+    page.locator("#prompt").fill("JULIET:\n")
+    page.locator("#seed").fill("7")
+    page.locator("#length").fill("60")
+    page.click("#continue")
+    sync_api.expect(page.locator("#status")).to_contain_text("seed 7", timeout=20_000)
+    expected = httpx.post(
+        f"{ui_server.url}/generate",
+        json={"prompt": "JULIET:\n", "length": 60, "temperature": 0.8, "seed": 7},
+    ).json()["text"]
+    assert page.locator("#prompt").input_value() == "JULIET:\n" + expected
+
+
+def test_phone_sized_screen(browser: Any, ui_server: Server, tmp_path: Path) -> None:
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    try:
+        phone.goto(f"{ui_server.url}/ui/")
+        sync_api.expect(phone.locator("body")).to_have_attribute("data-ready", "true")
+        overflow = phone.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, f"the page scrolls sideways by {overflow} px on a phone"
+        pad = phone.locator("#pad").bounding_box()
+        assert pad["x"] >= 0 and pad["x"] + pad["width"] <= 390
+        draw_digit(phone, np.asarray(digits()[0].pixels))
+        sync_api.expect(phone.locator(".model .digit").first).to_have_text(
+            str(digits()[0].label), timeout=10_000
+        )
+        phone.screenshot(path=str(tmp_path / "ui-phone.png"), full_page=True)
+    finally:
+        phone.close()
