@@ -93,6 +93,28 @@ def draw_digit(page: Any, pixels: np.ndarray) -> None:
             page.mouse.up()
 
 
+def touch_draw_digit(page: Any, pixels: np.ndarray) -> None:
+    """The same strokes with a finger: real touch events through the DevTools protocol
+    (Playwright's own touchscreen API can only tap)."""
+    cdp = page.context.new_cdp_session(page)
+    box = page.locator("#pad").bounding_box()
+    cell = box["width"] / 28
+
+    def touch(kind: str, x: float | None = None, y: float | None = None) -> None:
+        points = [] if x is None else [{"x": x, "y": y, "radiusX": 4, "radiusY": 4}]
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    for y, row in enumerate(pixels):
+        ink = np.flatnonzero(row > 100)
+        for run in np.split(ink, np.flatnonzero(np.diff(ink) > 1) + 1) if ink.size else []:
+            top = box["y"] + (y + 0.5) * cell
+            touch("touchStart", box["x"] + (run[0] + 0.5) * cell, top)
+            for x in np.linspace(run[0], run[-1], max(2, len(run))):
+                touch("touchMove", box["x"] + (x + 0.5) * cell, top)
+            touch("touchEnd")
+    cdp.detach()
+
+
 def shown_digits(page: Any) -> dict[str, str]:
     cards = page.locator(".model")
     return {
@@ -161,7 +183,7 @@ def test_phone_sized_screen(browser: Any, ui_server: Server, tmp_path: Path) -> 
         assert overflow <= 0, f"the page scrolls sideways by {overflow} px on a phone"
         pad = phone.locator("#pad").bounding_box()
         assert pad["x"] >= 0 and pad["x"] + pad["width"] <= 390
-        draw_digit(phone, np.asarray(digits()[0].pixels))
+        touch_draw_digit(phone, np.asarray(digits()[0].pixels))
         sync_api.expect(phone.locator(".model .digit").first).to_have_text(
             str(digits()[0].label), timeout=10_000
         )
