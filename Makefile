@@ -16,7 +16,7 @@ DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
 RUNS ?= runs
 export RNNSERVE_DATA_DIR := $(abspath $(DATA_DIR))
 
-.PHONY: help setup browser serve test lint pytest train models export summary bench build load soak clean
+.PHONY: help setup browser peers serve test lint pytest train models export summary bench build load compare soak clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
@@ -79,8 +79,20 @@ summary: setup  ## print the committed models and their metrics
 build: setup  ## build the bento (service + models) into $$BENTOML_HOME
 	$(VENV)/bin/bentoml build
 
-load: setup  ## Locust load test at 1/8/32/64 users + FastAPI comparison (report in loadtest/results)
-	$(PY) -m loadtest.run_load --compare
+load: setup  ## Locust load test of the traffic mix at 1/8/32/64 users (report in loadtest/results)
+	$(PY) -m loadtest.run_load
+
+PEERS := .venv-peers
+$(PEERS)/.installed-stamp: loadtest/peers/requirements.txt
+	@test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -r loadtest/peers/requirements.txt
+	@touch $@
+
+peers: $(PEERS)/.installed-stamp  ## the comparison peers' own venv (Triton via PyTriton; numpy<2)
+
+compare: setup peers  ## rnnserve vs FastAPI vs Triton, side by side (loadtest/results/compare.md)
+	$(PY) -m loadtest.compare
 
 soak: setup  ## 10-minute soak: mixed load, failures and worker memory growth (loadtest/results/soak.md)
 	$(PY) -m loadtest.soak

@@ -1,14 +1,14 @@
-"""Stepped, bounded Locust load test with a report, and the FastAPI baseline comparison.
+"""Stepped, bounded Locust load test of the traffic mix, with a report.
 
     python -m loadtest.run_load                         # starts rnnserve, steps 1/8/32/64 users
     python -m loadtest.run_load --host http://127.0.0.1:3000 --steps 8 32 --seconds 20
-    python -m loadtest.run_load --compare-only          # rnnserve vs FastAPI, pixel endpoint
+
+The side-by-side comparison with FastAPI and Triton is loadtest/compare.py (`make compare`).
 
 Each step is one headless Locust run of fixed length that stops by itself. Written to --out
 (default loadtest/results/): Locust's CSV and HTML per step, `summary.md` (requests/s,
 p50/p95/p99 and failures per endpoint and step), `load.png` (throughput and latency against
-users) and, with the comparison, `compare.md`. Traffic goes to 127.0.0.1 unless --host says
-otherwise.
+users). Traffic goes to 127.0.0.1 unless --host says otherwise.
 """
 
 from __future__ import annotations
@@ -20,13 +20,10 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from loadtest.servers import Server, free_port, server_env, start_server
+from loadtest.servers import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -46,7 +43,13 @@ class Row:
 
 
 def run_locust(
-    host: str, users: int, seconds: float, prefix: Path, user_classes: list[str] | None = None
+    host: str,
+    users: int,
+    seconds: float,
+    prefix: Path,
+    user_classes: list[str] | None = None,
+    locustfile: Path = LOCUSTFILE,
+    env: dict[str, str] | None = None,
 ) -> list[Row]:
     """One bounded headless Locust run; returns its per-endpoint rows (and 'Aggregated')."""
     cmd = [
@@ -54,7 +57,7 @@ def run_locust(
         "-m",
         "locust",
         "-f",
-        str(LOCUSTFILE),
+        str(locustfile),
         "--headless",
         "--host",
         host,
@@ -82,7 +85,7 @@ def run_locust(
         timeout=seconds + 120,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
     rows = []
     with open(f"{prefix}_stats.csv", newline="") as fh:
@@ -144,83 +147,6 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def start_baseline(scratch: Path) -> Server:
-    port = free_port()
-    log_path = scratch / f"baseline-{port}.log"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "loadtest.baseline_fastapi:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=server_env(scratch),
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"baseline did not start:\n{server.log()}")
-
-
-def compare(out: Path, scratch: Path, users: int, seconds: float, rounds: int) -> str:
-    """rnnserve vs the FastAPI baseline, pixel endpoint only, alternating rounds."""
-    results: dict[str, list[Row]] = {"rnnserve": [], "fastapi-baseline": []}
-    for i in range(rounds):
-        for target in results:
-            server = (
-                start_server(scratch / f"{target}-{i}", model_dir=str(ROOT / "models"))
-                if target == "rnnserve"
-                else start_baseline(scratch)
-            )
-            try:
-                rows = run_locust(
-                    server.url, users, seconds, out / f"compare-{target}-{i}", ["PixelClient"]
-                )
-            finally:
-                server.stop()
-            agg = next(r for r in rows if r.name == "Aggregated")
-            agg.target = target
-            results[target].append(agg)
-    lines = [
-        f"Pixel endpoint, {users} Locust users (FastHttpUser, 0-50 ms think time), "
-        f"{seconds:g} s per run, {rounds} alternating rounds, one server process each.",
-        "",
-        "| server | round | req/s | p50 ms | p95 ms | p99 ms | failures |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for target, rows in results.items():
-        for i, r in enumerate(rows):
-            lines.append(
-                f"| {target} | {i + 1} | {r.rps:.1f} | {r.p50:.0f} | {r.p95:.0f} | "
-                f"{r.p99:.0f} | {r.failures} |"
-            )
-    ours = sum(r.rps for r in results["rnnserve"]) / rounds
-    base = sum(r.rps for r in results["fastapi-baseline"]) / rounds
-    lines += [
-        "",
-        f"rnnserve / FastAPI baseline requests/s: {ours / base:.2f}x "
-        f"({ours:.0f} vs {base:.0f} req/s, mean of rounds)",
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.run_load",
@@ -231,49 +157,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=20.0, help="per step")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results")
-    parser.add_argument("--compare", action="store_true", help="also run the baseline comparison")
-    parser.add_argument("--compare-only", action="store_true")
-    parser.add_argument("--compare-users", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2, help="comparison rounds")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, client on the same host"
     with tempfile.TemporaryDirectory(prefix="rnnserve-load-") as tmp:
         scratch = Path(tmp)
-        if not args.compare_only:
-            server = (
-                None
-                if args.host
-                else start_server(scratch / "serve", model_dir=str(ROOT / "models"))
-            )
-            host = args.host or (server.url if server else "")
-            rows: list[Row] = []
-            try:
-                for users in args.steps:
-                    step = run_locust(host, users, args.seconds, args.out / f"step-{users}")
-                    for r in step:
-                        r.target = "rnnserve"
-                    rows += step
-                    agg = next(r for r in step if r.name == "Aggregated")
-                    print(
-                        f"{users:3d} users: {agg.rps:7.1f} req/s  p50 {agg.p50:.0f}  p95 "
-                        f"{agg.p95:.0f}  p99 {agg.p99:.0f} ms  failures {agg.failures}",
-                        flush=True,
-                    )
-            finally:
-                if server is not None:
-                    server.stop()
-            summary = (
-                f"Locust mix (pixels 5 : image 2 : text 3), {args.seconds:g} s per step; "
-                f"{machine}.\n\n" + table(rows)
-            )
-            (args.out / "summary.md").write_text(summary + "\n")
-            plot(rows, args.out / "load.png")
-            print("\n" + summary)
-        if args.compare or args.compare_only:
-            text = compare(args.out, scratch, args.compare_users, args.seconds, args.rounds)
-            (args.out / "compare.md").write_text(f"{text}\n\nMachine: {machine}.\n")
-            print("\n" + text)
+        server = (
+            None if args.host else start_server(scratch / "serve", model_dir=str(ROOT / "models"))
+        )
+        host = args.host or (server.url if server else "")
+        rows: list[Row] = []
+        try:
+            for users in args.steps:
+                step = run_locust(host, users, args.seconds, args.out / f"step-{users}")
+                for r in step:
+                    r.target = "rnnserve"
+                rows += step
+                agg = next(r for r in step if r.name == "Aggregated")
+                print(
+                    f"{users:3d} users: {agg.rps:7.1f} req/s  p50 {agg.p50:.0f}  p95 "
+                    f"{agg.p95:.0f}  p99 {agg.p99:.0f} ms  failures {agg.failures}",
+                    flush=True,
+                )
+        finally:
+            if server is not None:
+                server.stop()
+        summary = (
+            f"Locust mix (pixels 5 : image 2 : text 3), {args.seconds:g} s per step; "
+            f"{machine}.\n\n" + table(rows)
+        )
+        (args.out / "summary.md").write_text(summary + "\n")
+        plot(rows, args.out / "load.png")
+        print("\n" + summary)
 
 
 if __name__ == "__main__":

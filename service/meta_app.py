@@ -11,6 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.lean_digits import LeanDigitsApp
+
 MOUNT_PATH = "/v1"
 
 
@@ -21,7 +23,13 @@ async def metadata(_: Request) -> JSONResponse:
     return JSONResponse(service.describe())
 
 
-meta_app = Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
+LEAN_PATH = f"{MOUNT_PATH}/digits"
+meta_app = Starlette(
+    routes=[
+        Route("/metadata", metadata, methods=["GET"]),
+        Route("/digits", LeanDigitsApp(), methods=["POST"]),
+    ]
+)
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 META_PATHS: dict[str, Any] = {

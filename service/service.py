@@ -23,7 +23,7 @@ from pydantic import Field
 from service import __version__
 from service.cards import CardError
 from service.inference import ModelRegistry, preflight
-from service.meta_app import META_PATHS, MOUNT_PATH, meta_app
+from service.meta_app import LEAN_PATH, META_PATHS, MOUNT_PATH, meta_app
 from service.middleware import (
     BearerAuthMiddleware,
     BodyLimitMiddleware,
@@ -107,6 +107,10 @@ def client_error(exc: InputError) -> BentoMLException:
     workers=SETTINGS.workers,
     traffic={"timeout": SETTINGS.timeout_s},
     http={"cors": {"enabled": False}},
+    # The lean route skips BentoML's per-request access log, traffic metrics and tracing
+    # (profiled: about a fifth of its cost); it counts and times itself (rnnserve_lean_*).
+    logging={"access": {"skip_paths": ["/metrics", "/healthz", "/livez", "/readyz", LEAN_PATH]}},
+    tracing={"excluded_urls": [LEAN_PATH]},
 )
 @bentoml.asgi_app(meta_app, path=MOUNT_PATH)
 @bentoml.asgi_app(v2_app, path=V2_PATH)
