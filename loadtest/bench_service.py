@@ -6,10 +6,11 @@
 For each scenario a fresh `bentoml serve` is started on a free 127.0.0.1 port (with its
 BentoML home and temp dir in a scratch folder), timed to readiness, loaded by closed-loop
 clients (each sends its next request when the previous one answered) for a fixed time, and
-stopped. Scenarios: the pixel endpoint with adaptive batching on and off (one 28x28 image per
-request), the image upload endpoint and next-character prediction. Reported per level:
-requests/s, p50/p95/p99 latency, errors, and the worker's resident memory. Only loopback
-addresses are ever targeted.
+stopped. Scenarios: the lean pixel route (/v1/digits, continuous batching) and the native
+pixel endpoint (/classify_pixels, BentoML's adaptive batching), each with batching on and off
+(one 28x28 image per request), the image upload endpoint and next-character prediction.
+Reported per level: requests/s, p50/p95/p99 latency, errors, and the worker's resident
+memory. Only loopback addresses are ever targeted.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Request:
 
 
 def scenario_requests(name: str) -> list[Request]:
+    if name.startswith("lean pixels"):
+        return [Request("/v1/digits", {"pixels": d.pixels}) for d in real_digits()]
     if name.startswith("pixels"):
         return [
             Request("/classify_pixels", {"images": [{"pixels": d.pixels}]}) for d in real_digits()
@@ -139,6 +142,8 @@ def worker_rss_mb(server: Server) -> float:
 
 
 SCENARIOS = {
+    "lean pixels, batching on": {},
+    "lean pixels, batching off": {"batching": "off"},
     "pixels, batching on": {},
     "pixels, batching off": {"batching": "off"},
     "image upload": {},
@@ -213,12 +218,14 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
     for name, info in result["servers"].items():
         lines.append(f"| {name} | {info['ready_s']:.1f} | {info['worker_rss_mb']:.0f} |")
     by = {(lv["scenario"], lv["clients"]): lv for lv in result["levels"]}
-    on, off = by.get(("pixels, batching on", 32)), by.get(("pixels, batching off", 32))
-    if on and off and off["rps"]:
-        lines += [
-            "",
-            f"Batching on vs off at 32 clients: {on['rps'] / off['rps']:.2f}x requests/s.",
-        ]
+    for route in ("lean pixels", "pixels"):
+        on, off = by.get((f"{route}, batching on", 32)), by.get((f"{route}, batching off", 32))
+        if on and off and off["rps"]:
+            lines += [
+                "",
+                f"{route}: batching on vs off at 32 clients: {on['rps'] / off['rps']:.2f}x "
+                "requests/s.",
+            ]
     return "\n".join(lines)
 
 

@@ -103,11 +103,27 @@ class ContinuousBatcher:
             self.busy = False
 
 
+_BATCHERS: dict[str, ContinuousBatcher] = {}
+
+
+def batcher_for(model: DigitClassifier) -> ContinuousBatcher:
+    """The one batcher of this worker for `model` (the lean and the V2 routes share it)."""
+    batcher = _BATCHERS.get(model.name)
+    if batcher is None:
+        settings = get_settings()
+        # RNNSERVE_BATCHING=off: one request per model call (for comparisons and debugging)
+        batcher = ContinuousBatcher(model, settings.max_batch_size if settings.batching else 1)
+        _BATCHERS[model.name] = batcher
+    return batcher
+
+
 def parse_json(body: bytes) -> tuple[np.ndarray, str | None]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"the body is not valid JSON: {exc}", 400) from None
+    if b"true" in body or b"false" in body:  # no field is boolean; numpy would read 1 and 0
+        raise InputError("'pixels' must hold numbers only (no true/false)", 400)
     if not isinstance(data, dict) or "pixels" not in data:
         raise InputError('send {"pixels": <28x28 or Nx28x28 numbers>, "model": ...}', 400)
     unknown = sorted(set(data) - {"pixels", "model", "scale"})
@@ -173,7 +189,6 @@ class LeanDigitsApp:
     """ASGI app for POST /v1/digits (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.batchers: dict[str, ContinuousBatcher] = {}
         self.settings = get_settings()
 
     def _registry(self) -> ModelRegistry | None:
@@ -206,13 +221,20 @@ class LeanDigitsApp:
                 break
         headers = dict(scope.get("headers", []))
         content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
+        query = parse_qs(scope.get("query_string", b"").decode("utf-8", "replace"))
+        query_model = query.get("model", [None])[0]
         try:
+            datatype = headers.get(b"x-tensor-datatype", b"UINT8").decode("latin-1").upper()
+            if datatype not in DATATYPES:  # checked whatever the body, so no typo goes unseen
+                raise InputError(f"X-Tensor-Datatype must be one of {sorted(DATATYPES)}", 400)
             if content_type == b"application/json":
                 images, model_name = parse_json(bytes(body))
+                if model_name is not None and query_model not in (None, model_name):
+                    raise InputError("the model is named twice (query and body), differently", 400)
+                model_name = model_name or query_model
             elif content_type == b"application/octet-stream":
                 images = parse_binary(bytes(body), headers)
-                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-                model_name = query.get("model", [None])[0]
+                model_name = query_model
             else:
                 raise InputError(
                     "Content-Type must be application/json or application/octet-stream", 415
@@ -224,11 +246,7 @@ class LeanDigitsApp:
                 raise InputError(str(exc), 400) from None
         except InputError as exc:
             return exc.status, error_body(exc.status, str(exc))
-        batcher = self.batchers.get(model.name)
-        if batcher is None:
-            batcher = ContinuousBatcher(model, self.settings.max_batch_size)
-            self.batchers[model.name] = batcher
-        probs = await batcher.predict(images)
+        probs = await batcher_for(model).predict(images)
         answer: dict[str, Any] = {
             "model": model.name,
             "provider": model.backend.provider,

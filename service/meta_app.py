@@ -32,7 +32,103 @@ meta_app = Starlette(
 )
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_ROW = {
+    "type": "array",
+    "minItems": 28,
+    "maxItems": 28,
+    "items": {"type": "number", "minimum": 0, "maximum": 255},
+}
+_IMAGE = {"type": "array", "minItems": 28, "maxItems": 28, "items": _ROW}
+_MODEL = {"type": "string", "description": "digit classifier (short or full name)"}
+LEAN_DOC = {
+    "post": {
+        "tags": ["Service APIs"],
+        "operationId": "rnnserve__lean_digits",
+        "description": "The lean digit route (the hot path): one or a few 28x28 digits as JSON "
+        "numbers (integers 0..255 are the compact form) or as a raw tensor body "
+        "(application/octet-stream with X-Tensor-Shape and X-Tensor-Datatype). Batched "
+        "continuously across clients. See README, 'Performance'.",
+        "parameters": [
+            {"name": "model", "in": "query", "required": False, "schema": _MODEL},
+            {
+                "name": "X-Tensor-Shape",
+                "in": "header",
+                "required": False,
+                "description": "binary body only: N,28,28 or 28,28",
+                "schema": {"type": "string", "example": "1,28,28"},
+            },
+            {
+                "name": "X-Tensor-Datatype",
+                "in": "header",
+                "required": False,
+                "description": "binary body only (default UINT8)",
+                "schema": {"type": "string", "enum": ["UINT8", "FP32"]},
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["pixels"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "pixels": {
+                                "oneOf": [
+                                    _IMAGE,
+                                    {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": 256,
+                                        "items": _IMAGE,
+                                    },
+                                ]
+                            },
+                            "model": _MODEL,
+                            "scale": {"type": "string", "enum": ["0-255", "0-1"]},
+                        },
+                    }
+                },
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "One digit and ten probabilities per image",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["model", "provider", "digits", "probabilities"],
+                            "properties": {
+                                "model": {"type": "string"},
+                                "provider": {"type": "string"},
+                                "digits": {"type": "array", "items": {"type": "integer"}},
+                                "probabilities": {
+                                    "type": "array",
+                                    "items": {"type": "array", "items": {"type": "number"}},
+                                },
+                            },
+                        }
+                    }
+                },
+            },
+            **{
+                str(status): {"description": why, "content": _ERROR}
+                for status, why in (
+                    (400, "Invalid input (the message says what to change)"),
+                    (401, "Missing or invalid bearer token"),
+                    (413, "Body over the configured limit"),
+                    (415, "Neither JSON nor a binary tensor"),
+                    (503, "Not ready yet"),
+                )
+            },
+        },
+    }
+}
 META_PATHS: dict[str, Any] = {
+    f"{MOUNT_PATH}/digits": LEAN_DOC,
     f"{MOUNT_PATH}/metadata": {
         "get": {
             "tags": ["Service APIs"],
@@ -61,5 +157,5 @@ META_PATHS: dict[str, Any] = {
                 "503": {"description": "Not ready yet", "content": _ERROR},
             },
         }
-    }
+    },
 }

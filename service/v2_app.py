@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
 from service.inference import CharModel, DigitClassifier, LoadedModel, ModelRegistry
+from service.lean_digits import batcher_for
 from service.settings import get_settings
 from service.v2_protocol import (
     HEADER_LENGTH,
@@ -92,7 +93,8 @@ def _only_inputs(request: InferRequest, allowed: set[str], required: set[str]) -
         raise V2Error(f"missing input(s) {missing}")
 
 
-def infer_digits(model: DigitClassifier, request: InferRequest) -> dict[str, np.ndarray]:
+def digit_inputs(request: InferRequest) -> np.ndarray:
+    """The validated `pixels` tensor of a digit request, float32 (N, 28, 28) on 0..255."""
     _only_inputs(request, {"pixels"}, {"pixels"})
     pixels = request.inputs["pixels"]
     if request.datatypes["pixels"] not in ("FP32", "FP64", "UINT8"):
@@ -108,7 +110,12 @@ def infer_digits(model: DigitClassifier, request: InferRequest) -> dict[str, np.
         raise V2Error("input 'pixels': values must be finite (no NaN or infinity)")
     if values.min() < 0 or values.max() > 255:
         raise V2Error("input 'pixels': values must lie in 0..255 (raw pixels, white on black)")
-    probabilities = model.predict(values).astype(np.float32)
+    return values
+
+
+async def infer_digits(model: DigitClassifier, request: InferRequest) -> dict[str, np.ndarray]:
+    """Through the worker's continuous batcher for the model, shared with POST /v1/digits."""
+    probabilities = (await batcher_for(model).predict(digit_inputs(request))).astype(np.float32)
     return {"probabilities": probabilities, "digit": probabilities.argmax(axis=1).astype(np.int64)}
 
 
@@ -184,7 +191,7 @@ async def post_infer(request: Request, model: LoadedModel) -> Response:
     body = await request.body()
     parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
     if isinstance(model, DigitClassifier):
-        outputs = await run_in_threadpool(infer_digits, model, parsed)
+        outputs = await infer_digits(model, parsed)
     else:
         assert isinstance(model, CharModel)
         outputs = await run_in_threadpool(infer_chars, model, parsed)

@@ -9,12 +9,12 @@ tensor and what to change; the routes turn it into `{"error": ...}` with status 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -101,8 +101,8 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     else:
         header_bytes, binary = body, memoryview(b"")
     try:
-        header = json.loads(header_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        header = orjson.loads(header_bytes)
+    except orjson.JSONDecodeError as exc:
         raise V2Error(f"the request is not valid JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise V2Error("the request needs an 'inputs' list of tensors")
@@ -186,7 +186,7 @@ def encode_infer_response(
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = array.ravel().tolist()
+            tensor["data"] = array.ravel()  # orjson writes numpy arrays natively
         tensors.append(tensor)
     response: dict[str, Any] = {
         "model_name": model_name,
@@ -195,7 +195,7 @@ def encode_infer_response(
     }
     if request.id is not None:
         response["id"] = request.id
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)

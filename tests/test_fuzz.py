@@ -8,7 +8,8 @@ invalid input refused, and every error in the one shape {"error": str, "detail":
 Two operations skip `positive_data_acceptance` (a schema-valid request must succeed) because
 they refuse some schema-valid input on purpose, with a 4xx that says why: a picture with no
 visible digit (422), and pixels over 1 sent with scale "0-1" (400; the schema states the 0..255
-bound that both scales share, JSON schema cannot tie the bound to the scale field).
+bound that both scales share, JSON schema cannot tie the bound to the scale field). The lean
+route is in the same case, and its binary body must match its X-Tensor-Shape header.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES_PER_OPERATION = 150
 MIN_REQUESTS = 1_000
-SEMANTIC_REFUSALS = {"/classify_image", "/classify_pixels"}
+SEMANTIC_REFUSALS = {"/classify_image", "/classify_pixels", "/v1/digits"}
 SENT: dict[str, int] = {}
 
 
@@ -86,6 +87,7 @@ OPERATIONS_WITH_INPUT = [
     ("POST", "/next_char"),
     ("POST", "/generate"),
     ("POST", "/metadata"),
+    ("POST", "/v1/digits"),
 ]
 OPERATIONS_WITHOUT_INPUT = [
     ("GET", "/v1/metadata"),

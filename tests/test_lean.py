@@ -1,0 +1,215 @@
+"""The lean digit route POST /v1/digits: every input form against the native endpoint, the
+continuous batcher's bookkeeping under concurrency, and its errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from loadtest.payloads import digits
+from loadtest.servers import Server, start_server
+from service.inference import ModelRegistry
+from service.lean_digits import ContinuousBatcher
+from service.settings import Settings
+from tests.conftest import ROOT
+
+MODELS = ROOT / "models"
+
+
+@pytest.fixture(scope="module")
+def pool() -> tuple[np.ndarray, np.ndarray]:
+    real = digits()
+    return np.array([d.pixels for d in real], dtype=np.float32), np.array([d.label for d in real])
+
+
+def test_continuous_batcher_merges_concurrent_requests_and_keeps_them_apart(
+    pool: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Real models in-process: 48 concurrent requests of 1-3 images each come back with their
+    own answers, identical to one direct call each, in fewer model calls than requests."""
+    batches: list[int] = []
+    registry = ModelRegistry.load(
+        Settings.from_env({"RNNSERVE_MODEL_DIR": str(MODELS)}),
+        observe=lambda model, seconds, batch: batches.append(batch),
+    )
+    model = registry.digits["mnist-rnn"]
+    images, _ = pool
+    requests = [images[i % 60 : i % 60 + 1 + i % 3] for i in range(48)]
+    expected = [model.predict(r) for r in requests]
+    batches.clear()
+
+    async def run() -> list[np.ndarray]:
+        batcher = ContinuousBatcher(model, max_rows=16)
+        return await asyncio.gather(*(batcher.predict(r) for r in requests))
+
+    answers = asyncio.run(run())
+    for got, want in zip(answers, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert sum(batches) == sum(len(r) for r in requests)
+    assert len(batches) < len(requests) and max(batches) <= 16 + 2  # merged, capped by rows
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("lean"), model_dir=str(MODELS))
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["rnn", "birnn", "mnist-bigru"])
+def test_every_input_form_gives_the_native_answer(
+    server: Server, pool: tuple[np.ndarray, np.ndarray], model: str
+) -> None:
+    images, labels = pool[0][:16], pool[1][:16]
+    native = httpx.post(
+        f"{server.url}/classify_pixels",
+        json={"images": [{"pixels": img.tolist(), "model": model} for img in images]},
+        timeout=30,
+    ).json()
+    url = f"{server.url}/v1/digits"
+    answers = {
+        "json floats": httpx.post(url, json={"pixels": images.tolist(), "model": model}),
+        "json uint8": httpx.post(
+            url, json={"pixels": images.astype(np.uint8).tolist(), "model": model}
+        ),
+        "json 0-1": httpx.post(
+            url, json={"pixels": (images / 255).tolist(), "model": model, "scale": "0-1"}
+        ),
+        "binary uint8": httpx.post(
+            f"{url}?model={model}",
+            content=images.astype(np.uint8).tobytes(),
+            headers={"content-type": "application/octet-stream", "x-tensor-shape": "16,28,28"},
+        ),
+        "binary fp32": httpx.post(
+            f"{url}?model={model}",
+            content=images.astype("<f4").tobytes(),
+            headers={
+                "content-type": "application/octet-stream",
+                "x-tensor-shape": "16,28,28",
+                "x-tensor-datatype": "FP32",
+            },
+        ),
+    }
+    for form, r in answers.items():
+        assert r.status_code == 200, (form, r.text)
+        body = r.json()
+        assert body["digits"] == labels.tolist() == [a["digit"] for a in native], form
+        assert body["model"] == native[0]["model"] and body["provider"] == "CPUExecutionProvider"
+        np.testing.assert_allclose(
+            body["probabilities"], [a["probabilities"] for a in native], atol=1e-5, err_msg=form
+        )
+    one = httpx.post(url, json={"pixels": images[0].tolist()}).json()  # a single 28x28 image
+    assert one["digits"] == [labels[0]] and one["model"] == "mnist-bigru"  # the default model
+
+
+@pytest.mark.slow
+def test_concurrent_clients_each_get_their_own_answer(
+    server: Server, pool: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = pool
+
+    async def run() -> list[list[int]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+
+            async def one(i: int) -> list[int]:
+                picked = images[i % 64 : i % 64 + 1 + i % 4]
+                r = await client.post(
+                    "/v1/digits", json={"pixels": picked.tolist(), "model": "rnn"}
+                )
+                assert r.status_code == 200, r.text
+                return list(r.json()["digits"])
+
+            return await asyncio.gather(*(one(i) for i in range(200)))
+
+    for i, got in enumerate(asyncio.run(run())):
+        assert got == labels[i % 64 : i % 64 + 1 + i % 4].tolist()
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'rnnserve_lean_requests_total{status="200"}' in metrics
+    assert "rnnserve_lean_request_seconds_bucket" in metrics
+
+
+ZERO = [[0] * 28] * 28
+BAD = [
+    (
+        "not json",
+        {"content": b"{pixels", "headers": {"content-type": "application/json"}},
+        400,
+        "not valid JSON",
+    ),
+    ("no pixels", {"json": {"image": ZERO}}, 400, "send {"),
+    ("extra field", {"json": {"pixels": ZERO, "colour": 1}}, 400, "unknown field"),
+    ("ragged", {"json": {"pixels": [[0] * 28] * 27 + [[0] * 5]}}, 400, "ragged"),
+    ("wrong shape", {"json": {"pixels": [[0] * 27] * 28}}, 400, "28x28 or Nx28x28"),
+    ("text", {"json": {"pixels": [["a"] * 28] * 28}}, 400, "numbers only"),
+    ("booleans", {"json": {"pixels": [[True] * 28] * 28}}, 400, "numbers only"),
+    ("out of range", {"json": {"pixels": [[300] * 28] * 28}}, 400, "0..255"),
+    ("0-1 out of range", {"json": {"pixels": [[2] * 28] * 28, "scale": "0-1"}}, 400, "0..1"),
+    ("bad scale", {"json": {"pixels": ZERO, "scale": "0-9"}}, 400, "'scale'"),
+    ("unknown model", {"json": {"pixels": ZERO, "model": "cnn"}}, 400, "unknown model"),
+    ("too many", {"json": {"pixels": [ZERO] * 257}}, 400, "N <= 256"),
+    ("empty batch", {"json": {"pixels": []}}, 400, "28x28 or Nx28x28"),
+    (
+        "binary size",
+        {
+            "content": b"\0" * 700,
+            "headers": {"content-type": "application/octet-stream", "x-tensor-shape": "1,28,28"},
+        },
+        400,
+        "needs 784",
+    ),
+    (
+        "binary shape header",
+        {
+            "content": b"\0" * 784,
+            "headers": {"content-type": "application/octet-stream", "x-tensor-shape": "one"},
+        },
+        400,
+        "X-Tensor-Shape",
+    ),
+    (
+        "binary datatype",
+        {
+            "content": b"\0" * 784,
+            "headers": {
+                "content-type": "application/octet-stream",
+                "x-tensor-shape": "1,28,28",
+                "x-tensor-datatype": "INT4",
+            },
+        },
+        400,
+        "X-Tensor-Datatype",
+    ),
+    (
+        "binary NaN",
+        {
+            "content": np.full(784, np.nan, "<f4").tobytes(),
+            "headers": {
+                "content-type": "application/octet-stream",
+                "x-tensor-shape": "28,28",
+                "x-tensor-datatype": "FP32",
+            },
+        },
+        400,
+        "finite",
+    ),
+    ("form upload", {"files": {"image": ("a.png", b"x", "image/png")}}, 415, "Content-Type"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_bad_input_gets_a_clear_4xx(
+    server: Server, kwargs: dict, status: int, message: str
+) -> None:
+    r = httpx.post(f"{server.url}/v1/digits", **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "detail"} and message in body["error"], body
+    assert httpx.post(f"{server.url}/v1/digits", json={"pixels": ZERO}).status_code == 200
