@@ -40,6 +40,23 @@ def frame_name(frame: str) -> str:
     return f"{name} ({short})"
 
 
+# Frames every sample passes through (thread and event-loop plumbing, the CLI): left out of
+# the inclusive table, which is about where the request's work goes.
+PLUMBING = (
+    "threading.py",
+    "runpy",
+    "click/",
+    "asyncio/runners.py",
+    "asyncio/base_events.py",
+    "futures/thread.py",
+    "uvicorn/_compat.py",
+    "uvicorn/server.py",
+    "uvicorn/main.py",
+    "worker/service.py",
+    "<module>",
+)
+
+
 def summarize(collapsed: str, top: int) -> str:
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
@@ -53,7 +70,8 @@ def summarize(collapsed: str, top: int) -> str:
         total += count
         own[frames[-1]] += count
         for name in set(frames):
-            inclusive[name] += count
+            if not any(p in name for p in PLUMBING):
+                inclusive[name] += count
     lines = [f"{total} samples of the worker's busy threads.", ""]
     for title, counter in (("self (top of the stack)", own), ("inclusive (anywhere)", inclusive)):
         lines += [f"| {title} | share |", "| --- | ---: |"]

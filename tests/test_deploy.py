@@ -52,8 +52,11 @@ def test_bento_carries_code_and_verified_models_only(built_bento: tuple[Path, Pa
         for f in ("card.json", "model.onnx", "model.ts"):
             assert (src / "models" / name / f).is_file(), f"{name}/{f}"
     assert not (src / "training").exists() and not (src / "tests").exists()
+    assert (src / "service" / "web" / "index.html").is_file()
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in requirements and "torch" not in requirements
+    for fast in ("orjson", "httptools", "uvloop"):
+        assert fast in requirements, fast
 
 
 def test_the_built_bento_serves_from_elsewhere(
@@ -74,6 +77,11 @@ def test_the_built_bento_serves_from_elsewhere(
         assert r.status_code == 200 and len(r.json()["candidates"]) == 3
         meta = httpx.get(f"{server.url}/v1/metadata", timeout=30).json()
         assert meta["torch_imported"] is False
+        r = httpx.post(f"{server.url}/v1/digits", json={"pixels": digit.pixels}, timeout=30)
+        assert r.status_code == 200 and r.json()["digits"] == [digit.label]
+        page = httpx.get(f"{server.url}/ui/app.js", timeout=30)  # the demo page travels too
+        assert page.status_code == 200 and "toMnist" in page.text
+        assert httpx.get(f"{server.url}/v2/models/mnist-rnn/ready", timeout=30).status_code == 200
     finally:
         server.stop()
 
