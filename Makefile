@@ -50,9 +50,10 @@ serve: setup  ## serve the committed models on http://$(HOST):$(PORT) (Swagger U
 	$(PY) -m training.summary models
 	$(VENV)/bin/bentoml serve service.service:RnnServe --host $(HOST) --port $(PORT)
 
-bench: setup  ## benchmarks: in-process runtimes, then the HTTP service (numbers, not tests)
+bench: setup  ## benchmarks: in-process runtimes, the HTTP service, big requests (numbers, not tests)
 	$(PY) -m loadtest.bench_inference
-	$(PY) -m loadtest.bench_service
+	$(PY) -m loadtest.bench_service --markdown loadtest/results/bench_service.md
+	$(PY) -m loadtest.bench_batch
 
 lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff check training service tests loadtest
@@ -98,4 +99,4 @@ soak: setup  ## 10-minute soak: mixed load, failures and worker memory growth (l
 	$(PY) -m loadtest.soak
 
 clean:  ## remove the virtualenv and caches (not runs/ or models/)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache

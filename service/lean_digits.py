@@ -65,6 +65,7 @@ class ContinuousBatcher:
         self.max_rows = max_rows
         self.waiting: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         self.busy = False
+        self.drainer: asyncio.Task[None] | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"lean-{model.name}")
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
@@ -72,7 +73,8 @@ class ContinuousBatcher:
         self.waiting.append((images, future))
         if not self.busy:
             self.busy = True
-            asyncio.get_running_loop().create_task(self._drain())
+            # keep a reference: the event loop holds tasks only weakly
+            self.drainer = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
