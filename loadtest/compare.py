@@ -149,10 +149,12 @@ TARGETS = {
         Target("rnnserve-lean-uint8", "lean-uint8", rnnserve(1)),
         Target("rnnserve-lean-binary", "lean-binary", rnnserve(1)),
         Target("rnnserve-v2", "v2-json", rnnserve(1)),
+        Target("rnnserve-v2-binary", "v2-binary", rnnserve(1)),
         Target("rnnserve-lean-2w", "lean-json", rnnserve(2)),
         Target("fastapi", "fastapi", fastapi(1)),
         Target("fastapi-2w", "fastapi", fastapi(2)),
         Target("triton", "v2-json", triton(1), peer=True),
+        Target("triton-binary", "v2-binary", triton(1), peer=True),
         Target("triton-2i", "v2-json", triton(2), peer=True),
     ]
 }
@@ -256,7 +258,7 @@ def render(results: list[Result], args: argparse.Namespace, skipped: list[str]) 
     ours = summary.get("rnnserve-lean")
     if ours:
         lines.append("")
-        for peer in ("triton", "fastapi", "triton-2i", "fastapi-2w"):
+        for peer in ("triton", "fastapi", "triton-2i", "fastapi-2w", "triton-binary"):
             if peer in summary:
                 lines.append(
                     f"- rnnserve-lean / {peer}: {ours['rps'] / summary[peer]['rps']:.2f}x "

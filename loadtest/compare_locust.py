@@ -84,11 +84,38 @@ KINDS: dict[str, Request] = {
         _v2_digit,
     ),
 }
+
+
+def _v2_binary_header() -> bytes:
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [1, 28, 28],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 28 * 28 * 4},
+                }
+            ],
+            "outputs": [{"name": "digit", "parameters": {"binary_data": False}}],
+        }
+    ).encode()
+
+
+V2_BINARY_HEADER = _v2_binary_header()
+KINDS["v2-binary"] = (
+    f"/v2/models/{MODEL}/infer",
+    "application/octet-stream",
+    lambda d: V2_BINARY_HEADER + np.asarray(d.pixels, "<f4").tobytes(),
+    _v2_digit,
+)
 PATH, CONTENT_TYPE, BUILD, READ = KINDS[KIND]
 BODIES = [(BUILD(d), d.label) for d in DIGITS]
 HEADERS = {"content-type": CONTENT_TYPE}
 if KIND == "lean-binary":
     HEADERS.update({"x-tensor-shape": "1,28,28", "x-tensor-datatype": "UINT8"})
+if KIND == "v2-binary":  # Triton's binary tensor data extension: JSON header, then raw FP32
+    HEADERS["inference-header-content-length"] = str(len(V2_BINARY_HEADER))
 
 
 class DigitClient(FastHttpUser):

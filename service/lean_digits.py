@@ -39,16 +39,24 @@ from service.settings import get_settings
 DATATYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype(np.uint8), "FP32": np.dtype("<f4")}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
+# The lean paths (this route and the V2 model routes) skip BentoML's per-request metrics and
+# access log (see service.py), so they count and time themselves.
 REQUESTS = bentoml.metrics.Counter(
     name="rnnserve_lean_requests",
-    documentation="Requests to POST /v1/digits by status code",
-    labelnames=["status"],
+    documentation="Requests to the lean paths (/v1/digits, /v2/models/...) by status code",
+    labelnames=["route", "status"],
 )
 LATENCY = bentoml.metrics.Histogram(
     name="rnnserve_lean_request_seconds",
-    documentation="Time from the request's arrival to its answer, POST /v1/digits",
+    documentation="Time from a request's arrival to its answer on the lean paths",
+    labelnames=["route"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
 )
+
+
+def observe_request(route: str, status: int, started: float) -> None:
+    REQUESTS.labels(route=route, status=str(status)).inc()
+    LATENCY.labels(route=route).observe(time.perf_counter() - started)
 
 
 class ContinuousBatcher:
@@ -204,8 +212,7 @@ class LeanDigitsApp:
         status, payload = await self._answer(scope, receive)
         await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
         await send({"type": "http.response.body", "body": payload})
-        REQUESTS.labels(status=str(status)).inc()
-        LATENCY.observe(time.perf_counter() - started)
+        observe_request("/v1/digits", status, started)
 
     async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         if scope.get("method") != "POST":

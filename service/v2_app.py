@@ -16,6 +16,7 @@ Errors are `{"error": "..."}` with 400 (bad request), 404 (unknown model or vers
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
 from service.inference import CharModel, DigitClassifier, LoadedModel, ModelRegistry
-from service.lean_digits import batcher_for
+from service.lean_digits import batcher_for, observe_request
 from service.settings import get_settings
 from service.v2_protocol import (
     HEADER_LENGTH,
@@ -163,9 +164,15 @@ def find_model(registry: ModelRegistry, name: str, version: str | None) -> Loade
 
 
 def _with_model(
-    handler: Callable[[Request, LoadedModel], Awaitable[Response]],
+    handler: Callable[[Request, LoadedModel], Awaitable[Response]], route_label: str
 ) -> Callable[[Request], Awaitable[Response]]:
     async def route(request: Request) -> Response:
+        started = time.perf_counter()
+        response = await answer(request)
+        observe_request(route_label, response.status_code, started)
+        return response
+
+    async def answer(request: Request) -> Response:
         registry = _registry()
         if registry is None:
             return error("the server is not ready yet", 503)
@@ -227,9 +234,9 @@ async def http_error(_: Request, exc: Exception) -> Response:
 
 def _model_routes(prefix: str) -> list[Route]:
     return [
-        Route(prefix, _with_model(get_model_metadata), methods=["GET"]),
-        Route(f"{prefix}/ready", _with_model(get_model_ready), methods=["GET"]),
-        Route(f"{prefix}/infer", _with_model(post_infer), methods=["POST"]),
+        Route(prefix, _with_model(get_model_metadata, "/v2 metadata"), methods=["GET"]),
+        Route(f"{prefix}/ready", _with_model(get_model_ready, "/v2 ready"), methods=["GET"]),
+        Route(f"{prefix}/infer", _with_model(post_infer, "/v2 infer"), methods=["POST"]),
     ]
 
 

@@ -129,7 +129,7 @@ def test_concurrent_clients_each_get_their_own_answer(
     for i, got in enumerate(asyncio.run(run())):
         assert got == labels[i % 64 : i % 64 + 1 + i % 4].tolist()
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'rnnserve_lean_requests_total{status="200"}' in metrics
+    assert 'rnnserve_lean_requests_total{route="/v1/digits",status="200"}' in metrics
     assert "rnnserve_lean_request_seconds_bucket" in metrics
 
 
