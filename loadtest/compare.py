@@ -80,7 +80,7 @@ def wait_http(server: Server, path: str, timeout: float = 120) -> Server:
     raise RuntimeError(f"{server.url}{path} not ready after {timeout}s:\n{server.log()[-3000:]}")
 
 
-def spawn(cmd: list[str], scratch: Path, env: dict[str, str], name: str) -> tuple[Server, int]:
+def spawn(cmd: list[str], scratch: Path, env: dict[str, str], name: str) -> Server:
     port = free_port()
     scratch.mkdir(parents=True, exist_ok=True)
     log_path = scratch / f"{name}-{port}.log"
@@ -88,7 +88,7 @@ def spawn(cmd: list[str], scratch: Path, env: dict[str, str], name: str) -> tupl
     process = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
     )
-    return Server(process, f"http://127.0.0.1:{port}", log_path), port
+    return Server(process, f"http://127.0.0.1:{port}", log_path)
 
 
 def rnnserve(workers: int) -> Callable[[Path, str], Server]:
@@ -109,7 +109,7 @@ def fastapi(workers: int) -> Callable[[Path, str], Server]:
         cmd = [sys.executable, "-m", "uvicorn", "loadtest.baseline_fastapi:app"]
         cmd += ["--host", "127.0.0.1", "--port", "{port}", "--workers", str(workers)]
         cmd += ["--log-level", "warning"]
-        server, _ = spawn(cmd, scratch, env, "fastapi")
+        server = spawn(cmd, scratch, env, "fastapi")
         return wait_http(server, "/readyz")
 
     return start
@@ -135,7 +135,7 @@ def triton(instances: int) -> Callable[[Path, str], Server]:
         }
         cmd = [str(PEERS_PYTHON), str(ROOT / "loadtest" / "peers" / "pytriton_server.py")]
         cmd += ["--model", model, "--port", "{port}", "--instances", str(instances)]
-        server, _ = spawn(cmd, scratch, env, "triton")
+        server = spawn(cmd, scratch, env, "triton")
         return wait_http(server, f"/v2/models/{model}/ready")
 
     return start
