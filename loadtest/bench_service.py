@@ -32,7 +32,7 @@ import psutil
 
 from loadtest.payloads import PROMPTS
 from loadtest.payloads import digits as real_digits
-from loadtest.servers import Server, start_server, wait_ready
+from loadtest.servers import Server, start_server, wait_ready, worker_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,11 +133,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def worker_rss_mb(server: Server) -> float:
     """Largest resident set among the server's worker processes (children of the arbiter)."""
-    try:
-        children = psutil.Process(server.process.pid).children(recursive=True)
-    except psutil.Error:
-        return float("nan")
-    sizes = [c.memory_info().rss for c in children if c.is_running()]
+    sizes = []
+    for worker in worker_processes(server.process.pid):
+        try:
+            sizes.append(worker.memory_info().rss)
+        except psutil.Error:
+            continue
     return max(sizes) / 2**20 if sizes else float("nan")
 
 

@@ -27,17 +27,15 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from loadtest.run_load import run_locust
-from loadtest.servers import Server, free_port, server_env, start_server
+from loadtest.servers import Server, free_port, server_env, start_server, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "compare_locust.py"
@@ -63,21 +61,6 @@ class Result:
     p95: float
     p99: float
     cpu_ms_per_request: float
-
-
-def wait_http(server: Server, path: str, timeout: float = 120) -> Server:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.url} exited:\n{server.log()[-3000:]}")
-        try:
-            if httpx.get(server.url + path, timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"{server.url}{path} not ready after {timeout}s:\n{server.log()[-3000:]}")
 
 
 def spawn(cmd: list[str], scratch: Path, env: dict[str, str], name: str) -> Server:
@@ -110,7 +93,8 @@ def fastapi(workers: int) -> Callable[[Path, str], Server]:
         cmd += ["--host", "127.0.0.1", "--port", "{port}", "--workers", str(workers)]
         cmd += ["--log-level", "warning"]
         server = spawn(cmd, scratch, env, "fastapi")
-        return wait_http(server, "/readyz")
+        wait_ready(server, 120)
+        return server
 
     return start
 
@@ -136,7 +120,8 @@ def triton(instances: int) -> Callable[[Path, str], Server]:
         cmd = [str(PEERS_PYTHON), str(ROOT / "loadtest" / "peers" / "pytriton_server.py")]
         cmd += ["--model", model, "--port", "{port}", "--instances", str(instances)]
         server = spawn(cmd, scratch, env, "triton")
-        return wait_http(server, f"/v2/models/{model}/ready")
+        wait_ready(server, 120, f"/v2/models/{model}/ready")
+        return server
 
     return start
 

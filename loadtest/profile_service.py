@@ -23,8 +23,7 @@ from pathlib import Path
 
 from loadtest.compare import LOCUSTFILE
 from loadtest.run_load import run_locust
-from loadtest.servers import start_server
-from loadtest.soak import worker_processes
+from loadtest.servers import start_server, worker_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

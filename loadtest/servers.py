@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,14 +98,14 @@ def start_server(
     return server
 
 
-def wait_ready(server: Server, timeout: float) -> float:
-    """Seconds until /readyz answers 200; fails with the server log if it exits or times out."""
+def wait_ready(server: Server, timeout: float, path: str = "/readyz") -> float:
+    """Seconds until `path` answers 200; fails with the server log if it exits or times out."""
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}{path}", timeout=2).status_code == 200:
                 return time.perf_counter() - started
         except httpx.HTTPError:
             pass
@@ -118,3 +119,22 @@ def wait_exit(server: Server, timeout: float = 90.0) -> int:
         return int(server.process.wait(timeout=timeout))
     finally:
         server.stop()
+
+
+def worker_processes(server_pid: int) -> list[psutil.Process]:
+    """Live BentoML worker processes under a server's arbiter (a killed one may linger as a
+    zombie until reaped: left out)."""
+    try:
+        children = psutil.Process(server_pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    workers = []
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(
+                child.cmdline()
+            ):
+                workers.append(child)
+        except psutil.Error:
+            continue
+    return workers

@@ -39,7 +39,7 @@ import numpy as np
 import psutil
 
 from loadtest.payloads import PROMPTS, Digit, digits
-from loadtest.servers import Server, start_server
+from loadtest.servers import Server, start_server, worker_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_GROWTH = 0.10
@@ -64,22 +64,6 @@ class Tally:
         self.failures += 1
         if len(self.failure_examples) < 10:
             self.failure_examples.append(what)
-
-
-def worker_processes(server_pid: int) -> list[psutil.Process]:
-    """BentoML worker processes under the server (its arbiter), by command line."""
-    try:
-        children = psutil.Process(server_pid).children(recursive=True)
-    except psutil.Error:
-        return []
-    workers = []
-    for child in children:
-        try:
-            if "_bentoml_impl.worker" in " ".join(child.cmdline()):
-                workers.append(child)
-        except psutil.Error:
-            continue
-    return workers
 
 
 def worker_rss_mb(server_pid: int | None) -> list[float]:

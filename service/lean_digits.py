@@ -32,11 +32,13 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from service.inference import DigitClassifier, ModelRegistry
-from service.middleware import error_body
+from service.middleware import error_body, read_body
 from service.preprocess import InputError
 from service.settings import get_settings
+from service.v2_protocol import DATATYPES as V2_DATATYPES
 
-DATATYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype(np.uint8), "FP32": np.dtype("<f4")}
+# the binary body's datatypes: a subset of the V2 protocol's names and byte layouts
+DATATYPES: dict[str, np.dtype[Any]] = {name: V2_DATATYPES[name] for name in ("UINT8", "FP32")}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 # The lean paths (this route and the V2 model routes) skip BentoML's per-request metrics and
@@ -159,15 +161,13 @@ def parse_json(body: bytes) -> tuple[np.ndarray, str | None]:
     return images, model
 
 
-def parse_binary(body: bytes, headers: dict[bytes, bytes]) -> np.ndarray:
+def parse_binary(body: bytes, headers: dict[bytes, bytes], name: str) -> np.ndarray:
+    """The raw tensor body; `name` is the already-checked X-Tensor-Datatype."""
     shape_text = headers.get(b"x-tensor-shape", b"").decode("latin-1")
     try:
         shape = tuple(int(d) for d in shape_text.split(","))
     except ValueError:
         raise InputError("send the header X-Tensor-Shape: N,28,28 (or 28,28)", 400) from None
-    name = headers.get(b"x-tensor-datatype", b"UINT8").decode("latin-1").upper()
-    if name not in DATATYPES:
-        raise InputError(f"X-Tensor-Datatype must be one of {sorted(DATATYPES)}", 400)
     dtype = DATATYPES[name]
     if any(d < 0 for d in shape) or len(body) != math.prod(shape) * dtype.itemsize:
         raise InputError(
@@ -187,12 +187,17 @@ def check_images(images: np.ndarray, limit: int) -> np.ndarray:
             f"{list(images.shape)}",
             400,
         )
+    check_pixel_values(images)
+    return images
+
+
+def check_pixel_values(images: np.ndarray) -> None:
+    """Finite and on the 0..255 scale (shared with the V2 route)."""
     low, high = float(images.min()), float(images.max())
     if not (math.isfinite(low) and math.isfinite(high)):
         raise InputError("pixels must be finite numbers (no NaN or infinity)", 400)
     if low < 0 or high > 255:
         raise InputError(f"pixel values must lie in 0..255; got {low:g}..{high:g}", 400)
-    return images
 
 
 class LeanDigitsApp:
@@ -220,14 +225,9 @@ class LeanDigitsApp:
         registry = self._registry()
         if registry is None:
             return 503, error_body(503, "the server is not ready yet")
-        body = bytearray()
-        while True:  # BodyLimitMiddleware (outside) caps the size
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return 499, b""  # the client left; nobody reads this
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)  # BodyLimitMiddleware (outside) caps the size
+        if body is None:
+            return 499, b""  # the client left; nobody reads this
         headers = dict(scope.get("headers", []))
         content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
         query = parse_qs(scope.get("query_string", b"").decode("utf-8", "replace"))
@@ -237,12 +237,12 @@ class LeanDigitsApp:
             if datatype not in DATATYPES:  # checked whatever the body, so no typo goes unseen
                 raise InputError(f"X-Tensor-Datatype must be one of {sorted(DATATYPES)}", 400)
             if content_type == b"application/json":
-                images, model_name = parse_json(bytes(body))
+                images, model_name = parse_json(body)
                 if model_name is not None and query_model not in (None, model_name):
                     raise InputError("the model is named twice (query and body), differently", 400)
                 model_name = model_name or query_model
             elif content_type == b"application/octet-stream":
-                images = parse_binary(bytes(body), headers)
+                images = parse_binary(body, headers, datatype)
                 model_name = query_model
             else:
                 raise InputError(

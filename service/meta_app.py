@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.lean_digits import LeanDigitsApp
+from service.schemas import ROW_SCHEMA
 
 MOUNT_PATH = "/v1"
 
@@ -32,13 +33,7 @@ meta_app = Starlette(
 )
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-_ROW = {
-    "type": "array",
-    "minItems": 28,
-    "maxItems": 28,
-    "items": {"type": "number", "minimum": 0, "maximum": 255},
-}
-_IMAGE = {"type": "array", "minItems": 28, "maxItems": 28, "items": _ROW}
+_IMAGE = {"type": "array", "minItems": 28, "maxItems": 28, "items": ROW_SCHEMA}
 _MODEL = {"type": "string", "description": "digit classifier (short or full name)"}
 LEAN_DOC = {
     "post": {

@@ -32,7 +32,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
 from service.inference import CharModel, DigitClassifier, LoadedModel, ModelRegistry
-from service.lean_digits import batcher_for, observe_request
+from service.lean_digits import batcher_for, check_pixel_values, observe_request
+from service.preprocess import InputError
 from service.settings import get_settings
 from service.v2_protocol import (
     HEADER_LENGTH,
@@ -107,10 +108,10 @@ def digit_inputs(request: InferRequest) -> np.ndarray:
             f"got {list(pixels.shape)}"
         )
     values = pixels.astype(np.float32, copy=False)
-    if not np.isfinite(values).all():
-        raise V2Error("input 'pixels': values must be finite (no NaN or infinity)")
-    if values.min() < 0 or values.max() > 255:
-        raise V2Error("input 'pixels': values must lie in 0..255 (raw pixels, white on black)")
+    try:
+        check_pixel_values(values)
+    except InputError as exc:
+        raise V2Error(f"input 'pixels': {exc}") from None
     return values
 
 

@@ -8,28 +8,13 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from loadtest.payloads import digits
-from loadtest.servers import Server, start_server, wait_ready
+from loadtest.servers import start_server, wait_ready, worker_processes
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-
-
-def worker_processes(server: Server) -> list[psutil.Process]:
-    """Live BentoML worker processes of the server (a killed one may linger as a zombie)."""
-    workers = []
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(
-                child.cmdline()
-            ):
-                workers.append(child)
-        except psutil.Error:
-            continue
-    return workers
 
 
 async def load(url: str, seconds: float, clients: int) -> tuple[int, int]:
@@ -58,12 +43,12 @@ async def load(url: str, seconds: float, clients: int) -> tuple[int, int]:
 def test_killed_worker_is_replaced_and_few_requests_fail(tmp_path: Path) -> None:
     server = start_server(tmp_path, model_dir=str(ROOT / "models"), workers="2")
     try:
-        assert len(worker_processes(server)) == 2
+        assert len(worker_processes(server.process.pid)) == 2
 
         async def scenario() -> tuple[int, int]:
             async def kill_one() -> None:
                 await asyncio.sleep(2)
-                worker_processes(server)[0].kill()
+                worker_processes(server.process.pid)[0].kill()
 
             results = await asyncio.gather(load(server.url, 12, 8), kill_one())
             return results[0]
@@ -74,9 +59,9 @@ def test_killed_worker_is_replaced_and_few_requests_fail(tmp_path: Path) -> None
         assert ok > 200 and fraction < 0.01
         wait_ready(server, 30)
         deadline = time.time() + 30
-        while len(worker_processes(server)) < 2 and time.time() < deadline:
+        while len(worker_processes(server.process.pid)) < 2 and time.time() < deadline:
             time.sleep(0.5)
-        assert len(worker_processes(server)) == 2  # the arbiter started a new worker
+        assert len(worker_processes(server.process.pid)) == 2  # the arbiter started a new worker
         assert asyncio.run(load(server.url, 1, 2))[1] == 0
     finally:
         server.stop()
