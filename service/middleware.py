@@ -274,3 +274,57 @@ class MultipartGuardMiddleware:
             await send_error(send, 400, f"malformed multipart body: {reason}")
             return
         await self.app(scope, replay_body(body, receive), send)
+
+
+class WholeBodyMiddleware:
+    """Sends a response that arrives in pieces as one body with a Content-Length.
+
+    BentoML writes every API answer as a start message, the JSON as a chunk and an empty
+    closing chunk, without a Content-Length: three trips through every middleware's `send`
+    and a chunked transfer encoding for a few hundred bytes. Collected here (innermost), the
+    answer leaves as two messages and a plain, sized body, which the client also parses faster.
+    A body over `max_bytes` is passed on as it comes (chunked), so streaming stays streaming.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = 1 << 20) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+        size = 0
+
+        async def send_whole(message: Message) -> None:
+            nonlocal start, size
+            kind = message["type"]
+            if kind == "http.response.start":
+                sized = any(k.lower() == b"content-length" for k, _ in message.get("headers", []))
+                if not sized:
+                    start = message  # held until the body is complete
+                    return
+            elif kind == "http.response.body" and start is not None:
+                chunk = message.get("body", b"")
+                chunks.append(chunk)
+                size += len(chunk)
+                if not message.get("more_body"):
+                    body = b"".join(chunks)
+                    headers = [*start.get("headers", []), (b"content-length", str(size).encode())]
+                    held, start = start, None
+                    await send({**held, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+                if size <= self.max_bytes:
+                    return
+                held, start = start, None  # too big to hold: stream it as it comes
+                await send(held)
+                await send(
+                    {"type": "http.response.body", "body": b"".join(chunks), "more_body": True}
+                )
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_whole)

@@ -87,6 +87,9 @@ def test_pixels_on_real_mnist_digits(
         assert all(abs(sum(a["probabilities"]) - 1) < 1e-3 for a in answers)
         assert answers[0]["model"].endswith(model.removeprefix("mnist-"))
         assert answers[0]["provider"] == "CPUExecutionProvider"
+        # one sized body, not BentoML's chunked three pieces (WholeBodyMiddleware)
+        assert r.headers["content-length"] == str(len(r.content))
+        assert "transfer-encoding" not in r.headers
 
 
 def test_pixels_scale_0_1_gives_the_same_answer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,7 +108,7 @@ def test_openapi30_spells_nullable_and_exclusive_bounds_the_30_way() -> None:
 def test_document_errors_replaces_bentoml_error_schemas_on_every_api() -> None:
     from service.openapi import document_errors
 
-    spec = {
+    spec: dict[str, Any] = {
         "components": {"schemas": {"InvalidArgument": {}, "x__Input": {"required": ["a"]}}},
         "paths": {
             "/x": {
@@ -157,3 +158,22 @@ def test_softmax_survives_a_tiny_temperature() -> None:
 
     probs = softmax(np.array([1.0, 3.0, 2.0], dtype=np.float32), 1e-300)
     assert np.isfinite(probs).all() and probs.tolist() == [0.0, 1.0, 0.0]
+
+
+def test_readme_documents_every_setting() -> None:
+    """The README's settings table has one row per setting, with its meaning from SETTINGS_DOC."""
+    from dataclasses import fields
+
+    from service.settings import PREFIX, SETTINGS_DOC
+
+    readme = (ROOT / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[3].strip()
+        for line in readme.splitlines()
+        if line.startswith(f"| `{PREFIX}")
+    }
+    names = {f"{PREFIX}{f.name.upper()}": f.name for f in fields(Settings)}
+    assert set(rows) == set(names)
+    assert set(SETTINGS_DOC) == set(names.values())
+    for variable, name in names.items():
+        assert rows[variable] == SETTINGS_DOC[name], variable
