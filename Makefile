@@ -58,7 +58,7 @@ bench: setup  ## benchmarks: in-process runtimes, the HTTP service, big requests
 lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff check training service tests loadtest
 	$(VENV)/bin/ruff format --check training service tests loadtest
-	$(VENV)/bin/mypy training service loadtest
+	$(VENV)/bin/mypy training service loadtest tests
 
 pytest: setup browser  ## the test suite only
 	$(PY) -m pytest

@@ -2,6 +2,8 @@
 
     python -m loadtest.bench_service                 # starts its own servers, ~4 minutes
     python -m loadtest.bench_service --seconds 5 --clients 1 8
+    python -m loadtest.bench_service --rounds 3 --clients 32 --scenarios "pixels, batching on" \
+        "pixels, batching off"                       # alternating rounds, median ratio
 
 For each scenario a fresh `bentoml serve` is started on a free 127.0.0.1 port (with its
 BentoML home and temp dir in a scratch folder), timed to readiness, loaded by closed-loop
@@ -47,6 +49,7 @@ class Level:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    round: int = 0
 
 
 @dataclass
@@ -158,58 +161,90 @@ def bench(
     warmup: float,
     scenarios: list[str],
     settings: dict[str, str],
+    rounds: int = 1,
 ) -> dict[str, Any]:
+    """Every scenario once per round, rounds one after the other, so that scenarios compared
+    with each other (batching on and off) alternate and share the machine's mood."""
     levels: list[Level] = []
     servers: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:
-        for name in scenarios:
-            scratch = Path(tmp) / name.replace(" ", "_").replace(",", "")
-            scratch.mkdir()
-            server_settings: dict[str, Any] = {**settings, **SCENARIOS[name]}
-            server = start_server(scratch, wait=False, **server_settings)
-            ready_s = wait_ready(server, 120)  # from process start to /readyz == 200
-            try:
-                requests = scenario_requests(name)
-                for c in clients:
-                    lat, errors, elapsed = asyncio.run(
-                        run_level(server.url, requests, c, seconds, warmup)
-                    )
-                    level = Level(
-                        name,
-                        c,
-                        len(lat),
-                        errors,
-                        len(lat) / elapsed,
-                        percentile(lat, 50),
-                        percentile(lat, 95),
-                        percentile(lat, 99),
-                    )
-                    levels.append(level)
-                    print(
-                        f"{name:22s} {c:3d} clients: {level.rps:8.1f} req/s  p50 "
-                        f"{level.p50_ms:6.1f}  p95 {level.p95_ms:6.1f}  p99 "
-                        f"{level.p99_ms:6.1f} ms  errors {errors}",
-                        flush=True,
-                    )
-                servers[name] = {
-                    "ready_s": round(ready_s, 2),
-                    "worker_rss_mb": round(worker_rss_mb(server), 1),
-                }
-            finally:
-                server.stop()
-    return {"levels": [asdict(lv) for lv in levels], "servers": servers}
+        for round_no in range(rounds):
+            for name in scenarios:
+                scratch = Path(tmp) / f"{round_no}-{name.replace(' ', '_').replace(',', '')}"
+                scratch.mkdir()
+                server_settings: dict[str, Any] = {**settings, **SCENARIOS[name]}
+                server = start_server(scratch, wait=False, **server_settings)
+                ready_s = wait_ready(server, 120)  # from process start to /readyz == 200
+                try:
+                    requests = scenario_requests(name)
+                    for c in clients:
+                        lat, errors, elapsed = asyncio.run(
+                            run_level(server.url, requests, c, seconds, warmup)
+                        )
+                        level = Level(
+                            name,
+                            c,
+                            len(lat),
+                            errors,
+                            len(lat) / elapsed,
+                            percentile(lat, 50),
+                            percentile(lat, 95),
+                            percentile(lat, 99),
+                            round_no,
+                        )
+                        levels.append(level)
+                        print(
+                            f"round {round_no + 1} {name:26s} {c:3d} clients: {level.rps:8.1f} "
+                            f"req/s  p50 {level.p50_ms:6.1f}  p95 {level.p95_ms:6.1f}  p99 "
+                            f"{level.p99_ms:6.1f} ms  errors {errors}",
+                            flush=True,
+                        )
+                    info = servers.setdefault(name, {"ready_s": [], "worker_rss_mb": []})
+                    info["ready_s"].append(round(ready_s, 2))
+                    info["worker_rss_mb"].append(round(worker_rss_mb(server), 1))
+                finally:
+                    server.stop()
+    return {"levels": [asdict(lv) for lv in levels], "servers": servers, "rounds": rounds}
+
+
+def median_levels(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (scenario, clients): the median of the rounds (errors: their sum)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for lv in levels:
+        groups.setdefault((lv["scenario"], lv["clients"]), []).append(lv)
+    rows = []
+    for (scenario, clients), group in groups.items():
+        row: dict[str, Any] = {"scenario": scenario, "clients": clients}
+        for key in ("rps", "p50_ms", "p95_ms", "p99_ms"):
+            row[key] = float(np.median([lv[key] for lv in group]))
+        row["errors"] = sum(lv["errors"] for lv in group)
+        rows.append(row)
+    return rows
+
+
+def batching_ratios(levels: list[dict[str, Any]], route: str, clients: int = 32) -> list[float]:
+    """Batching on / off requests/s of `route` at `clients`, one ratio per round."""
+    by = {(lv["scenario"], lv["clients"], lv["round"]): lv["rps"] for lv in levels}
+    ratios = []
+    for round_no in sorted({lv["round"] for lv in levels}):
+        on = by.get((f"{route}, batching on", clients, round_no))
+        off = by.get((f"{route}, batching off", clients, round_no))
+        if on and off:
+            ratios.append(on / off)
+    return ratios
 
 
 def render(result: dict[str, Any], args: argparse.Namespace) -> str:
+    rounds = result.get("rounds", 1)
     lines = [
         f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU; "
         f"{args.seconds:g} s per level after {args.warmup:g} s warm-up; client and server on "
-        "the same machine.",
+        "the same machine" + (f"; median of {rounds} alternating rounds." if rounds > 1 else "."),
         "",
         "| scenario | clients | req/s | p50 ms | p95 ms | p99 ms | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for lv in result["levels"]:
+    for lv in median_levels(result["levels"]):
         lines.append(
             f"| {lv['scenario']} | {lv['clients']} | {lv['rps']:.0f} | "
             f"{lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} | "
@@ -217,15 +252,18 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         )
     lines += ["", "| server | ready after start (s) | worker RSS (MB) |", "| --- | ---: | ---: |"]
     for name, info in result["servers"].items():
-        lines.append(f"| {name} | {info['ready_s']:.1f} | {info['worker_rss_mb']:.0f} |")
-    by = {(lv["scenario"], lv["clients"]): lv for lv in result["levels"]}
+        ready, rss = info["ready_s"], info["worker_rss_mb"]
+        lines.append(f"| {name} | {min(ready):.1f}-{max(ready):.1f} | {max(rss):.0f} |")
+    lines += ["", "Worker RSS: the largest after the last level, over the rounds."]
     for route in ("lean pixels", "pixels"):
-        on, off = by.get((f"{route}, batching on", 32)), by.get((f"{route}, batching off", 32))
-        if on and off and off["rps"]:
+        ratios = batching_ratios(result["levels"], route)
+        if ratios:
+            each = ", ".join(f"{r:.2f}x" for r in ratios)
             lines += [
                 "",
-                f"{route}: batching on vs off at 32 clients: {on['rps'] / off['rps']:.2f}x "
-                "requests/s.",
+                f"{route}: batching on vs off at 32 clients: "
+                + (f"{each} (median {float(np.median(ratios)):.2f}x)" if len(ratios) > 1 else each)
+                + " requests/s.",
             ]
     return "\n".join(lines)
 
@@ -240,6 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per level")
     parser.add_argument("--warmup", type=float, default=2.0, help="per level, not counted")
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat every scenario, alternating; report medians"
+    )
     parser.add_argument("--backend", choices=("onnx", "torchscript"), default="onnx")
     parser.add_argument("--json", type=Path, help="also write raw results here")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
@@ -250,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         args.warmup,
         args.scenarios,
         {"backend": args.backend, "model_dir": str(ROOT / "models")},
+        args.rounds,
     )
     table = render(result, args)
     print("\n" + table)

@@ -183,7 +183,7 @@ def test_response_encodes_requested_outputs_json_or_binary() -> None:
         }
     )
     request = parse_infer_request(body, None)
-    outputs = {
+    outputs: dict[str, np.ndarray] = {
         "digit": np.array([3, 7], dtype=np.int64),
         "probabilities": np.full((2, 10), 0.1, dtype=np.float32),
     }
