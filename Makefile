@@ -52,7 +52,7 @@ serve: setup  ## serve the committed models on http://$(HOST):$(PORT) (Swagger U
 
 bench: setup  ## benchmarks: in-process runtimes, the HTTP service, big requests (numbers, not tests)
 	$(PY) -m loadtest.bench_inference
-	$(PY) -m loadtest.bench_service --markdown loadtest/results/bench_service.md
+	$(PY) -m loadtest.bench_service --rounds 3 --markdown loadtest/results/bench_service.md
 	$(PY) -m loadtest.bench_batch
 
 lint: setup  ## ruff + mypy

@@ -22,6 +22,8 @@ import asyncio
 import json
 import os
 import platform
+import shlex
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -236,7 +238,10 @@ def batching_ratios(levels: list[dict[str, Any]], route: str, clients: int = 32)
 
 def render(result: dict[str, Any], args: argparse.Namespace) -> str:
     rounds = result.get("rounds", 1)
+    command = " ".join(["python -m loadtest.bench_service", *map(shlex.quote, args.argv)])
     lines = [
+        f"Command: `{command}`",
+        "",
         f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU; "
         f"{args.seconds:g} s per level after {args.warmup:g} s warm-up; client and server on "
         "the same machine" + (f"; median of {rounds} alternating rounds." if rounds > 1 else "."),
@@ -285,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write raw results here")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     result = bench(
         args.clients,
         args.seconds,

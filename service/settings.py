@@ -121,8 +121,9 @@ SETTINGS_DOC: dict[str, str] = {
     "max_top_k": "largest k for next-character candidates and top-k sampling",
     "workers": "BentoML worker processes",
     "timeout_s": "seconds a request may wait for its response to start (504 beyond)",
-    "tracing": "OpenTelemetry spans for the BentoML routes (exporter and sample rate: "
-    "BentoML's `tracing` config); off saves ~0.25 ms of CPU per request",
+    "tracing": "OpenTelemetry spans for the BentoML routes, with trace ids in the access log and "
+    "an `x-bentoml-request-id` header (exporter and sample rate: BentoML's `tracing` config); "
+    "off saves ~0.25 ms of CPU per request",
     "api_tokens": "comma-separated bearer tokens; when set, every other route needs "
     "`Authorization: Bearer <token>` (401 otherwise)",
     "auth_exempt": "paths open without a token when tokens are set (exact; `*` ends a prefix)",

@@ -29,6 +29,7 @@ def test_bench_alternates_rounds_and_reports_medians_and_ratios(tmp_path: Path) 
         assert len(result["servers"][name]["worker_rss_mb"]) == 2
         assert all(0 < mb < 1000 for mb in result["servers"][name]["worker_rss_mb"])
     report = table.read_text()
+    assert report.startswith("Command: `python -m loadtest.bench_service --rounds 2")
     assert "median of 2 alternating rounds" in report
     assert "lean pixels: batching on vs off at 32 clients" not in report  # no 32-client level
     assert report.count("| lean pixels, batching") == 2 + 2  # two median rows, two servers

@@ -90,6 +90,7 @@ def test_pixels_on_real_mnist_digits(
         # one sized body, not BentoML's chunked three pieces (WholeBodyMiddleware)
         assert r.headers["content-length"] == str(len(r.content))
         assert "transfer-encoding" not in r.headers
+        assert "x-bentoml-request-id" not in r.headers  # RNNSERVE_TRACING is off by default
 
 
 def test_pixels_scale_0_1_gives_the_same_answer(

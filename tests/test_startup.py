@@ -59,3 +59,16 @@ def test_forced_cpu_is_reported(tmp_path: Path) -> None:
         assert {m["provider"] for m in meta["models"]} == {"CPUExecutionProvider"}
     finally:
         assert server.stop() == 0
+
+
+def test_tracing_setting_turns_spans_and_request_ids_on(tmp_path: Path) -> None:
+    """Off by default (the session server's answers carry no request id, see test_service);
+    on, BentoML's OpenTelemetry middleware runs: a request id header and trace ids in the log."""
+    server = start_server(tmp_path, model_dir=str(ROOT / "models"), tracing="on")
+    try:
+        r = httpx.post(f"{server.url}/next_char", json={"text": "ROMEO"}, timeout=10)
+        assert r.status_code == 200 and len(r.headers["x-bentoml-request-id"]) == 16
+    finally:
+        assert server.stop() == 0
+    line = next(x for x in server.log().splitlines() if "path=/next_char" in x)
+    assert f"span={r.headers['x-bentoml-request-id']}" in line and "trace=" in line
