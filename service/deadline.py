@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -77,7 +76,4 @@ def install() -> None:
     """Make BentoML build its timeout middleware from DeadlineMiddleware (idempotent)."""
     from bentoml._internal.server.http import traffic
 
-    original: Any = traffic.TimeoutMiddleware
-    if original is DeadlineMiddleware:
-        return
     traffic.TimeoutMiddleware = DeadlineMiddleware  # type: ignore[misc,assignment]

@@ -67,7 +67,7 @@ try:
 except (CardError, DeviceError, FileNotFoundError) as exc:
     raise SystemExit(f"rnnserve cannot start: {exc}") from None
 
-install_deadline_middleware()  # BentoML's own timeout middleware keeps every request alive 30 s
+install_deadline_middleware()  # BentoML's own keeps every answered request's context for 30 s
 
 INFERENCE_SECONDS = bentoml.metrics.Histogram(
     name="rnnserve_inference_seconds",
