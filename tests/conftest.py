@@ -1,10 +1,13 @@
-"""Shared fixtures: the small real-data fixtures and a per-test scratch directory."""
+"""Shared fixtures: the small real-data fixtures and the one default server."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from loadtest.servers import Server, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -20,3 +23,13 @@ def mnist_root() -> Path:
 def corpus_path() -> Path:
     """The first 40 KB of Tiny Shakespeare."""
     return FIXTURES / "text" / "tinyshakespeare.txt"
+
+
+@pytest.fixture(scope="session")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real `bentoml serve` of the committed models with default settings, shared by the
+    modules that need nothing else (service, V2, fuzzing, browser): a start costs ~2 s and a
+    150 MB worker, and sharing also proves the service keeps serving whatever came before."""
+    server = start_server(tmp_path_factory.mktemp("default-server"), model_dir=str(ROOT / "models"))
+    yield server
+    server.stop()

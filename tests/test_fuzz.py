@@ -14,7 +14,6 @@ route is in the same case, and its binary body must match its X-Tensor-Shape hea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,8 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from loadtest.servers import Server, start_server
-from tests.conftest import ROOT
+from loadtest.servers import Server
 
 pytestmark = pytest.mark.slow
 
@@ -66,16 +64,9 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("fuzz"), model_dir=str(ROOT / "models"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def api_schema(fuzz_server: Server) -> Any:
-    schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/docs.json", timeout=30)
-    schema.config.update(base_url=fuzz_server.url)
+def api_schema(default_server: Server) -> Any:
+    schema = schemathesis.openapi.from_url(f"{default_server.url}/docs.json", timeout=30)
+    schema.config.update(base_url=default_server.url)
     return schema
 
 
@@ -130,10 +121,10 @@ def test_api_fuzzing(api_schema: Any, method: str, path: str, mode: str) -> None
     call_and_check()
 
 
-def test_fuzzing_sent_enough_requests_to_every_operation(fuzz_server: Server) -> None:
+def test_fuzzing_sent_enough_requests_to_every_operation(default_server: Server) -> None:
     if len(SENT) < len(OPERATIONS_WITH_INPUT + OPERATIONS_WITHOUT_INPUT):
         pytest.skip("run the whole module to count the fuzzing requests")
     print(f"fuzzing requests per operation: {SENT} (total {sum(SENT.values())})")
     assert sum(SENT.values()) >= MIN_REQUESTS, SENT
-    assert fuzz_server.process.poll() is None, "the server died during fuzzing"
-    assert "status=500" not in fuzz_server.log()  # BentoML's access log line of every answer
+    assert default_server.process.poll() is None, "the server died during fuzzing"
+    assert "status=500" not in default_server.log()  # BentoML's access log line of every answer

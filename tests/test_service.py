@@ -22,13 +22,6 @@ SHAKESPEARE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n
 
 
 @pytest.fixture(scope="module")
-def onnx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("onnx"), model_dir=str(MODELS))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def ts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(
         tmp_path_factory.mktemp("ts"), model_dir=str(MODELS), backend="torchscript"
@@ -38,8 +31,8 @@ def ts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def client(onnx_server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=onnx_server.url, timeout=30) as c:
+def client(default_server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=default_server.url, timeout=30) as c:
         yield c
 
 
@@ -64,8 +57,8 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/readyz").status_code == 200
 
 
-def test_log_has_one_honest_line_per_model(onnx_server: Server) -> None:
-    log = onnx_server.log()
+def test_log_has_one_honest_line_per_model(default_server: Server) -> None:
+    log = default_server.log()
     for name in ("mnist-rnn", "mnist-birnn", "char-rnn"):
         lines = [line for line in log.splitlines() if f"model {name} " in line]
         assert len(lines) == 1, lines
@@ -201,11 +194,11 @@ def test_metrics_report_models_latency_and_batch(client: httpx.Client) -> None:
 
 
 def test_both_backends_agree(
-    onnx_server: Server, ts_server: Server, digits: tuple[np.ndarray, np.ndarray]
+    default_server: Server, ts_server: Server, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     images, _ = digits
     body = pixel_body(images[:32])
-    a = httpx.post(f"{onnx_server.url}/classify_pixels", json=body, timeout=30).json()
+    a = httpx.post(f"{default_server.url}/classify_pixels", json=body, timeout=30).json()
     b = httpx.post(f"{ts_server.url}/classify_pixels", json=body, timeout=30).json()
     assert [x["digit"] for x in a] == [y["digit"] for y in b]
     np.testing.assert_allclose(
@@ -215,20 +208,20 @@ def test_both_backends_agree(
     ts_meta = httpx.get(f"{ts_server.url}/v1/metadata", timeout=30).json()
     assert ts_meta["backend"] == "torchscript" and ts_meta["torch_imported"] is True
     text = {"text": SHAKESPEARE, "k": 3}
-    na = httpx.post(f"{onnx_server.url}/next_char", json=text, timeout=30).json()
+    na = httpx.post(f"{default_server.url}/next_char", json=text, timeout=30).json()
     nb = httpx.post(f"{ts_server.url}/next_char", json=text, timeout=30).json()
     assert [c["char"] for c in na["candidates"]] == [c["char"] for c in nb["candidates"]]
     gen = {"prompt": "ROMEO:", "length": 40, "seed": 5, "temperature": 0}
-    ga = httpx.post(f"{onnx_server.url}/generate", json=gen, timeout=30).json()
+    ga = httpx.post(f"{default_server.url}/generate", json=gen, timeout=30).json()
     gb = httpx.post(f"{ts_server.url}/generate", json=gen, timeout=30).json()
     assert ga["text"] == gb["text"]
 
 
-def test_sync_http_client(onnx_server: Server, digits: tuple[np.ndarray, np.ndarray]) -> None:
+def test_sync_http_client(default_server: Server, digits: tuple[np.ndarray, np.ndarray]) -> None:
     import bentoml
 
     images, labels = digits
-    with bentoml.SyncHTTPClient(onnx_server.url) as c:
+    with bentoml.SyncHTTPClient(default_server.url) as c:
         answer = c.classify_pixels(images=[{"pixels": images[0].astype(float).tolist()}])
         assert answer[0]["digit"] == labels[0]
         nxt = c.next_char(text="ROMEO", k=2)

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from loadtest.payloads import digits
-from loadtest.servers import Server, start_server
-from tests.conftest import ROOT
+from loadtest.servers import Server
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,13 +46,6 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("ui"), model_dir=str(ROOT / "models"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     home = tmp_path_factory.mktemp("chromium-home")  # its caches and config stay in here
     env = {
@@ -71,14 +63,14 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, ui_server: Server) -> Iterator[Any]:
+def page(browser: Any, default_server: Server) -> Iterator[Any]:
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
-    page.goto(f"{ui_server.url}/ui/")
+    page.goto(f"{default_server.url}/ui/")
     sync_api.expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=20_000)
     yield page
-    foreign = [url for url in requested if not url.startswith(ui_server.url)]
+    foreign = [url for url in requested if not url.startswith(default_server.url)]
     assert not foreign, f"the page asked other hosts: {foreign}"
     page.close()
 
@@ -148,14 +140,14 @@ def test_drawn_mnist_digits_are_recognised(page: Any, tmp_path: Path) -> None:
     page.screenshot(path=str(tmp_path / "ui-digits.png"), full_page=True)
 
 
-def test_typing_shows_next_character_suggestions(page: Any, ui_server: Server) -> None:
+def test_typing_shows_next_character_suggestions(page: Any, default_server: Server) -> None:
     prompt = page.locator("#prompt")
     prompt.fill("")
     prompt.press_sequentially("ROMEO:\nWhat light through yonder window bre", delay=5)
     items = page.locator("#candidates li")
     sync_api.expect(items).to_have_count(5, timeout=10_000)
     expected = httpx.post(
-        f"{ui_server.url}/next_char",
+        f"{default_server.url}/next_char",
         json={"text": "ROMEO:\nWhat light through yonder window bre", "k": 5},
     ).json()["candidates"]
     first = items.nth(0).locator(".char").inner_text()
@@ -167,23 +159,23 @@ def test_typing_shows_next_character_suggestions(page: Any, ui_server: Server) -
     sync_api.expect(items).to_have_count(0)
 
 
-def test_continue_generates_the_same_text_as_the_api(page: Any, ui_server: Server) -> None:
+def test_continue_generates_the_same_text_as_the_api(page: Any, default_server: Server) -> None:
     page.locator("#prompt").fill("JULIET:\n")
     page.locator("#seed").fill("7")
     page.locator("#length").fill("60")
     page.click("#continue")
     sync_api.expect(page.locator("#status")).to_contain_text("seed 7", timeout=20_000)
     expected = httpx.post(
-        f"{ui_server.url}/generate",
+        f"{default_server.url}/generate",
         json={"prompt": "JULIET:\n", "length": 60, "temperature": 0.8, "seed": 7},
     ).json()["text"]
     assert page.locator("#prompt").input_value() == "JULIET:\n" + expected
 
 
-def test_phone_sized_screen(browser: Any, ui_server: Server, tmp_path: Path) -> None:
+def test_phone_sized_screen(browser: Any, default_server: Server, tmp_path: Path) -> None:
     phone = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
     try:
-        phone.goto(f"{ui_server.url}/ui/")
+        phone.goto(f"{default_server.url}/ui/")
         sync_api.expect(phone.locator("body")).to_have_attribute("data-ready", "true")
         overflow = phone.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"

@@ -13,7 +13,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from loadtest.payloads import digits
-from loadtest.servers import Server, start_server
+from loadtest.servers import Server
 from service.cards import discover_cards
 from tests.conftest import ROOT
 
@@ -23,15 +23,8 @@ DIGIT_MODELS = ("mnist-rnn", "mnist-birnn", "mnist-bigru")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("v2"), model_dir=str(MODELS))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: Server) -> Iterator[triton.InferenceServerClient]:
-    c = triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
+def client(default_server: Server) -> Iterator[triton.InferenceServerClient]:
+    c = triton.InferenceServerClient(default_server.url.removeprefix("http://"), network_timeout=60)
     yield c
     c.close()
 
@@ -67,7 +60,7 @@ def test_every_model_is_listed_ready_and_described(client: triton.InferenceServe
 @pytest.mark.parametrize("size", [1, 64])
 def test_digit_inference_matches_the_native_endpoint(
     client: triton.InferenceServerClient,
-    server: Server,
+    default_server: Server,
     batch: tuple[np.ndarray, np.ndarray],
     size: int,
     binary: bool,
@@ -88,7 +81,7 @@ def test_digit_inference_matches_the_native_endpoint(
         assert probabilities.shape == (size, 10) and probabilities.dtype == np.float32
         np.testing.assert_array_equal(result.as_numpy("digit"), labels)
         native = httpx.post(
-            f"{server.url}/classify_pixels",
+            f"{default_server.url}/classify_pixels",
             json={"images": [{"pixels": img.tolist(), "model": model} for img in images]},
             timeout=60,
         ).json()
@@ -111,9 +104,9 @@ def test_uint8_pixels_give_the_same_answer(
 
 
 def test_char_model_state_carries_across_calls(
-    client: triton.InferenceServerClient, server: Server
+    client: triton.InferenceServerClient, default_server: Server
 ) -> None:
-    vocab = httpx.get(f"{server.url}/v1/metadata").json()["vocabulary"]
+    vocab = httpx.get(f"{default_server.url}/v1/metadata").json()["vocabulary"]
     text = "ROMEO:\nWhat light through yonder window bre"
     ids = np.array([[vocab.index(c) for c in text]], dtype=np.int64)
 
@@ -132,12 +125,12 @@ def test_char_model_state_carries_across_calls(
     assert whole.shape == (1, len(text), len(vocab))
     np.testing.assert_allclose(whole[:, :20], first, atol=1e-5)
     np.testing.assert_allclose(whole[:, 20:], rest, atol=1e-4)  # same as reading it in one go
-    native = httpx.post(f"{server.url}/next_char", json={"text": text, "k": 1}).json()
+    native = httpx.post(f"{default_server.url}/next_char", json={"text": text, "k": 1}).json()
     assert vocab[int(whole[0, -1].argmax())] == native["candidates"][0]["char"]
 
 
 def test_errors_are_400_or_404_with_a_message(
-    client: triton.InferenceServerClient, server: Server
+    client: triton.InferenceServerClient, default_server: Server
 ) -> None:
     tensor = triton.InferInput("pixels", [1, 27, 28], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 27, 28), np.float32))
@@ -147,7 +140,7 @@ def test_errors_are_400_or_404_with_a_message(
         client.infer("nope", [tensor])
     with pytest.raises(InferenceServerException, match=r"\[404\].*no version"):
         client.infer("mnist-rnn", [tensor], model_version="7")
-    url = f"{server.url}/v2/models/mnist-rnn/infer"
+    url = f"{default_server.url}/v2/models/mnist-rnn/infer"
     bad = [
         (b"{nope", "not valid JSON"),
         (
@@ -198,10 +191,10 @@ def test_errors_are_400_or_404_with_a_message(
         r = httpx.post(url, content=body, headers={"content-type": "application/json"})
         assert r.status_code == 400, r.text
         assert set(r.json()) == {"error"} and message in r.json()["error"], r.text
-    assert httpx.get(f"{server.url}/v2/models/nope").json() == {
+    assert httpx.get(f"{default_server.url}/v2/models/nope").json() == {
         "error": "unknown model 'nope'; this server has "
         "['char-rnn', 'mnist-bigru', 'mnist-birnn', 'mnist-rnn']"
     }
     # readiness is a status code only
-    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{default_server.url}/v2/health/ready").status_code == 200
     assert client.is_server_live()  # and the server still serves
