@@ -21,6 +21,7 @@ from bentoml.exceptions import BentoMLException
 from pydantic import Field
 
 from service import __version__
+from service.bound_apis import bind_api_methods
 from service.cards import CardError
 from service.deadline import install as install_deadline_middleware
 from service.inference import ModelRegistry, preflight
@@ -139,6 +140,8 @@ class RnnServe:
                 provider=info["provider"],
                 device=self.registry.device.device,
             ).set(1)
+        # BentoML rebuilds an API method's wrapper on every lookup, twice per batched request
+        bind_api_methods(self, _service.apis)
         tune_garbage_collector()
         self.ready = True
 
