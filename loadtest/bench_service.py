@@ -32,11 +32,10 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-import psutil
 
 from loadtest.payloads import PROMPTS
 from loadtest.payloads import digits as real_digits
-from loadtest.servers import Server, start_server, wait_ready, worker_processes
+from loadtest.servers import start_server, wait_ready, worker_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,17 +135,6 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def worker_rss_mb(server: Server) -> float:
-    """Largest resident set among the server's worker processes (children of the arbiter)."""
-    sizes = []
-    for worker in worker_processes(server.process.pid):
-        try:
-            sizes.append(worker.memory_info().rss)
-        except psutil.Error:
-            continue
-    return max(sizes) / 2**20 if sizes else float("nan")
-
-
 SCENARIOS = {
     "lean pixels, batching on": {},
     "lean pixels, batching off": {"batching": "off"},
@@ -203,7 +191,8 @@ def bench(
                         )
                     info = servers.setdefault(name, {"ready_s": [], "worker_rss_mb": []})
                     info["ready_s"].append(round(ready_s, 2))
-                    info["worker_rss_mb"].append(round(worker_rss_mb(server), 1))
+                    sizes = worker_rss_mb(server.process.pid)  # the largest worker's
+                    info["worker_rss_mb"].append(round(sizes[-1], 1) if sizes else float("nan"))
                 finally:
                     server.stop()
     return {"levels": [asdict(lv) for lv in levels], "servers": servers, "rounds": rounds}

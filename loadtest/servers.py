@@ -138,3 +138,14 @@ def worker_processes(server_pid: int) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return workers
+
+
+def worker_rss_mb(server_pid: int) -> list[float]:
+    """Resident memory of each live worker under a server's arbiter, in MiB, smallest first."""
+    sizes = []
+    for worker in worker_processes(server_pid):
+        try:
+            sizes.append(worker.memory_info().rss / 2**20)
+        except psutil.Error:
+            continue
+    return sorted(sizes)

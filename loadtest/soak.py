@@ -36,10 +36,9 @@ from urllib.parse import urlparse
 
 import aiohttp
 import numpy as np
-import psutil
 
 from loadtest.payloads import PROMPTS, Digit, digits
-from loadtest.servers import Server, start_server, worker_processes
+from loadtest.servers import Server, start_server, worker_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_GROWTH = 0.10
@@ -64,16 +63,6 @@ class Tally:
         self.failures += 1
         if len(self.failure_examples) < 10:
             self.failure_examples.append(what)
-
-
-def worker_rss_mb(server_pid: int | None) -> list[float]:
-    sizes = []
-    for worker in worker_processes(server_pid) if server_pid else []:
-        try:
-            sizes.append(worker.memory_info().rss / 2**20)
-        except psutil.Error:
-            continue
-    return sorted(sizes)
 
 
 async def check_digit(resp: aiohttp.ClientResponse, labels: list[int]) -> str | None:
@@ -163,7 +152,7 @@ async def soak(
                     round(time.perf_counter() - started, 1),
                     tally.requests,
                     tally.failures,
-                    [round(x, 1) for x in worker_rss_mb(server_pid)],
+                    [round(x, 1) for x in worker_rss_mb(server_pid)] if server_pid else [],
                 )
             )
             if time.perf_counter() >= stop_at:

@@ -195,8 +195,8 @@ class RnnServe:
 
     @staticmethod
     def _predictions(name: str, provider: str, probs: np.ndarray) -> list[DigitPrediction]:
-        """One answer per row of `probs` (B, 10). Built without validation (model_construct):
-        the values are ours, and this runs once per image in the batch's thread."""
+        """One answer per row of `probs` (B, 10), built without validation (model_construct):
+        the values are ours, and a merged batch builds one per image in the inference thread."""
         digits = probs.argmax(axis=1).tolist()
         rounded = probs.round(6).tolist()
         return [
