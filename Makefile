@@ -16,7 +16,7 @@ DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
 RUNS ?= runs
 export RNNSERVE_DATA_DIR := $(abspath $(DATA_DIR))
 
-.PHONY: help setup browser peers serve test lint pytest train models export summary bench build load compare soak clean
+.PHONY: help setup browser peers serve test lint pytest train models export summary bench build load compare soak flood hostile clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
@@ -97,6 +97,12 @@ compare: setup peers  ## rnnserve vs FastAPI vs Triton, side by side (loadtest/r
 
 soak: setup  ## 10-minute soak: mixed load, failures and worker memory growth (loadtest/results/soak.md)
 	$(PY) -m loadtest.soak
+
+flood:  ## 4x the load one worker carries: fast 503s, bounded latency (loadtest/results/flood.md)
+	$(PY) -m loadtest.flood
+
+hostile:  ## malformed and oversized requests on every route: clear 4xx, bounded memory
+	$(PY) -m loadtest.hostile
 
 clean:  ## remove the virtualenv and caches (not runs/ or models/)
 	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache

@@ -74,6 +74,15 @@ class ModelCard:
             raise CardError(f"{self.directory / CARD_FILE}: no {fmt!r} file listed") from None
         return self.directory / entry["path"]
 
+    def read_verified(self, fmt: str) -> bytes:
+        """The model file in format `fmt`, read once and checked against the card: the
+        bytes a backend loads are the bytes whose digest matched (no check-then-reopen)."""
+        entry = self.data["files"].get(fmt)
+        if not isinstance(entry, dict):
+            raise CardError(f"{self.directory / CARD_FILE}: no {fmt!r} file listed")
+        path = _resolve_inside(self.directory, entry.get("path"), self.directory / CARD_FILE)
+        return check_bytes(path, entry)
+
     def input_spec(self, name: str) -> dict[str, Any]:
         for spec in self.data["inputs"]:
             if spec["name"] == name:
@@ -109,18 +118,28 @@ def verify_files(model_dir: Path, data: dict[str, Any], card_path: Path) -> None
         path = _resolve_inside(model_dir, entry.get("path"), card_path)
         if not path.is_file():
             raise CardError(f"{card_path}: {fmt} file {path} is missing")
-        size = path.stat().st_size
-        if size != entry.get("bytes"):
-            raise CardError(
-                f"{path}: size {size} bytes does not match the card ({entry.get('bytes')} bytes);"
-                " the file was changed or truncated"
-            )
-        digest = sha256_file(path)
-        if digest != entry.get("sha256"):
-            raise CardError(
-                f"{path}: sha256 {digest} does not match the card ({entry.get('sha256')}); "
-                "the file was modified after export: re-export it or restore it"
-            )
+        check_bytes(path, entry)
+
+
+def check_bytes(path: Path, entry: dict[str, Any], data: bytes | None = None) -> bytes:
+    """The bytes of `path` (or `data`, already read from it), checked against the card's entry
+    (size and sha256); CardError when they differ."""
+    if data is None:
+        if not path.is_file():
+            raise CardError(f"{path}: the file named by the card is missing")
+        data = path.read_bytes()
+    if len(data) != entry.get("bytes"):
+        raise CardError(
+            f"{path}: size {len(data)} bytes does not match the card ({entry.get('bytes')} "
+            "bytes); the file was changed or truncated"
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry.get("sha256"):
+        raise CardError(
+            f"{path}: sha256 {digest} does not match the card ({entry.get('sha256')}); "
+            "the file was modified after export: re-export it or restore it"
+        )
+    return data
 
 
 def load_card(model_dir: Path, verify: bool = True) -> ModelCard:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from service.cards import ModelCard, discover_cards, short_name
-from service.preprocess import InputError, encode_text, normalize, softmax, top_k
+from service.errors import NoCharModel, UnknownModel, short
+from service.preprocess import encode_text, normalize, softmax, top_k
 from service.runtime import Backend, DeviceChoice, choose_device, load_backend
 from service.settings import Settings
 
@@ -199,8 +200,8 @@ class ModelRegistry:
         name = requested or self.settings.default_digit_model
         name = self.aliases.get(name, name)
         if name not in self.digits:
-            raise InputError(
-                f"unknown model {requested!r}; choose one of {self.digit_model_names()}", 422
+            raise UnknownModel(
+                f"unknown model {short(requested)}; choose one of {self.digit_model_names()}"
             )
         return self.digits[name]
 
@@ -209,7 +210,7 @@ class ModelRegistry:
 
     def char_model(self) -> CharModel:
         if self.char is None:
-            raise InputError("no next-character model is loaded on this server", 404)
+            raise NoCharModel("no next-character model is loaded on this server")
         return self.char
 
     def describe(self) -> list[dict[str, Any]]:

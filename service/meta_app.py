@@ -5,32 +5,37 @@ from __future__ import annotations
 
 from typing import Any
 
-import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.asgi import error_response
+from service.errors import ServiceError
 from service.lean_digits import LeanDigitsApp
+from service.pipeline import ServingState
 from service.schemas import ROW_SCHEMA
 
 MOUNT_PATH = "/v1"
-
-
-async def metadata(_: Request) -> JSONResponse:
-    service = bentoml.get_current_service()
-    if service is None or not getattr(service, "ready", False):
-        return JSONResponse({"error": "service not ready", "detail": None}, status_code=503)
-    return JSONResponse(service.describe())
-
-
 LEAN_PATH = f"{MOUNT_PATH}/digits"
-meta_app = Starlette(
-    routes=[
-        Route("/metadata", metadata, methods=["GET"]),
-        Route("/digits", LeanDigitsApp(), methods=["POST"]),
-    ]
-)
+
+
+def meta_app(state: ServingState) -> Starlette:
+    """GET /v1/metadata and POST /v1/digits, wired to the worker's pipelines via `state`."""
+
+    async def metadata(_: Request) -> Response:
+        try:
+            return JSONResponse(state.require().describe())
+        except ServiceError as exc:
+            return error_response(exc)
+
+    return Starlette(
+        routes=[
+            Route("/metadata", metadata, methods=["GET"]),
+            Route("/digits", LeanDigitsApp(state), methods=["POST"]),
+        ]
+    )
+
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 _IMAGE = {"type": "array", "minItems": 28, "maxItems": 28, "items": ROW_SCHEMA}
@@ -114,9 +119,9 @@ LEAN_DOC = {
                 for status, why in (
                     (400, "Invalid input (the message says what to change)"),
                     (401, "Missing or invalid bearer token"),
-                    (413, "Body over the configured limit"),
+                    (413, "Body or image count over the configured limit"),
                     (415, "Neither JSON nor a binary tensor"),
-                    (503, "Not ready yet"),
+                    (503, "Not ready yet, or overloaded (see Retry-After)"),
                 )
             },
         },

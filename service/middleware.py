@@ -1,5 +1,5 @@
-"""ASGI middleware: one JSON shape for every error response, bearer-token auth, a request-size
-limit (413) and a guard against malformed multipart bodies.
+"""ASGI middleware: one JSON shape for every error response, bearer-token auth, request-body
+limits (413 for one body, 503 when the worker holds too many) and whole response bodies.
 
 BentoML answers errors in several shapes (a JSON object, a JSON array holding one, plain text
 from Starlette for 404/405). Clients should parse one: `{"error": str, "detail": any}`.
@@ -12,29 +12,11 @@ import json
 from http import HTTPStatus
 from typing import Any
 
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-
-def error_body(status: int, message: str, detail: Any = None) -> bytes:
-    return json.dumps({"error": message, "detail": detail}).encode()
-
-
-async def send_error(send: Send, status: int, message: str, detail: Any = None) -> None:
-    body = error_body(status, message, detail)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+from service.asgi import replay_body, send_error
+from service.bentoml_compat import unwrap_error_array
+from service.errors import error_body
 
 
 def _describe_validation(errors: list[dict[str, Any]]) -> str:
@@ -55,9 +37,8 @@ def normalize_error(status: int, body: bytes) -> bytes:
         data: Any = json.loads(body) if body else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         text = body.decode("utf-8", "replace").strip()
-        return error_body(status, text or phrase)
-    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
-        data = data[0]  # BentoML wraps some errors in a one-element array
+        return error_body(text or phrase)
+    data = unwrap_error_array(data)
     if isinstance(data, dict) and "error" in data:
         detail = data.get("detail")
         message = str(data["error"])
@@ -68,25 +49,32 @@ def normalize_error(status: int, body: bytes) -> bytes:
             and "msg" in detail[0]
         ):
             message = _describe_validation(detail)
-        return error_body(status, message, detail)
+        return error_body(message, detail)
     if isinstance(data, dict) and "detail" in data:  # Starlette HTTPException
-        return error_body(status, str(data["detail"]), None)
-    return error_body(status, phrase, data)
+        return error_body(str(data["detail"]), None)
+    return error_body(phrase, data)
+
+
+def v2_error(status: int, body: bytes) -> bytes:
+    """Any error body as the Open Inference Protocol's `{"error": str}`."""
+    data = json.loads(normalize_error(status, body))
+    return json.dumps({"error": data["error"]}).encode()
 
 
 class ErrorShapeMiddleware:
-    """Buffers error responses (status >= 400) and rewrites their body into the one shape."""
+    """Buffers error responses (status >= 400) and rewrites their body into the one shape:
+    `{"error", "detail"}`, or `{"error"}` under `v2_prefix` (the protocol's own shape), so that
+    Starlette's plain-text 404/405 pages never reach a client."""
 
-    def __init__(self, app: ASGIApp, exempt_prefix: str | None = None) -> None:
+    def __init__(self, app: ASGIApp, v2_prefix: str) -> None:
         self.app = app
-        self.exempt_prefix = exempt_prefix  # routes with an error format of their own
+        self.v2_prefix = v2_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (
-            self.exempt_prefix and scope.get("path", "").startswith(self.exempt_prefix)
-        ):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        rewrite = v2_error if scope.get("path", "").startswith(self.v2_prefix) else normalize_error
         start: Message | None = None
         chunks: list[bytes] = []
 
@@ -99,7 +87,7 @@ class ErrorShapeMiddleware:
                 chunks.append(message.get("body", b""))
                 if message.get("more_body"):
                     return
-                body = normalize_error(start["status"], b"".join(chunks))
+                body = rewrite(start["status"], b"".join(chunks))
                 headers = [
                     (k, v)
                     for k, v in start.get("headers", [])
@@ -152,7 +140,7 @@ class BearerAuthMiddleware:
         headers = dict(scope.get("headers", []))
         if not self._authorized(headers.get(b"authorization")):
             body = error_body(
-                401, "missing or invalid bearer token: send 'Authorization: Bearer <token>'"
+                "missing or invalid bearer token: send 'Authorization: Bearer <token>'"
             )
             await send(
                 {
@@ -171,15 +159,20 @@ class BearerAuthMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over `max_bytes` with 413 before the application reads them.
+    """Bounds what request bodies cost before the application reads them.
 
-    A declared Content-Length over the limit is refused at once; a body without one (chunked)
-    is read up to the limit and replayed to the application, or refused when it goes over.
+    One body: a declared Content-Length over `max_bytes` is refused at once (413); a body
+    without one (chunked) is read up to the limit and replayed to the application, or refused
+    when it goes over. All bodies together: the bytes of the requests a worker holds at once
+    may not pass `max_buffered`; a request that would is refused with 503 + Retry-After before
+    its body is read, so a flood of large requests costs bounded memory.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_buffered: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_buffered = max_buffered
+        self.buffered = 0  # bytes reserved by requests in progress (one event loop: no lock)
 
     def _too_large(self) -> str:
         return f"request body over the limit of {self.max_bytes} bytes (RNNSERVE_MAX_REQUEST_BYTES)"
@@ -190,19 +183,18 @@ class BodyLimitMiddleware:
             return
         headers = dict(scope.get("headers", []))
         declared = headers.get(b"content-length")
+        if declared is None and scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
         if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
+            length = int(declared) if declared.isdigit() else -1
+            if length < 0:
                 await send_error(send, 400, "invalid Content-Length header")
                 return
             if length > self.max_bytes:
                 await send_error(send, 413, self._too_large())
                 return
-            await self.app(scope, receive, send)
-            return
-        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
+            await self._within_budget(length, scope, receive, send)
             return
         body = bytearray()
         while True:
@@ -215,65 +207,22 @@ class BodyLimitMiddleware:
                 return
             if not message.get("more_body"):
                 break
-        await self.app(scope, replay_body(bytes(body), receive), send)
+        await self._within_budget(len(body), scope, replay_body(bytes(body), receive), send)
 
-
-def replay_body(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that hands the application an already-read body, then defers to the
-    real one (which reports the disconnect)."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def read_body(receive: Receive) -> bytes | None:
-    """The whole request body (None when the client went away). Only used behind
-    BodyLimitMiddleware, which caps it."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            return bytes(body)
-
-
-class MultipartGuardMiddleware:
-    """Answers a malformed multipart body with 400 instead of BentoML's 500.
-
-    BentoML 1.4 catches Starlette's `HTTPException(400)` for a multipart body without a
-    boundary or with broken parts and answers 500 "unexpected error" (found by the schemathesis
-    run, tests/test_fuzz.py). This parses such bodies first, in a throwaway request (they are
-    already capped by BodyLimitMiddleware), and replays them to the application when they parse.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
-        if not headers.get(b"content-type", b"").lower().startswith(b"multipart/"):
-            await self.app(scope, receive, send)
+    async def _within_budget(self, size: int, scope: Scope, receive: Receive, send: Send) -> None:
+        if size and self.buffered + size > self.max_buffered:
+            await send_error(
+                send,
+                503,
+                f"the server holds too many request bodies ({self.buffered} bytes; limit "
+                f"RNNSERVE_MAX_BUFFERED_BYTES={self.max_buffered}); retry shortly",
+            )
             return
-        body = await read_body(receive)
-        if body is None:
-            return
+        self.buffered += size
         try:
-            form = await Request(scope, replay_body(body, receive)).form()
-            await form.close()
-        except (HTTPException, MultiPartException) as exc:
-            reason = exc.detail if isinstance(exc, HTTPException) else exc.message
-            await send_error(send, 400, f"malformed multipart body: {reason}")
-            return
-        await self.app(scope, replay_body(body, receive), send)
+            await self.app(scope, receive, send)
+        finally:
+            self.buffered -= size
 
 
 class WholeBodyMiddleware:

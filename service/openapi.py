@@ -18,6 +18,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.v2_openapi import V2_ERROR
+
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "title": "Error",
@@ -40,7 +42,7 @@ ERROR_PHRASES = {
     415: "The upload is not a readable image",
     422: "Valid input the model cannot use (blank picture, characters outside the vocabulary)",
     500: "Unexpected server error",
-    503: "Not ready yet, or overloaded",
+    503: "Not ready yet, or overloaded: retry after the Retry-After header's seconds",
 }
 API_ERROR_STATUSES = (400, 401, 413, 422, 500, 503)
 IMAGE_ROUTES = ("/classify_image",)
@@ -100,6 +102,7 @@ def document_errors(
     for name in BENTOML_ERROR_SCHEMAS:
         schemas.pop(name, None)
     schemas["Error"] = ERROR_SCHEMA
+    schemas["V2Error"] = V2_ERROR
     for route, item in spec.get("paths", {}).items():
         operation = item.get("post")
         if operation is None or "x-bentoml-name" not in operation:

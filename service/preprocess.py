@@ -8,64 +8,138 @@ like that, so an upload goes through the same steps before the model sees it.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia, UnusableInput
+
+# The only parsers an upload ever reaches. Phones' multi-picture JPEGs (MPO) come in as JPEG.
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 INK_THRESHOLD = 0.2  # fraction of the darkest-to-lightest range that counts as ink
+# Uploads are reduced to at most this side before any pixel work: a digit needs far fewer
+# pixels, and the cost then follows the output, not the 12-megapixel input.
+WORKING_SIDE = 1024
+# File signatures, for a useful 415: a damaged file of ours, or a format we do not read.
+KNOWN_SIGNATURES = (
+    (b"\x89PNG", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"%PDF", "PDF"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x01\x00", "ICO"),
+)
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
-class InputError(ValueError):
-    """Bad input from the client; `status` is the HTTP status it maps to."""
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an upload may cost (each a setting, see service/settings.py)."""
 
-    status = 400
+    max_pixels: int  # decoded width x height (after JPEG's reduced decoding)
+    max_side: int  # longest side, as declared in the file
+    max_aspect: float  # longest side / shortest side
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        if status is not None:
-            self.status = status
+    def check(self, width: int, height: int) -> None:
+        if width < 1 or height < 1:
+            raise UnsupportedMedia(f"the image declares {width}x{height} pixels")
+        if max(width, height) > self.max_side:
+            raise TooLarge(
+                f"image is {width}x{height} pixels: its longest side is over the limit of "
+                f"{self.max_side} (RNNSERVE_MAX_IMAGE_SIDE)"
+            )
+        if max(width, height) / min(width, height) > self.max_aspect:
+            raise TooLarge(
+                f"image is {width}x{height} pixels: sides more than {self.max_aspect:g} times "
+                "apart (RNNSERVE_MAX_IMAGE_ASPECT); crop it to the digit"
+            )
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open an upload as an image, refusing unsupported, corrupt and oversized ones (415/413)."""
+def _format_of(data: bytes) -> str:
+    """The name of a format we do not read, from its signature, for the error message."""
+    head = data[:16]
+    for signature, name in KNOWN_SIGNATURES:
+        if head.startswith(signature):
+            return name
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:8] == b"ftyp":  # ISO media: HEIC/HEIF/AVIF photos
+        brand = head[8:12].decode("latin-1").strip().upper()
+        return "HEIC" if brand.startswith(("HEI", "HEV", "MIF")) else brand or "ISO media"
+    if head.lstrip().startswith((b"<svg", b"<?xml")):
+        return "SVG"
+    return "unknown"
+
+
+def _clean(exc: BaseException) -> str:
+    """An exception's message without object reprs (`<_io.BytesIO object at 0x...>`)."""
+    return _OBJECT_REPR.sub("the upload", str(exc)) or type(exc).__name__
+
+
+def _open(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open an upload as an image no larger than WORKING_SIDE, refusing what is unsupported,
+    corrupt or oversized (415/413) before any pixel is decoded.
+
+    Only the allowed formats' parsers ever see the bytes; the declared size is checked from
+    the header; JPEGs are decoded at 1/2, 1/4 or 1/8 scale when that still leaves WORKING_SIDE
+    pixels (draft mode: cheaper than decoding everything and shrinking); only the first frame
+    of an animated or multi-picture file is read. Memory then follows the limits, not the file.
+    """
     if not data:
-        raise InputError("the uploaded file is empty", 400)
+        raise BadInput("the uploaded file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            fmt = image.format
-            if fmt not in ALLOWED_FORMATS:
-                raise InputError(
-                    f"unsupported image format {fmt or 'unknown'}; send one of "
-                    f"{', '.join(ALLOWED_FORMATS)}",
-                    415,
-                )
-            width, height = image.size
-            if width * height > max_pixels:  # checked from the header, before decoding
-                raise InputError(
-                    f"image is {width}x{height} pixels, over the limit of {max_pixels} "
-                    "(RNNSERVE_MAX_IMAGE_PIXELS)",
-                    413,
-                )
+            try:
+                image = _open(data)
+            except UnidentifiedImageError:
+                claimed = _format_of(data)
+                if claimed in ALLOWED_FORMATS:
+                    raise UnsupportedMedia(
+                        f"the upload is not a readable image: it starts like a {claimed} file "
+                        "but is damaged or truncated"
+                    ) from None
+                raise UnsupportedMedia(
+                    f"unsupported image format {claimed}: send one of {', '.join(ALLOWED_FORMATS)}"
+                ) from None
+            limits.check(*image.size)
             # load() can succeed on a truncated file (PIL decodes what is there); verify()
             # checks the structure (chunk CRCs for PNG) but leaves the image unusable: reopen
             image.verify()
-            image = Image.open(io.BytesIO(data))
-            image.seek(0)  # animated GIF/WebP: the first frame
+            image = _open(data)
+            if image.format in ("JPEG", "MPO"):
+                width, height = image.size
+                scale = max(width, height) / (WORKING_SIDE // 2)
+                if scale >= 2:
+                    image.draft(None, (max(1, int(width / scale)), max(1, int(height / scale))))
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise TooLarge(
+                    f"image is {width}x{height} pixels, over the limit of {limits.max_pixels} "
+                    "(RNNSERVE_MAX_IMAGE_PIXELS)"
+                )
             image.load()
-    except InputError:
+            if max(image.size) > WORKING_SIDE:
+                image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
+    except ServiceError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"image refused as a decompression bomb: {exc}", 413) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError(
-            f"the upload is not a readable image ({type(exc).__name__}: {exc}); send a "
-            f"valid {', '.join(ALLOWED_FORMATS)} file",
-            415,
+        raise TooLarge(f"image refused as a decompression bomb: {_clean(exc)}") from None
+    except Exception as exc:  # any parser failure on hostile bytes is the upload's fault
+        raise UnsupportedMedia(
+            f"the upload is not a readable image ({type(exc).__name__}: {_clean(exc)}); send "
+            f"a valid {', '.join(ALLOWED_FORMATS)} file"
         ) from None
     return image
 
@@ -93,7 +167,7 @@ def mnist_style(image: Image.Image) -> np.ndarray:
         gray = 1.0 - gray
     low, high = float(np.percentile(gray, 1)), float(gray.max())
     if high - low < 0.1:
-        raise InputError("the image has no visible digit (it is blank or almost uniform)", 422)
+        raise UnusableInput("the image has no visible digit (it is blank or almost uniform)")
     ink = np.clip((gray - low) / (high - low), 0.0, 1.0)
     ink[ink < INK_THRESHOLD] = 0.0
     rows = np.flatnonzero(ink.max(axis=1) > 0)
@@ -140,10 +214,9 @@ def encode_text(text: str, stoi: dict[str, int]) -> np.ndarray:
     unknown = sorted({c for c in text if c not in stoi})
     if unknown:
         shown = ", ".join(repr(c) for c in unknown[:20])
-        raise InputError(
+        raise UnusableInput(
             f"{len(unknown)} character(s) are not in the model's vocabulary: {shown}. "
-            "The vocabulary is listed by the metadata endpoint.",
-            422,
+            "The vocabulary is listed by the metadata endpoint."
         )
     return np.fromiter((stoi[c] for c in text), dtype=np.int64, count=len(text))
 

@@ -92,7 +92,7 @@ class OnnxBackend:
         if device == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": 0}))
         self.session = ort.InferenceSession(
-            str(card.file_path("onnx")), options, providers=providers
+            card.read_verified("onnx"), options, providers=providers
         )
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != "CUDAExecutionProvider":
@@ -108,9 +108,16 @@ class OnnxBackend:
 
 class TorchScriptBackend:
     def __init__(self, card: ModelCard, device: str, threads: int) -> None:
+        import io
         import warnings
 
-        import torch  # lazily: only this backend pays for it
+        try:
+            import torch  # lazily: only this backend pays for it
+        except ImportError:
+            raise DeviceError(
+                "RNNSERVE_BACKEND=torchscript needs PyTorch, which this environment lacks: "
+                "install torch==2.14.1 or use the onnx backend"
+            ) from None
 
         if threads:
             torch.set_num_threads(threads)
@@ -118,7 +125,9 @@ class TorchScriptBackend:
         self.device = torch.device(device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            self.module = torch.jit.load(str(card.file_path("torchscript")), map_location=device)
+            self.module = torch.jit.load(
+                io.BytesIO(card.read_verified("torchscript")), map_location=device
+            )
         self.module.eval()
         self.provider = f"torch-{device}"
 

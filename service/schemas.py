@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from service.cards import CardError, ModelCard, discover_cards, short_name
+from service.errors import short
 from service.settings import get_settings
 
 SETTINGS = get_settings()
@@ -54,7 +55,7 @@ DEFAULT_DIGIT_MODEL = short_name(SETTINGS.default_digit_model)
 
 def _known_model(name: str) -> str:
     if DIGIT_MODEL_NAMES and name not in DIGIT_MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {DIGIT_MODEL_NAMES}")
+        raise ValueError(f"unknown model {short(name)}; choose one of {DIGIT_MODEL_NAMES}")
     return name
 
 

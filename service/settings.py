@@ -17,6 +17,15 @@ PREFIX = "RNNSERVE_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("onnx", "torchscript")
 DEVICE_POLICIES = ("auto", "cpu", "cuda")
+# The routes that run a model: authentication, when on, can never be waived for them.
+INFERENCE_ROUTES = (
+    "/classify_pixels",
+    "/classify_image",
+    "/next_char",
+    "/generate",
+    "/v1/digits",
+    "/v2/models/",
+)
 
 
 class SettingsError(ValueError):
@@ -32,13 +41,23 @@ class Settings:
     default_digit_model: str = "mnist-bigru"
     batching: bool = True
     max_batch_size: int = 64
-    max_latency_ms: int = 1000
+    max_queued_images: int = 1024
+    max_queue_wait_ms: int = 1000
     max_request_bytes: int = 4 * 1024 * 1024
+    max_buffered_bytes: int = 64 * 1024 * 1024
     max_images_per_request: int = 256
     max_image_pixels: int = 4096 * 4096
+    max_image_side: int = 16384
+    max_image_aspect: int = 20
+    max_queued_decodes: int = 16
     max_text_chars: int = 2000
+    max_char_rows: int = 64
+    max_char_ids: int = 8192
+    max_queued_text: int = 64
     max_generate_chars: int = 1000
     max_top_k: int = 20
+    generation_threads: int = 1
+    max_queued_generations: int = 64
     workers: int = 1
     timeout_s: int = 30
     tracing: bool = False
@@ -55,6 +74,7 @@ class Settings:
         return tuple(p.strip() for p in self.auth_exempt.split(",") if p.strip())
 
     def __post_init__(self) -> None:
+        self._check_auth()
         if self.backend not in BACKENDS:
             raise SettingsError(f"{PREFIX}BACKEND={self.backend!r}: expected one of {BACKENDS}")
         if self.device not in DEVICE_POLICIES:
@@ -67,6 +87,32 @@ class Settings:
                 continue
             if isinstance(value, int) and value < (0 if f.name == "threads" else 1):
                 raise SettingsError(f"{PREFIX}{f.name.upper()}={value}: must be positive")
+
+    def _check_auth(self) -> None:
+        """Authentication fails closed: a token setting that yields no token, or an exempt
+        list that opens an inference route, is a start-up error, never a silent open door."""
+        if self.api_tokens.strip() and not self.tokens:
+            raise SettingsError(
+                f"{PREFIX}API_TOKENS={self.api_tokens!r} holds no token (only commas and "
+                "spaces); set real tokens, or leave it empty to run without authentication"
+            )
+        for entry in self.exempt_paths:
+            prefix = entry.removesuffix("*")
+            if not entry.startswith("/") or prefix in ("", "/"):
+                raise SettingsError(
+                    f"{PREFIX}AUTH_EXEMPT entry {entry!r} would exempt every route; name paths "
+                    "that start with '/' (a trailing '*' exempts a sub-tree, e.g. /ui/*)"
+                )
+            opened = [
+                route
+                for route in INFERENCE_ROUTES
+                if route == entry or (entry.endswith("*") and route.startswith(prefix))
+            ]
+            if opened:
+                raise SettingsError(
+                    f"{PREFIX}AUTH_EXEMPT entry {entry!r} would open inference route(s) "
+                    f"{opened} to anyone; exempt probes, metrics and static pages only"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -110,15 +156,32 @@ SETTINGS_DOC: dict[str, str] = {
     "cuda (require a GPU: start-up fails instead of falling back)",
     "threads": "intra-op threads per model session (0: the runtime's default)",
     "default_digit_model": "classifier used when a request names none",
-    "batching": "adaptive batching of /classify_pixels across requests (on/off)",
-    "max_batch_size": "adaptive batching: most images one model call may take",
-    "max_latency_ms": "adaptive batching: latency budget of a queued request before 503",
-    "max_request_bytes": "largest request body accepted (413 beyond)",
-    "max_images_per_request": "most 28x28 arrays in one pixel request",
-    "max_image_pixels": "largest width x height of an uploaded image (decompression bombs)",
-    "max_text_chars": "longest text for next-character prediction and generation prompts",
+    "batching": "continuous batching of concurrent digit requests into one model call (on/off)",
+    "max_batch_size": "continuous batching: most images one model call may take",
+    "max_queued_images": "images that may wait for one digit model; a request beyond gets 503",
+    "max_queue_wait_ms": "longest a digit request may wait for its model call (503 beyond)",
+    "max_request_bytes": "largest request body accepted (413 beyond), chunked bodies included",
+    "max_buffered_bytes": "request bodies one worker holds at once, all requests together "
+    "(503 beyond)",
+    "max_images_per_request": "most 28x28 arrays in one pixel request (413 beyond)",
+    "max_image_pixels": "largest width x height of an uploaded image as decoded (JPEGs are "
+    "decoded reduced, so a 12-megapixel photo counts ~0.75 MP); 413 beyond",
+    "max_image_side": "longest side an uploaded image may declare (413 beyond)",
+    "max_image_aspect": "most an uploaded image's longest side may exceed its shortest, as a "
+    "ratio (413 beyond)",
+    "max_queued_decodes": "uploaded images and large JSON bodies (over 64 KiB) that may wait "
+    "for the decoding thread (503 beyond)",
+    "max_text_chars": "longest text for next-character prediction and generation prompts, and "
+    "longest V2 id sequence",
+    "max_char_rows": "most sequences in one V2 request to the character model",
+    "max_char_ids": "most ids (sequences x steps) in one V2 request to the character model",
+    "max_queued_text": "next-character requests (and V2 character requests) that may wait (503 "
+    "beyond)",
     "max_generate_chars": "most characters one generation request may ask for",
     "max_top_k": "largest k for next-character candidates and top-k sampling",
+    "generation_threads": "generations that run at once (on threads of their own, so that "
+    "short requests never wait behind them)",
+    "max_queued_generations": "generations that may wait for a thread (503 beyond)",
     "workers": "BentoML worker processes",
     "timeout_s": "seconds a request may wait for its response to start (504 beyond)",
     "tracing": "OpenTelemetry spans for the BentoML routes, with trace ids in the access log and "

@@ -11,51 +11,52 @@ raw 0..255 values, white ink on black; the service normalizes them as the card s
 answer `probabilities` FP32 [-1, 10] and `digit` INT64 [-1]. The character model takes `ids`
 INT64 [-1, -1] (vocabulary indices) and optionally `state` FP32 [rows, -1, hidden] (zeros when
 absent), and answers `logits` FP32 [-1, -1, vocab] and `state_out`, to be fed back as `state`.
-Errors are `{"error": "..."}` with 400 (bad request), 404 (unknown model or version) or 503.
+Errors are `{"error": "..."}` with 400 (bad request), 404 (unknown model or version), 415, or
+503 + Retry-After (not ready, or overloaded); the status comes from the one table in
+service/errors.py. Everything after decoding is the shared pipeline (service/pipeline.py).
+Health answers carry bodies as well as statuses (`{"live": true}`, `{"ready": true}`): Triton's
+client reads the status, KServe's reads the body.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import bentoml
 import numpy as np
+import orjson
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import __version__
-from service.inference import CharModel, DigitClassifier, LoadedModel, ModelRegistry
-from service.lean_digits import batcher_for, check_pixel_values, observe_request
-from service.preprocess import InputError
-from service.settings import get_settings
+from service import __version__, errors
+from service.asgi import error_response
+from service.errors import BadInput, ServiceError, UnknownModel, UnsupportedMedia, short
+from service.inference import CharModel, DigitClassifier, LoadedModel
+from service.metrics import observe_lean_request
+from service.pipeline import Pipelines, ServingState
 from service.v2_protocol import (
     HEADER_LENGTH,
     InferRequest,
-    V2Error,
+    check_outputs,
     encode_infer_response,
     parse_infer_request,
 )
 
 MOUNT_PATH = "/v2"
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_torchscript"}
+DIGIT_OUTPUTS = ["probabilities", "digit"]
+CHAR_OUTPUTS = ["logits", "state_out"]
+logger = logging.getLogger("rnnserve")
 
 
-def error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _registry() -> ModelRegistry | None:
-    service = bentoml.get_current_service()
-    if service is None or not getattr(service, "ready", False):
-        return None
-    return getattr(service, "registry", None)
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, headers, media_type="application/json")
 
 
 def _tensor_meta(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
@@ -89,168 +90,171 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
 def _only_inputs(request: InferRequest, allowed: set[str], required: set[str]) -> None:
     unknown = sorted(set(request.inputs) - allowed)
     if unknown:
-        raise V2Error(f"unknown input(s) {unknown}; this model takes {sorted(allowed)}")
+        raise BadInput(f"unknown input(s) {unknown[:5]}; this model takes {sorted(allowed)}")
     missing = sorted(required - set(request.inputs))
     if missing:
-        raise V2Error(f"missing input(s) {missing}")
+        raise BadInput(f"missing input(s) {missing}")
 
 
-def digit_inputs(request: InferRequest) -> np.ndarray:
-    """The validated `pixels` tensor of a digit request, float32 (N, 28, 28) on 0..255."""
+async def infer_digits(
+    pipelines: Pipelines, model: DigitClassifier, request: InferRequest
+) -> dict[str, np.ndarray]:
+    """Through the model's continuous batcher, shared with every other digit route."""
     _only_inputs(request, {"pixels"}, {"pixels"})
-    pixels = request.inputs["pixels"]
     if request.datatypes["pixels"] not in ("FP32", "FP64", "UINT8"):
-        raise V2Error("input 'pixels': datatype must be FP32 (or UINT8 / FP64)")
-    limit = get_settings().max_images_per_request
-    if pixels.ndim != 3 or pixels.shape[1:] != (28, 28) or not 1 <= pixels.shape[0] <= limit:
-        raise V2Error(
-            f"input 'pixels': shape must be [N, 28, 28] with 1 <= N <= {limit}; "
-            f"got {list(pixels.shape)}"
-        )
-    values = pixels.astype(np.float32, copy=False)
+        raise BadInput("input 'pixels': datatype must be FP32 (or UINT8 / FP64)")
+    pixels = request.inputs["pixels"]
+    if pixels.ndim != 3:  # the pipeline also takes one 28x28; V2's contract is [-1, 28, 28]
+        raise BadInput(f"input 'pixels': shape must be [N, 28, 28]; got {list(pixels.shape)}")
     try:
-        check_pixel_values(values)
-    except InputError as exc:
-        raise V2Error(f"input 'pixels': {exc}") from None
-    return values
-
-
-async def infer_digits(model: DigitClassifier, request: InferRequest) -> dict[str, np.ndarray]:
-    """Through the worker's continuous batcher for the model, shared with POST /v1/digits."""
-    probabilities = (await batcher_for(model).predict(digit_inputs(request))).astype(np.float32)
+        answer = await pipelines.classify(pixels, model.name)
+    except ServiceError as exc:
+        if not isinstance(exc, errors.Overloaded | errors.NotReady):
+            exc.message = f"input 'pixels': {exc.message}"
+        raise
+    probabilities = answer.probabilities.astype(np.float32)
     return {"probabilities": probabilities, "digit": probabilities.argmax(axis=1).astype(np.int64)}
 
 
-def infer_chars(model: CharModel, request: InferRequest) -> dict[str, np.ndarray]:
+async def infer_chars(pipelines: Pipelines, request: InferRequest) -> dict[str, np.ndarray]:
     _only_inputs(request, {"ids", "state"}, {"ids"})
     if request.datatypes["ids"] not in ("INT64", "INT32"):
-        raise V2Error("input 'ids': datatype must be INT64")
-    ids = request.inputs["ids"].astype(np.int64, copy=False)
-    settings = get_settings()
-    if ids.ndim != 2 or ids.shape[0] < 1 or not 1 <= ids.shape[1] <= settings.max_text_chars:
-        raise V2Error(
-            f"input 'ids': shape must be [batch, length] with 1 <= length <= "
-            f"{settings.max_text_chars}; got {list(ids.shape)}"
-        )
-    if ids.shape[0] > settings.max_images_per_request:
-        raise V2Error(f"input 'ids': at most {settings.max_images_per_request} sequences")
-    if ids.min() < 0 or ids.max() >= len(model.vocab):
-        raise V2Error(f"input 'ids': ids must lie in 0..{len(model.vocab) - 1}")
-    if "state" in request.inputs:
-        state = request.inputs["state"].astype(np.float32, copy=False)
-        expected = (model.state_rows, ids.shape[0], model.hidden)
-        if state.shape != expected:
-            raise V2Error(f"input 'state': shape must be {list(expected)}; got {list(state.shape)}")
-        if not np.isfinite(state).all():
-            raise V2Error("input 'state': values must be finite")
-    else:
-        state = model.fresh_state(ids.shape[0])
-    logits, state_out = model.run({"ids": np.ascontiguousarray(ids), "state": state}, len(ids))
+        raise BadInput("input 'ids': datatype must be INT64 (or INT32)")
+    if "state" in request.inputs and request.datatypes["state"] not in ("FP32", "FP64"):
+        raise BadInput("input 'state': datatype must be FP32")
+    logits, state_out = await pipelines.char_logits(
+        request.inputs["ids"], request.inputs.get("state")
+    )
     return {"logits": logits.astype(np.float32), "state_out": state_out.astype(np.float32)}
 
 
-def find_model(registry: ModelRegistry, name: str, version: str | None) -> LoadedModel:
+def find_model(pipelines: Pipelines, name: str, version: str | None) -> LoadedModel:
+    registry = pipelines.registry
     models: dict[str, LoadedModel] = dict(registry.digits)
     if registry.char is not None:
         models[registry.char.name] = registry.char
     model = models.get(registry.aliases.get(name, name))
     if model is None:
-        raise V2Error(f"unknown model {name!r}; this server has {sorted(models)}", 404)
+        raise UnknownModel(f"unknown model {short(name)}; this server has {sorted(models)}")
     if version is not None and version != str(model.card.data["version"]):
-        raise V2Error(
-            f"model {name!r} has no version {version!r}; it has {model.card.data['version']!r}",
-            404,
+        raise UnknownModel(
+            f"model {name!r} has no version {version[:64]!r}; it has {model.card.data['version']!r}"
         )
     return model
 
 
-def _with_model(
-    handler: Callable[[Request, LoadedModel], Awaitable[Response]], route_label: str
-) -> Callable[[Request], Awaitable[Response]]:
-    async def route(request: Request) -> Response:
-        started = time.perf_counter()
-        response = await answer(request)
-        observe_request(route_label, response.status_code, started)
-        return response
+Handler = Callable[[Request, Pipelines, LoadedModel], Awaitable[Response]]
 
-    async def answer(request: Request) -> Response:
-        registry = _registry()
-        if registry is None:
-            return error("the server is not ready yet", 503)
-        params = request.path_params
+
+class V2Routes:
+    """The V2 routes of one worker, wired to its pipelines through `state` (filled at
+    start-up). Every answer, error or not, is JSON in the protocol's shape; an unexpected
+    failure is a logged 500, never Starlette's plain-text page."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def model_route(self, handler: Handler, label: str) -> Callable[[Request], Awaitable[Response]]:
+        async def route(request: Request) -> Response:
+            started = time.perf_counter()
+            response = await self.guarded(request, handler)
+            observe_lean_request(label, response.status_code, started)
+            return response
+
+        return route
+
+    async def guarded(self, request: Request, handler: Handler) -> Response:
         try:
-            model = find_model(registry, params["name"], params.get("version"))
-            return await handler(request, model)
-        except V2Error as exc:
-            return error(str(exc), exc.status)
+            pipelines = self.state.require()
+            params = request.path_params
+            model = find_model(pipelines, params["name"], params.get("version"))
+            return await handler(request, pipelines, model)
+        except ServiceError as exc:
+            return error_response(exc, v2=True)
+        except errors.ClientGone:
+            raise
+        except Exception:
+            logger.exception("V2 %s %s failed", request.method, request.url.path)
+            return json_response({"error": "internal error; see the server log"}, 500)
 
-    return route
+    async def server_metadata(self, _: Request) -> Response:
+        return json_response(
+            {"name": "rnnserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+
+    async def live(self, _: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, _: Request) -> Response:
+        ready = self.state.pipelines is not None
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/", self.server_metadata, methods=["GET"]),
+            Route("/health/live", self.live, methods=["GET"]),
+            Route("/health/ready", self.ready, methods=["GET"]),
+        ]
+        for prefix in ("/models/{name}", "/models/{name}/versions/{version}"):
+            routes += [
+                Route(
+                    prefix, self.model_route(get_model_metadata, "/v2 metadata"), methods=["GET"]
+                ),
+                Route(
+                    f"{prefix}/ready",
+                    self.model_route(get_model_ready, "/v2 ready"),
+                    methods=["GET"],
+                ),
+                Route(
+                    f"{prefix}/infer", self.model_route(post_infer, "/v2 infer"), methods=["POST"]
+                ),
+            ]
+        return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
-async def get_model_metadata(_: Request, model: LoadedModel) -> Response:
-    return JSONResponse(model_metadata(model))
+async def get_model_metadata(_: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
+    return json_response(model_metadata(model))
 
 
-async def get_model_ready(_: Request, model: LoadedModel) -> Response:
-    return Response(status_code=200)
+async def get_model_ready(_: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
+    return json_response({"name": model.name, "ready": True})
 
 
-async def post_infer(request: Request, model: LoadedModel) -> Response:
+async def post_infer(request: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type not in ("application/json", "application/octet-stream", ""):
+        raise UnsupportedMedia(
+            "Content-Type must be application/json, or application/octet-stream with "
+            "Inference-Header-Content-Length (binary tensor data)"
+        )
     body = await request.body()
-    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+    header_length = request.headers.get(HEADER_LENGTH)
+    parsed = await pipelines.parse(lambda b: parse_infer_request(b, header_length), body)
     if isinstance(model, DigitClassifier):
-        outputs = await infer_digits(model, parsed)
+        check_outputs(parsed, DIGIT_OUTPUTS)
+        outputs = await infer_digits(pipelines, model, parsed)
     else:
         assert isinstance(model, CharModel)
-        outputs = await run_in_threadpool(infer_chars, model, parsed)
+        check_outputs(parsed, CHAR_OUTPUTS)
+        outputs = await infer_chars(pipelines, parsed)
     version = str(model.card.data["version"])
-    payload, header_length = encode_infer_response(model.name, version, parsed, outputs)
-    if header_length is None:
+    payload, json_length = encode_infer_response(model.name, version, parsed, outputs)
+    if json_length is None:
         return Response(payload, media_type="application/json")
     return Response(
         payload,
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(header_length)},
+        headers={"Inference-Header-Content-Length": str(json_length)},
     )
-
-
-async def server_metadata(_: Request) -> Response:
-    return JSONResponse(
-        {"name": "rnnserve", "version": __version__, "extensions": ["binary_tensor_data"]}
-    )
-
-
-async def live(_: Request) -> Response:
-    return Response(status_code=200)
-
-
-async def ready(_: Request) -> Response:
-    return Response(status_code=200 if _registry() is not None else 503)
 
 
 async def http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error(str(exc.detail), exc.status_code)
+    return json_response({"error": str(exc.detail)}, exc.status_code)
 
 
-def _model_routes(prefix: str) -> list[Route]:
-    return [
-        Route(prefix, _with_model(get_model_metadata, "/v2 metadata"), methods=["GET"]),
-        Route(f"{prefix}/ready", _with_model(get_model_ready, "/v2 ready"), methods=["GET"]),
-        Route(f"{prefix}/infer", _with_model(post_infer, "/v2 infer"), methods=["POST"]),
-    ]
-
-
-v2_app = Starlette(
-    routes=[
-        Route("/", server_metadata, methods=["GET"]),
-        Route("/health/live", live, methods=["GET"]),
-        Route("/health/ready", ready, methods=["GET"]),
-        *_model_routes("/models/{name}"),
-        *_model_routes("/models/{name}/versions/{version}"),
-    ],
-    exception_handlers={HTTPException: http_error},
-)
+def v2_app(state: ServingState) -> Starlette:
+    return V2Routes(state).app()
 
 
 class V2RootMiddleware:

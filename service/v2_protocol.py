@@ -4,7 +4,9 @@ Pure functions, no HTTP framework: parse an inference request (JSON tensors, or 
 tensor data extension: a JSON header of `Inference-Header-Content-Length` bytes followed by the
 raw little-endian tensors, which is what `tritonclient` sends by default), and encode a response
 the same two ways. Everything a client can get wrong raises V2Error with a message naming the
-tensor and what to change; the routes turn it into `{"error": ...}` with status 400.
+tensor and what to change (a domain error, service/errors.py); the routes turn it into
+`{"error": ...}` with status 400. Every field is checked for its type before it is used, so no
+request shape can reach a Python error.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+
+from service.errors import BadInput, short
+from service.validation import MAX_TENSOR_DIMS
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -34,14 +39,6 @@ NAMES_OF = {dtype: name for name, dtype in DATATYPES.items()}
 HEADER_LENGTH = "inference-header-content-length"
 
 
-class V2Error(ValueError):
-    """A request the client must change (HTTP 400 unless `status` says otherwise)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @dataclass
 class InferRequest:
     id: str | None
@@ -58,43 +55,69 @@ def datatype_of(array: np.ndarray) -> str:
 
 def _shape(tensor: dict[str, Any], name: str) -> tuple[int, ...]:
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_TENSOR_DIMS
+        or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 2**31 for d in shape
+        )
     ):
-        raise V2Error(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        raise BadInput(
+            f"input {short(name)}: 'shape' must be a list of at most {MAX_TENSOR_DIMS} integers "
+            "in 0..2^31"
+        )
     return tuple(shape)
 
 
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """An optional JSON object field (absent or null: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadInput(f"{what} must be an object")
+    return value
+
+
+def _flag(parameters: dict[str, Any], key: str, what: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise BadInput(f"{what}: '{key}' must be true or false")
+    return value
+
+
 def _from_json_data(data: Any, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise BadInput(f"input {short(name)}: 'data' must be a list of numbers")
     try:
         raw = np.asarray(data)
-    except ValueError:
-        raise V2Error(f"input {name!r}: 'data' is ragged (rows of different lengths)") from None
+    except (ValueError, TypeError, OverflowError):
+        raise BadInput(
+            f"input {short(name)}: 'data' is ragged (rows of different lengths)"
+        ) from None
     kind = raw.dtype.kind
     numeric = raw.size == 0 or kind in "iuf" or (kind == "b" and dtype.kind == "b")
     if not numeric or (dtype.kind in "iub" and kind == "f"):
-        raise V2Error(f"input {name!r}: 'data' must hold {NAMES_OF[dtype]} numbers")
+        raise BadInput(f"input {short(name)}: 'data' must hold {NAMES_OF[dtype]} numbers")
     if raw.size != math.prod(shape):
-        raise V2Error(
-            f"input {name!r}: shape {list(shape)} needs {math.prod(shape)} values, "
+        raise BadInput(
+            f"input {short(name)}: shape {list(shape)} needs {math.prod(shape)} values, "
             f"'data' has {raw.size}"
         )
     if dtype.kind in "iu" and raw.size:
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
-            raise V2Error(f"input {name!r}: values outside the {NAMES_OF[dtype]} range")
+            raise BadInput(f"input {short(name)}: values outside the {NAMES_OF[dtype]} range")
     return raw.astype(dtype).reshape(shape)
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     """Decode a V2 inference request body (JSON, or JSON header + binary tensors)."""
     if header_length is not None:
-        try:
-            size = int(header_length)
-        except ValueError:
-            raise V2Error("Inference-Header-Content-Length must be an integer") from None
+        if not header_length.strip().isdigit():
+            raise BadInput("Inference-Header-Content-Length must be a non-negative integer")
+        size = int(header_length)
         if not 0 < size <= len(body):
-            raise V2Error(
+            raise BadInput(
                 f"Inference-Header-Content-Length is {size} but the body has {len(body)} bytes"
             )
         header_bytes, binary = body[:size], memoryview(body)[size:]
@@ -103,61 +126,73 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     try:
         header = orjson.loads(header_bytes)
     except orjson.JSONDecodeError as exc:
-        raise V2Error(f"the request is not valid JSON: {exc}") from None
+        raise BadInput(f"the request is not valid JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
-        raise V2Error("the request needs an 'inputs' list of tensors")
+        raise BadInput("the request needs an 'inputs' list of tensors")
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise V2Error("'id' must be a string")
+        raise BadInput("'id' must be a string")
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
     offset = 0
     for tensor in header["inputs"]:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-            raise V2Error("every input needs a 'name'")
+            raise BadInput("every input needs a 'name'")
         name = tensor["name"]
         if name in inputs:
-            raise V2Error(f"input {name!r} appears twice")
+            raise BadInput(f"input {short(name)} appears twice")
         datatype = tensor.get("datatype")
-        if datatype not in DATATYPES:
-            raise V2Error(
-                f"input {name!r}: datatype {datatype!r} is not supported; use one of "
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
+            raise BadInput(
+                f"input {short(name)}: datatype {short(datatype)} is not supported; use one of "
                 f"{sorted(DATATYPES)}"
             )
         dtype = DATATYPES[datatype]
         shape = _shape(tensor, name)
-        parameters = tensor.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise V2Error(f"input {name!r}: 'parameters' must be an object")
+        parameters = _object(tensor.get("parameters"), f"input {short(name)}: 'parameters'")
         binary_size = parameters.get("binary_data_size")
         if binary_size is not None:
+            if not isinstance(binary_size, int) or isinstance(binary_size, bool):
+                raise BadInput(f"input {short(name)}: 'binary_data_size' must be an integer")
             expected = math.prod(shape) * dtype.itemsize
             if binary_size != expected:
-                raise V2Error(
-                    f"input {name!r}: binary_data_size {binary_size} but shape {list(shape)} "
+                raise BadInput(
+                    f"input {short(name)}: binary_data_size {binary_size} but shape {list(shape)} "
                     f"of {datatype} needs {expected} bytes"
                 )
             if offset + expected > len(binary):
-                raise V2Error(f"input {name!r}: the body ends before its binary data")
+                raise BadInput(f"input {short(name)}: the body ends before its binary data")
             chunk = binary[offset : offset + expected]
             offset += expected
             inputs[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape)
         elif "data" in tensor:
             inputs[name] = _from_json_data(tensor["data"], dtype, shape, name)
         else:
-            raise V2Error(f"input {name!r} has neither 'data' nor binary_data_size")
+            raise BadInput(f"input {short(name)} has neither 'data' nor binary_data_size")
         datatypes[name] = datatype
     if offset != len(binary):
-        raise V2Error(f"{len(binary) - offset} bytes of binary data belong to no input")
+        raise BadInput(f"{len(binary) - offset} bytes of binary data belong to no input")
     request = InferRequest(request_id, inputs, datatypes)
-    params = header.get("parameters") or {}
-    request.binary_default = bool(isinstance(params, dict) and params.get("binary_data_output"))
-    for out in header.get("outputs") or []:
+    params = _object(header.get("parameters"), "'parameters'")
+    request.binary_default = _flag(params, "binary_data_output", "'parameters'")
+    outputs = header.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise BadInput("'outputs' must be a list of {\"name\": ...} objects")
+    for out in outputs or []:
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
-            raise V2Error("every requested output needs a 'name'")
-        out_params = out.get("parameters") or {}
-        request.outputs[out["name"]] = bool(out_params.get("binary_data", False))
+            raise BadInput("every requested output needs a 'name'")
+        what = f"output {short(out['name'])}: 'parameters'"
+        request.outputs[out["name"]] = _flag(
+            _object(out.get("parameters"), what), "binary_data", what
+        )
     return request
+
+
+def check_outputs(request: InferRequest, available: list[str]) -> None:
+    """Requested outputs must exist: checked before the model runs, not after."""
+    unknown = sorted(set(request.outputs) - set(available))
+    if unknown:
+        raise BadInput(f"unknown output(s) {short(unknown)}; this model has {sorted(available)}")
 
 
 def encode_infer_response(
@@ -167,9 +202,7 @@ def encode_infer_response(
     outputs: dict[str, np.ndarray],
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""
-    unknown = sorted(set(request.outputs) - set(outputs))
-    if unknown:
-        raise V2Error(f"unknown output(s) {unknown}; this model has {sorted(outputs)}")
+    check_outputs(request, list(outputs))
     chosen = request.outputs or dict.fromkeys(outputs, request.binary_default)
     tensors = []
     blobs = []

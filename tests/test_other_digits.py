@@ -15,12 +15,13 @@ import pytest
 from PIL import Image
 
 from service.inference import ModelRegistry
-from service.preprocess import decode_image, mnist_style
+from service.preprocess import ImageLimits, decode_image, mnist_style
 from service.settings import Settings
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 COUNT = 400
+LIMITS = ImageLimits(max_pixels=10**7, max_side=16384, max_aspect=20)
 
 
 def uci_digit_as_scan(image_8x8: np.ndarray) -> bytes:
@@ -35,7 +36,7 @@ def uci_digit_as_scan(image_8x8: np.ndarray) -> bytes:
 def uci() -> tuple[np.ndarray, np.ndarray]:
     digits = sklearn_datasets.load_digits()
     pixels = np.stack(
-        [mnist_style(decode_image(uci_digit_as_scan(img), 10**7)) for img in digits.images[:COUNT]]
+        [mnist_style(decode_image(uci_digit_as_scan(img), LIMITS)) for img in digits.images[:COUNT]]
     ).astype(np.float32)
     return pixels, digits.target[:COUNT]
 

@@ -290,7 +290,7 @@ BAD_REQUESTS = [
         "/classify_image",
         {"files": {"image": ("x.txt", b"hello", "text/plain")}},
         415,
-        "not a readable image",
+        "unsupported image format",
     ),
     (
         "blank image",

@@ -1,0 +1,75 @@
+"""Small ASGI helpers shared by the middleware and the mounted apps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Send
+
+from service import errors
+from service.errors import ClientGone, ServiceError, error_body, retry_headers
+
+JSON = b"application/json"
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = JSON,
+) -> None:
+    """A whole, sized response in two ASGI messages."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, status: int, message: str, detail: Any = None) -> None:
+    """Our error shape, with Retry-After on a 503."""
+    await send_bytes(send, status, error_body(message, detail), retry_headers(status))
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the application an already-read body, then defers to the
+    real one (which reports the disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (ClientGone when the client went away). Only used behind
+    BodyLimitMiddleware, which caps it."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone("the client disconnected while sending its body")
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return bytes(body)
+
+
+def error_response(error: ServiceError, v2: bool = False) -> Response:
+    """A domain error as a Starlette response, in our shape or the V2 protocol's."""
+    status, headers, body = errors.v2(error) if v2 else errors.ours(error)
+    extra = {name.decode(): value.decode() for name, value in headers}
+    return Response(body, status, extra, media_type="application/json")

@@ -1,0 +1,101 @@
+"""Hostile and overload traffic against one real server (bounded, 127.0.0.1 only):
+
+- every case of loadtest/hostile.py: a 4xx (or 503) in the route's error shape within 2 s, the
+  worker's peak memory up by at most 300 MB over the whole run, the service ready afterwards;
+- a flood at 4x the measured capacity (loadtest/flood.py): the excess refused at once with 503
+  and Retry-After, accepted requests answered correctly within the queue's bound, none lost,
+  and the worker as fast as before right after;
+- 40 long generations at once: next_char keeps its latency (within 10x of idle at p99).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from loadtest import hostile
+from loadtest.flood import run_flood, summary
+from loadtest.servers import Server, start_server
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("hostile"), model_dir=str(ROOT / "models"))
+    yield srv
+    srv.stop()
+
+
+def test_hostile_requests_get_fast_clear_4xx_in_bounded_memory(server: Server) -> None:
+    before = hostile.worker_peak_mb(server.process.pid)
+    answers = hostile.run(server.url)
+    after = hostile.worker_peak_mb(server.process.pid)
+    failed = [f"{a.case.name}: {a.problem} ({a.status} {a.body})" for a in answers if a.problem]
+    assert not failed, "\n".join(failed)
+    assert len(answers) >= 90
+    assert after - before <= hostile.MAX_GROWTH_MB, (before, after)
+    assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+    log = server.log()
+    assert "Traceback" not in log  # a client error is a warning line, never a traceback
+    assert "status=500" not in log
+
+
+def test_a_flood_at_four_times_capacity_is_shed_cleanly(server: Server) -> None:
+    s = summary(run_flood(server.url, factor=4.0, seconds=5.0, images=256))
+    print(s)
+    statuses = s["by_status"]
+    assert set(statuses) <= {"200", "503"}, statuses  # nothing lost, nothing else
+    assert statuses.get("503", 0) >= s["requests"] // 2  # most of a 4x excess is refused
+    assert statuses.get("200", 0) >= s["capacity_rps"] * s["seconds"] * 0.5  # work still done
+    assert s["wrong_answers"] == 0 and s["refused_without_retry_after"] == 0
+    assert s["refused_p99_ms"] < 100  # refused at once
+    # accepted: at most 1,024 queued images (4 requests) ahead, or refused after 1 s of waiting
+    assert s["accepted_p99_ms"] < 1500
+    assert s["after_first_ms"] < 3 * s["idle_p50_ms"] + 50  # recovered at once
+    assert s["after_p50_ms"] < 2 * s["idle_p50_ms"] + 20
+
+
+def test_next_char_keeps_its_latency_while_40_long_generations_run(server: Server) -> None:
+    async def scenario() -> tuple[list[float], list[float], list[int]]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+
+            async def next_char_latencies(count: int) -> list[float]:
+                out = []
+                for _ in range(count):
+                    started = time.perf_counter()
+                    r = await client.post("/next_char", json={"text": "ROMEO:\nWhat light"})
+                    out.append(time.perf_counter() - started)
+                    assert r.status_code == 200, r.text
+                    await asyncio.sleep(0.01)
+                return out
+
+            idle = await next_char_latencies(40)
+            generations = [
+                asyncio.create_task(
+                    client.post("/generate", json={"prompt": "ROMEO:", "length": 1000, "seed": i})
+                )
+                for i in range(40)
+            ]
+            await asyncio.sleep(0.3)
+            in_flight = sum(not g.done() for g in generations)
+            busy = await next_char_latencies(60)
+            assert sum(not g.done() for g in generations) > 0, "generations ended too soon"
+            statuses = [r.status_code for r in await asyncio.gather(*generations)]
+            assert in_flight >= 30
+            return idle, busy, statuses
+
+    idle, busy, statuses = asyncio.run(scenario())
+    assert statuses == [200] * 40
+    idle_p99 = sorted(idle)[int(0.99 * len(idle))]
+    busy_p99 = sorted(busy)[int(0.99 * len(busy))]
+    print(f"next_char idle p50 {statistics.median(idle) * 1000:.1f} ms p99 {idle_p99 * 1000:.1f}")
+    print(f"next_char busy p50 {statistics.median(busy) * 1000:.1f} ms p99 {busy_p99 * 1000:.1f}")
+    assert busy_p99 <= 10 * idle_p99
