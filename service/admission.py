@@ -9,16 +9,17 @@ full instead of letting waits, memory and latency grow without limit:
 - `WorkQueue`: a lane of worker threads for work that cannot be merged (next-character
   predictions, generations, image decoding); bounded in requests.
 
-Either way, a request whose task is cancelled while it waits (its client disconnected, or its
-deadline passed: see service/bentoml_compat.py) leaves the queue at once and never reaches the
-model.
+Either way, a request whose task is cancelled while it waits (its deadline passed) leaves the
+queue at once, and one whose client disconnected (`CLIENT_LEFT`, set per request by the
+protocol layer: see service/bentoml_compat.py) is dropped when its turn comes: neither reaches
+the model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,17 +28,30 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service.errors import Overloaded
+from service.errors import ClientGone, Overloaded
 from service.metrics import QUEUE_DROPPED, QUEUE_REFUSED, QUEUE_WAITING
 
 T = TypeVar("T")
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
+def _never_left() -> bool:
+    return False
+
+
+# Has the client of the current request gone? Set per request (in its task's context) by the
+# protocol layer; read when work is queued, and called when its turn comes.
+CLIENT_LEFT: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
+    "client_left", default=_never_left
+)
+GONE = "the client disconnected before its turn; its work was dropped"
+
+
 @dataclass
 class _Waiting:
     images: np.ndarray
     future: asyncio.Future[np.ndarray]
+    client_left: Callable[[], bool]
     since: float = field(default_factory=time.perf_counter)
 
 
@@ -83,7 +97,7 @@ class ContinuousBatcher:
                 f"RNNSERVE_MAX_QUEUED_IMAGES={self.max_queued}); retry shortly"
             )
         loop = asyncio.get_running_loop()
-        entry = _Waiting(images, loop.create_future())
+        entry = _Waiting(images, loop.create_future(), CLIENT_LEFT.get())
         self.waiting.append(entry)
         self._set_queued(self.queued_rows + rows)
         if not self.busy:
@@ -101,8 +115,7 @@ class ContinuousBatcher:
             raise
 
     def _set_queued(self, rows: int) -> None:
-        self.queued_rows = rows
-        self._depth.set(rows)
+        self.queued_rows = rows  # the gauge follows once per batch (_drain): cheaper
 
     def _take(self) -> list[_Waiting]:
         """The next batch: waiting requests in arrival order, up to `max_rows` images (one
@@ -117,6 +130,10 @@ class ContinuousBatcher:
             self.waiting.pop(0)
             self._set_queued(self.queued_rows - len(entry.images))
             if entry.future.done():
+                continue
+            if entry.client_left():
+                QUEUE_DROPPED.labels(queue=self.name).inc()
+                entry.future.set_exception(ClientGone(GONE))
                 continue
             if now - entry.since > self.max_wait_s:
                 QUEUE_REFUSED.labels(queue=self.name, reason="waited").inc()
@@ -137,6 +154,7 @@ class ContinuousBatcher:
         try:
             while self.waiting:
                 group = self._take()
+                self._depth.set(self.queued_rows)
                 if not group:
                     continue
                 batch = (
@@ -158,6 +176,7 @@ class ContinuousBatcher:
                     start += len(entry.images)
         finally:
             self.busy = False
+            self._depth.set(self.queued_rows)
 
 
 class WorkQueue:
@@ -185,7 +204,7 @@ class WorkQueue:
                 f"{self.setting}={self.capacity - self.threads} waiting); retry shortly"
             )
         loop = asyncio.get_running_loop()
-        work = self.executor.submit(functools.partial(fn, *args))
+        work = self.executor.submit(self._unless_gone, CLIENT_LEFT.get(), fn, *args)
         self._count(+1)
         # released when the thread is done with it (or when it is cancelled before starting)
         work.add_done_callback(lambda _: _call_soon(loop, self._count, -1))
@@ -195,6 +214,13 @@ class WorkQueue:
             if work.cancelled():
                 QUEUE_DROPPED.labels(queue=self.name).inc()
             raise
+
+    def _unless_gone(self, client_left: Callable[[], bool], fn: Callable[..., T], *args: Any) -> T:
+        """On the lane's thread, when the request's turn comes."""
+        if client_left():
+            QUEUE_DROPPED.labels(queue=self.name).inc()
+            raise ClientGone(GONE)
+        return fn(*args)
 
     def _count(self, change: int) -> None:
         self.pending += change

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from starlette.responses import Response
@@ -11,6 +12,14 @@ from service import errors
 from service.errors import ClientGone, ServiceError, error_body, retry_headers
 
 JSON = b"application/json"
+logger = logging.getLogger("rnnserve")
+
+
+def log_refusal(route: str, status: int, message: str) -> None:
+    """A client error as one warning line (no traceback). 503s are not logged one by one: under
+    a flood that would be thousands of lines; rnnserve_queue_refused counts them."""
+    if status < 500:
+        logger.warning("%s: %s %s", route, status, message[:300])
 
 
 async def send_bytes(

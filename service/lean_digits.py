@@ -29,10 +29,10 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from service import errors
-from service.asgi import read_body, send_bytes
-from service.errors import BadInput, ServiceError, UnsupportedMedia
+from service.asgi import log_refusal, read_body, send_bytes
+from service.errors import BadInput, ClientGone, ServiceError, UnsupportedMedia
 from service.metrics import observe_lean_request
-from service.pipeline import Classified, ServingState
+from service.pipeline import LARGE_BODY_BYTES, Classified, ServingState
 from service.v2_protocol import DATATYPES as V2_DATATYPES
 from service.validation import parse_shape
 
@@ -104,6 +104,10 @@ class LeanDigitsApp:
             status, payload = 200, await self._answer(scope, receive)
         except ServiceError as exc:
             status, headers, payload = errors.ours(exc)
+            log_refusal(ROUTE, status, exc.message)
+        except ClientGone:
+            observe_lean_request(ROUTE, 499, started)  # nobody to answer
+            return
         await send_bytes(send, status, payload, headers)
         observe_lean_request(ROUTE, status, started)
 
@@ -118,7 +122,11 @@ class LeanDigitsApp:
         if datatype not in DATATYPES:  # checked whatever the body, so no typo goes unseen
             raise BadInput(f"X-Tensor-Datatype must be one of {sorted(DATATYPES)}")
         if content_type == b"application/json":
-            images, model_name = await pipelines.parse(parse_json, body)
+            images, model_name = (
+                parse_json(body)  # inline when small: the hot path
+                if len(body) <= LARGE_BODY_BYTES
+                else await pipelines.parse(parse_json, body)
+            )
             if model_name is not None and query_model not in (None, model_name):
                 raise BadInput("the model is named twice (query and body), differently")
             model_name = model_name or query_model

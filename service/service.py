@@ -19,8 +19,9 @@ from typing import Annotated, Any, ParamSpec, TypeVar, cast
 import bentoml
 import numpy as np
 from pydantic import Field
+from starlette.responses import Response
 
-from service.asgi import error_response
+from service.asgi import error_response, log_refusal
 from service.bentoml_compat import (
     MultipartGuard,
     bind_api_methods,
@@ -30,7 +31,7 @@ from service.bentoml_compat import (
     skipped_paths,
 )
 from service.cards import CardError
-from service.errors import ServiceError
+from service.errors import ClientGone, ServiceError
 from service.inference import ModelRegistry, preflight
 from service.meta_app import LEAN_PATH, META_PATHS, MOUNT_PATH, meta_app
 from service.metrics import MODEL_INFO, observe_inference
@@ -99,8 +100,9 @@ def tune_garbage_collector() -> None:
 
 def answers_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """An API method whose domain errors become our error response (status from the one table
-    in service/errors.py), logged as one warning line: BentoML would log a traceback and
-    answer 500 for anything but its own exception type."""
+    in service/errors.py), logged as one warning line, and whose departed client ends it
+    quietly: BentoML would log a traceback and answer 500 for anything but its own exception
+    type."""
 
     @functools.wraps(method)
     async def api(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -108,9 +110,11 @@ def answers_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
             return await method(*args, **kwargs)
         except ServiceError as exc:
             response = error_response(exc)
-            if response.status_code < 500:
-                logger.warning("%s: %s %s", method.__name__, response.status_code, exc.message)
+            log_refusal(method.__name__, response.status_code, exc.message)
             return cast(R, response)
+        except ClientGone:  # nobody will read it; BentoML would log a traceback and a 500
+            logger.info("%s: the client disconnected; its work was dropped", method.__name__)
+            return cast(R, Response(status_code=499))
 
     return api
 

@@ -29,13 +29,13 @@ import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__, errors
-from service.asgi import error_response
+from service.asgi import error_response, log_refusal
 from service.errors import BadInput, ServiceError, UnknownModel, UnsupportedMedia, short
 from service.inference import CharModel, DigitClassifier, LoadedModel
 from service.metrics import observe_lean_request
@@ -170,9 +170,11 @@ class V2Routes:
             model = find_model(pipelines, params["name"], params.get("version"))
             return await handler(request, pipelines, model)
         except ServiceError as exc:
-            return error_response(exc, v2=True)
-        except errors.ClientGone:
-            raise
+            response = error_response(exc, v2=True)
+            log_refusal(request.url.path, response.status_code, exc.message)
+            return response
+        except (errors.ClientGone, ClientDisconnect):  # nobody reads this; Starlette would
+            return Response(status_code=499)  # log a traceback
         except Exception:
             logger.exception("V2 %s %s failed", request.method, request.url.path)
             return json_response({"error": "internal error; see the server log"}, 500)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from loadtest.payloads import digits
-from service.admission import ContinuousBatcher, WorkQueue
-from service.errors import Overloaded
+from service.admission import CLIENT_LEFT, ContinuousBatcher, WorkQueue
+from service.errors import ClientGone, Overloaded
 from service.inference import ModelRegistry
 from service.settings import Settings
 from tests.conftest import ROOT
@@ -189,3 +189,47 @@ def test_work_queue_never_starts_work_whose_request_was_cancelled() -> None:
 
     assert asyncio.run(run()) == 1
     assert started == [1]
+
+
+def test_work_of_a_departed_client_is_dropped_when_its_turn_comes() -> None:
+    """The protocol layer sets CLIENT_LEFT per request; the batcher and the lanes consult it
+    when a request's turn comes, so a departed client's work never reaches the model."""
+    calls: list[int] = []
+    started: list[str] = []
+    gone = {"a": False, "b": False}
+
+    async def request(batcher: ContinuousBatcher, who: str, value: float) -> object:
+        CLIENT_LEFT.set(lambda: gone[who])  # in this request's own task context
+        try:
+            return await batcher.predict(np.full((1, 28, 28), value, np.float32))
+        except ClientGone as exc:
+            return exc
+
+    async def lane_request(lane: WorkQueue, who: str) -> object:
+        CLIENT_LEFT.set(lambda: gone[who])
+        try:
+            return await lane.run(started.append, who)
+        except ClientGone as exc:
+            return exc
+
+    async def run() -> tuple[list[object], list[object]]:
+        batcher = ContinuousBatcher("t", slow_identity(calls, 0.05), 1, 64, 10.0)  # type: ignore[arg-type]
+        first = asyncio.create_task(batcher.predict(np.zeros((1, 28, 28), np.float32)))
+        await asyncio.sleep(0.01)  # the model is busy with the first
+        queued = [asyncio.create_task(request(batcher, w, v)) for w, v in (("a", 1), ("b", 2))]
+        await asyncio.sleep(0.01)
+        gone["a"] = True  # a's client leaves while a waits
+        results = await asyncio.gather(*queued)
+        await first
+        lane = WorkQueue("lane", threads=1, max_waiting=4, setting="RNNSERVE_X")
+        blocker = asyncio.create_task(lane.run(time.sleep, 0.05))
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(lane_request(lane, w)) for w in ("a", "b")]
+        lane_results = await asyncio.gather(*waiting)
+        await blocker
+        return results, lane_results
+
+    results, lane_results = asyncio.run(run())
+    assert isinstance(results[0], ClientGone) and (results[1] == 2).all()  # type: ignore[union-attr]
+    assert calls == [1, 1]  # the first and b's: a's image never reached the model
+    assert isinstance(lane_results[0], ClientGone) and started == ["b"]

@@ -24,6 +24,7 @@ import bentoml
 import pytest
 from bentoml.exceptions import BentoMLException
 
+from service.admission import CLIENT_LEFT
 from service.asgi import send_error
 from service.bentoml_compat import (
     BENTOML_HTTP_LOGGER,
@@ -31,6 +32,7 @@ from service.bentoml_compat import (
     RequestLifetimeMiddleware,
     bentoml_timeout_middleware,
     bind_api_methods,
+    client_left_probe,
     declare_json_outputs,
     install_request_lifetime,
     quiet_client_errors,
@@ -230,6 +232,66 @@ def test_an_answered_request_is_not_taken_for_a_disconnect() -> None:
 
     asyncio.run(RequestLifetimeMiddleware(app, timeout=30)(http_scope(), receive, send))
     assert received == ["http.request", "http.disconnect"] and sent[0]["status"] == 200
+
+
+class FakeCycle:
+    """Stands for uvicorn's RequestResponseCycle: `receive` is its bound method."""
+
+    def __init__(self) -> None:
+        self.disconnected = False
+
+    async def receive(self) -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def test_the_probe_reads_uvicorns_flag_through_wrapping_closures() -> None:
+    cycle = FakeCycle()
+
+    def wrap(inner: Any) -> Any:  # as BentoML's access log wraps receive
+        async def wrapped_receive() -> Any:
+            return await inner()
+
+        return wrapped_receive
+
+    for receive in (cycle.receive, wrap(cycle.receive), wrap(wrap(cycle.receive))):
+        probe = client_left_probe(receive)
+        assert probe is not None and probe() is False
+        cycle.disconnected = True
+        assert probe() is True
+        cycle.disconnected = False
+
+    async def plain() -> dict[str, Any]:
+        return {}
+
+    assert client_left_probe(plain) is None  # another server: the listener takes over
+
+
+def test_uvicorn_still_keeps_the_flag_the_probe_reads() -> None:
+    """The probe depends on uvicorn's cycle: this fails if uvicorn renames it."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    assert "self.disconnected = False" in inspect.getsource(RequestResponseCycle.__init__)
+    assert inspect.getsource(RequestResponseCycle.receive).count("self.disconnected") >= 1
+
+
+def test_a_probed_request_sets_client_left_for_the_queues() -> None:
+    seen: list[bool] = []
+    cycle = FakeCycle()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        client_left = CLIENT_LEFT.get()
+        seen.append(client_left())
+        cycle.disconnected = True
+        seen.append(client_left())
+        await ok_app(scope, receive, send)
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(RequestLifetimeMiddleware(app, timeout=30)(http_scope(), cycle.receive, send))
+    assert seen == [False, True] and CLIENT_LEFT.get()() is False  # set per request only
 
 
 def test_install_replaces_the_middleware_bentoml_builds() -> None:

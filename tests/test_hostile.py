@@ -5,7 +5,8 @@
 - a flood at 4x the measured capacity (loadtest/flood.py): the excess refused at once with 503
   and Retry-After, accepted requests answered correctly within the queue's bound, none lost,
   and the worker as fast as before right after;
-- 40 long generations at once: next_char keeps its latency (within 10x of idle at p99).
+- 40 long generations at once: next_char keeps its latency (within 10x of idle at p99);
+- clients that give up while queued: their work is dropped before it reaches the model.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def test_hostile_requests_get_fast_clear_4xx_in_bounded_memory(server: Server) -
     assert len(answers) >= 90
     assert after - before <= hostile.MAX_GROWTH_MB, (before, after)
     assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+    assert "Traceback" not in server.log()  # departures end quietly
     log = server.log()
     assert "Traceback" not in log  # a client error is a warning line, never a traceback
     assert "status=500" not in log
@@ -99,3 +101,44 @@ def test_next_char_keeps_its_latency_while_40_long_generations_run(server: Serve
     print(f"next_char idle p50 {statistics.median(idle) * 1000:.1f} ms p99 {idle_p99 * 1000:.1f}")
     print(f"next_char busy p50 {statistics.median(busy) * 1000:.1f} ms p99 {busy_p99 * 1000:.1f}")
     assert busy_p99 <= 10 * idle_p99
+
+
+def metric(url: str, name: str, labels: str) -> float:
+    """One sample of /metrics (0 when absent)."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"{name}{{") and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_work_of_clients_that_gave_up_never_reaches_the_model(server: Server) -> None:
+    """20 requests of 64 images at once from clients that wait 50 ms: the model computes a few
+    (one 64-image call each), the rest are dropped from the queue when their turn comes."""
+    labels = 'model="mnist-bigru"'
+    calls_before = metric(server.url, "rnnserve_inference_batch_size_count", labels)
+    dropped_before = metric(server.url, "rnnserve_queue_dropped_total", 'queue="mnist-bigru"')
+    body = bytes(64 * 784)
+    headers = {"content-type": "application/octet-stream", "x-tensor-shape": "64,28,28"}
+
+    async def impatient() -> int:
+        async with httpx.AsyncClient(base_url=server.url, timeout=0.05) as client:
+
+            async def one() -> int:
+                try:
+                    r = await client.post("/v1/digits?model=bigru", content=body, headers=headers)
+                    return r.status_code
+                except httpx.TimeoutException:
+                    return 0
+
+            return sum(s == 0 for s in await asyncio.gather(*(one() for _ in range(20))))
+
+    gave_up = asyncio.run(impatient())
+    time.sleep(1.0)  # let the queue drain
+    calls = metric(server.url, "rnnserve_inference_batch_size_count", labels) - calls_before
+    dropped = metric(server.url, "rnnserve_queue_dropped_total", 'queue="mnist-bigru"')
+    print(f"gave up: {gave_up}, model calls: {calls:.0f}, dropped: {dropped - dropped_before:.0f}")
+    assert gave_up >= 10
+    assert dropped - dropped_before >= 5
+    assert calls + (dropped - dropped_before) <= 20  # nothing ran twice, nothing dropped ran
+    assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+    assert "Traceback" not in server.log()  # departures end quietly

@@ -27,6 +27,30 @@ def test_settings_from_env_and_errors() -> None:
         Settings.from_env({"RNNSERVE_MAX_TEXT_CHARS": "0"})
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RNNSERVE_API_TOKENS": " , "}, "holds no token"),
+        ({"RNNSERVE_API_TOKENS": "t", "RNNSERVE_AUTH_EXEMPT": "*"}, "would exempt every route"),
+        ({"RNNSERVE_API_TOKENS": "t", "RNNSERVE_AUTH_EXEMPT": "/*"}, "would exempt every route"),
+        ({"RNNSERVE_API_TOKENS": "t", "RNNSERVE_AUTH_EXEMPT": "livez"}, "start with '/'"),
+        ({"RNNSERVE_API_TOKENS": "t", "RNNSERVE_AUTH_EXEMPT": "/class*"}, "/classify_pixels"),
+        ({"RNNSERVE_API_TOKENS": "t", "RNNSERVE_AUTH_EXEMPT": "/v2/*"}, "/v2/models/"),
+        ({"RNNSERVE_API_TOKENS": "t", "RNNSERVE_AUTH_EXEMPT": "/generate"}, "/generate"),
+    ],
+)
+def test_authentication_fails_closed(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_exempting_probes_and_metadata_is_allowed() -> None:
+    s = Settings.from_env(
+        {"RNNSERVE_API_TOKENS": "a, b", "RNNSERVE_AUTH_EXEMPT": "/livez,/v1/metadata"}
+    )
+    assert s.tokens == ("a", "b") and s.exempt_paths == ("/livez", "/v1/metadata")
+
+
 def test_device_policy() -> None:
     assert choose_device("auto", gpu_count=0).device == "cpu"
     assert choose_device("auto", gpu_count=2).device == "cuda"

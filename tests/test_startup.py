@@ -51,6 +51,13 @@ def test_bad_setting_is_named(tmp_path: Path) -> None:
     assert "RNNSERVE_BACKEND='tensorflow'" in server.log()
 
 
+def test_a_token_setting_without_tokens_stops_start_up(tmp_path: Path) -> None:
+    """`RNNSERVE_API_TOKENS=" , "` used to parse to no token and run without authentication."""
+    server = start_server(tmp_path, model_dir=str(ROOT / "models"), api_tokens=" , ", wait=False)
+    assert wait_exit(server) != 0
+    assert "RNNSERVE_API_TOKENS=' , ' holds no token" in server.log()
+
+
 def test_forced_cpu_is_reported(tmp_path: Path) -> None:
     server = start_server(tmp_path, model_dir=str(ROOT / "models"), device="cpu")
     try:

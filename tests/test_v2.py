@@ -1,8 +1,10 @@
-"""Open Inference Protocol (KServe V2) REST, checked with the official `tritonclient[http]`
-against a real `bentoml serve` process, and the wire format's error paths over plain HTTP."""
+"""Open Inference Protocol (KServe V2) REST, checked with both official clients (Triton's
+`tritonclient[http]` and KServe's own `InferenceRESTClient`) against a real `bentoml serve`
+process, and the wire format's error paths over plain HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
@@ -10,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from tritonclient.utils import InferenceServerException
 
 from loadtest.payloads import digits
@@ -200,3 +203,44 @@ def test_errors_are_400_or_404_with_a_message(
     # readiness is a status code only
     assert httpx.get(f"{default_server.url}/v2/health/ready").status_code == 200
     assert client.is_server_live()  # and the server still serves
+
+
+def test_kserve_client_reads_health_readiness_and_infers(
+    default_server: Server, batch: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """KServe's client reads the health bodies ({"live": true}, {"ready": true}): an empty 200
+    made is_server_live/is_server_ready crash. JSON and binary tensors both round-trip."""
+    images, labels = batch
+    url = default_server.url
+
+    async def scenario() -> dict[str, object]:
+        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+        try:
+            found: dict[str, object] = {
+                "live": await client.is_server_live(url),
+                "ready": await client.is_server_ready(url),
+                "model ready": await client.is_model_ready(url, "mnist-bigru"),
+            }
+            for binary in (False, True):
+                pixels = InferInput("pixels", [16, 28, 28], "FP32")
+                pixels.set_data_from_numpy(images[:16], binary_data=binary)
+                request = InferRequest(model_name="mnist-bigru", infer_inputs=[pixels])
+                response = await client.infer(url, request, model_name="mnist-bigru")
+                outputs = {o.name: o.as_numpy() for o in response.outputs}
+                found[f"digits binary={binary}"] = outputs["digit"].tolist()
+                found[f"rows binary={binary}"] = outputs["probabilities"].shape
+            ids = InferInput("ids", [1, 6], "INT64")
+            ids.set_data_from_numpy(np.array([[0, 1, 2, 3, 4, 5]], dtype=np.int64))
+            request = InferRequest(model_name="char-rnn", infer_inputs=[ids])
+            response = await client.infer(url, request, model_name="char-rnn")
+            found["logits"] = {o.name: o.as_numpy().shape for o in response.outputs}["logits"]
+            return found
+        finally:
+            await client.close()
+
+    found = asyncio.run(scenario())
+    assert found["live"] is True and found["ready"] is True and found["model ready"] is True
+    for binary in (False, True):
+        assert found[f"digits binary={binary}"] == labels[:16].tolist()
+        assert found[f"rows binary={binary}"] == (16, 10)
+    assert found["logits"][:2] == (1, 6)  # type: ignore[index]
