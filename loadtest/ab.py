@@ -45,9 +45,8 @@ def worktree(revision: str, into: Path) -> Path:
 def measure(
     source: Path, scenario: str, clients: int, seconds: float, warmup: float, scratch: Path
 ) -> dict[str, float]:
-    server = start_server(
-        scratch, cwd=source, model_dir=str(source / "models"), **SCENARIOS[scenario]
-    )
+    settings: dict[str, Any] = {"model_dir": str(source / "models"), **SCENARIOS[scenario]}
+    server = start_server(scratch, cwd=source, **settings)
     try:
         lat, errors, elapsed = asyncio.run(
             run_level(server.url, scenario_requests(scenario), clients, seconds, warmup)
