@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from service.inference import ModelRegistry
+from service.cards import CardError
+from service.inference import ModelRegistry, preflight
 from service.middleware import normalize_error
-from service.runtime import DeviceError, choose_device, cuda_device_count
+from service.runtime import DeviceError, choose_device, cuda_device_count, load_backend
 from service.settings import Settings, SettingsError
 from tests.conftest import ROOT
 
@@ -201,3 +204,18 @@ def test_readme_documents_every_setting() -> None:
     assert set(SETTINGS_DOC) == set(names.values())
     for variable, name in names.items():
         assert rows[variable] == SETTINGS_DOC[name], variable
+
+
+def test_a_model_file_changed_after_the_check_is_refused_at_load(tmp_path: Path) -> None:
+    """No check-then-reopen: the backend loads the bytes it hashed, so a file swapped between
+    the start-up check and the load (a time-of-check/time-of-use race) is refused."""
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "mnist-rnn", models / "mnist-rnn")
+    settings = Settings.from_env({"RNNSERVE_MODEL_DIR": str(models), "RNNSERVE_DEVICE": "cpu"})
+    checked = preflight(settings)  # every file verified
+    onnx_file = models / "mnist-rnn" / "model.onnx"
+    blob = bytearray(onnx_file.read_bytes())
+    blob[-1] ^= 0xFF
+    onnx_file.write_bytes(bytes(blob))
+    with pytest.raises(CardError, match="sha256"):
+        load_backend(checked[0][0], settings, checked[1])
