@@ -50,10 +50,11 @@ serve: setup  ## serve the committed models on http://$(HOST):$(PORT) (Swagger U
 	$(PY) -m training.summary models
 	$(VENV)/bin/bentoml serve service.service:RnnServe --host $(HOST) --port $(PORT)
 
-bench: setup  ## benchmarks: in-process runtimes, the HTTP service, big requests (numbers, not tests)
+bench: setup  ## benchmarks: runtimes, the HTTP service, big requests, generation streams (numbers)
 	$(PY) -m loadtest.bench_inference
 	$(PY) -m loadtest.bench_service --rounds 3 --markdown loadtest/results/bench_service.md
 	$(PY) -m loadtest.bench_batch
+	$(PY) -m loadtest.bench_generation
 
 lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff check training service tests loadtest

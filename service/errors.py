@@ -40,8 +40,8 @@ class UnusableInput(ServiceError):
 
 
 class TooLarge(ServiceError):
-    """Over a size limit (body, images, pixels, characters, steps): the message names the
-    setting that sets it."""
+    """A body or picture over a size limit (bytes, pixels, side, aspect): the message names
+    the setting. (A parameter over its limit, such as images per request, is BadInput.)"""
 
 
 class UnsupportedMedia(ServiceError):

@@ -30,6 +30,29 @@ def _no_observer(model: str, seconds: float, batch: int) -> None:
     return None
 
 
+def sample(
+    logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, uniform: np.ndarray
+) -> np.ndarray:
+    """The next id of every row: logits (B, V); per row a temperature (0: greedy), a top-k (V:
+    none) and a uniform draw in [0, 1). Row-wise only (every reduction runs along a row), so a
+    row's result does not depend on the other rows: the batched loop and a lone sequence agree
+    to the bit."""
+    rows, vocab = logits.shape
+    z = logits.astype(np.float64)
+    if (top_k < vocab).any():
+        kth = np.sort(z, axis=1)[np.arange(rows), vocab - top_k]
+        z = np.where(z < kth[:, None], -np.inf, z)
+    greedy = temperature == 0
+    scale = np.where(greedy, 1.0, temperature)
+    z = (z - z.max(axis=1, keepdims=True)) / scale[:, None]
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    cdf = np.cumsum(p, axis=1)
+    cdf /= cdf[:, -1:]
+    drawn = np.minimum((cdf <= uniform[:, None]).sum(axis=1), vocab - 1)
+    return np.where(greedy, logits.argmax(axis=1), drawn)
+
+
 @dataclass
 class LoadedModel:
     card: ModelCard
@@ -91,39 +114,39 @@ class CharModel(LoadedModel):
     def encode(self, text: str) -> np.ndarray:
         return encode_text(text, self.stoi)
 
-    def _step(self, ids: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, ids: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ids (B, T) and state -> the logits at the last position (B, V) and the new state."""
         logits, new_state = self.run({"ids": ids, "state": state}, ids.shape[0])
-        return logits[:, -1, :], new_state  # (B, V) at the last position
+        return logits[:, -1, :], new_state
+
+    def read_prompt(self, prompt_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A prompt (T,) read from a fresh state: the next-step logits (1, V) and the state."""
+        return self.step(prompt_ids[None, :], self.fresh_state(1))
 
     def fresh_state(self, batch: int = 1) -> np.ndarray:
         return np.zeros((self.state_rows, batch, self.hidden), dtype=np.float32)
 
     def next_chars(self, text: str, k: int, temperature: float) -> list[tuple[str, float]]:
-        ids = self.encode(text)[None, :]
-        last, _ = self._step(ids, self.fresh_state())
+        last, _ = self.read_prompt(self.encode(text))
         probs = softmax(last[0], temperature)
         return [(self.vocab[i], float(probs[i])) for i in top_k(probs, k)]
 
     def generate(
         self, prompt: str, length: int, temperature: float, k: int | None, seed: int
     ) -> str:
-        """Sample `length` characters one step at a time, carrying the state (no re-reading
-        of the prefix). temperature 0 means greedy decoding."""
+        """One sequence alone, one step at a time with carried state (no re-reading of the
+        prefix); temperature 0 means greedy decoding. The reference the batched decode loop
+        (service/generation.py) must match for the same seed: both draw with `sample`."""
         rng = np.random.default_rng(seed)
-        last, state = self._step(self.encode(prompt)[None, :], self.fresh_state())
+        last, state = self.read_prompt(self.encode(prompt))
+        temperatures = np.array([temperature])
+        top_ks = np.array([k or len(self.vocab)])
         out: list[str] = []
         for _ in range(length):
-            logits = last[0].astype(np.float64)
-            if temperature == 0:
-                nxt = int(np.argmax(logits))
-            else:
-                if k is not None and k < len(logits):
-                    kth = np.partition(logits, -k)[-k]
-                    logits = np.where(logits < kth, -np.inf, logits)
-                probs = softmax(logits, temperature)
-                nxt = int(rng.choice(len(probs), p=probs))
-            out.append(self.vocab[nxt])
-            last, state = self._step(np.array([[nxt]], dtype=np.int64), state)
+            nxt = sample(last, temperatures, top_ks, np.array([rng.random()]))
+            out.append(self.vocab[int(nxt[0])])
+            if len(out) < length:
+                last, state = self.step(nxt[:, None].astype(np.int64), state)
         return "".join(out)
 
 

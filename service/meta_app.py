@@ -14,10 +14,12 @@ from service.asgi import error_response
 from service.errors import ServiceError
 from service.lean_digits import LeanDigitsApp
 from service.pipeline import ServingState
-from service.schemas import ROW_SCHEMA
+from service.schemas import CARDS, ROW_SCHEMA, SETTINGS, text_schema
+from service.stream_app import GenerationStreamApp
 
 MOUNT_PATH = "/v1"
 LEAN_PATH = f"{MOUNT_PATH}/digits"
+STREAM_PATH = f"{MOUNT_PATH}/generate/stream"
 
 
 def meta_app(state: ServingState) -> Starlette:
@@ -33,6 +35,7 @@ def meta_app(state: ServingState) -> Starlette:
         routes=[
             Route("/metadata", metadata, methods=["GET"]),
             Route("/digits", LeanDigitsApp(state), methods=["POST"]),
+            Route("/generate/stream", GenerationStreamApp(state), methods=["POST"]),
         ]
     )
 
@@ -119,7 +122,7 @@ LEAN_DOC = {
                 for status, why in (
                     (400, "Invalid input (the message says what to change)"),
                     (401, "Missing or invalid bearer token"),
-                    (413, "Body or image count over the configured limit"),
+                    (413, "Body over RNNSERVE_MAX_REQUEST_BYTES"),
                     (415, "Neither JSON nor a binary tensor"),
                     (503, "Not ready yet, or overloaded (see Retry-After)"),
                 )
@@ -127,8 +130,97 @@ LEAN_DOC = {
         },
     }
 }
+STREAM_DOC = {
+    "post": {
+        "tags": ["Service APIs"],
+        "operationId": "rnnserve__generate_stream",
+        "description": "Generation streamed as Server-Sent Events (the same decode loop and the "
+        'same answer as POST /generate for the same seed): `data: {"text": ...}` events as '
+        "characters come, then `event: end` with the totals (chars, seed, seconds, first_char_ms, "
+        "chars_per_s). Every check runs before the stream starts; a client that disconnects "
+        "stops its sequence. Try it with `curl -N`.",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["prompt"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "prompt": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": SETTINGS.max_text_chars,
+                                **(text_schema(CARDS) or {}),
+                            },
+                            "length": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": SETTINGS.max_generate_chars,
+                            },
+                            "temperature": {"type": "number", "minimum": 0, "maximum": 5},
+                            "top_k": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": SETTINGS.max_top_k,
+                                "nullable": True,
+                            },
+                            "seed": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "maximum": 2**63 - 1,
+                                "nullable": True,
+                            },
+                        },
+                    },
+                    "example": {"prompt": "ROMEO:\n", "length": 200, "temperature": 0.8, "seed": 7},
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "the event stream",
+                "content": {
+                    "text/event-stream": {
+                        # each event's data: a chunk {"text"}, the totals (event: end), or
+                        # {"error"} (event: error)
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "text": {"type": "string"},
+                                "chars": {"type": "integer"},
+                                "seed": {"type": "integer"},
+                                "temperature": {"type": "number"},
+                                "top_k": {"type": "integer", "nullable": True},
+                                "model": {"type": "string"},
+                                "provider": {"type": "string"},
+                                "seconds": {"type": "number"},
+                                "first_char_ms": {"type": "number"},
+                                "chars_per_s": {"type": "number", "nullable": True},
+                                "error": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+            **{
+                str(status): {"description": why, "content": _ERROR}
+                for status, why in (
+                    (400, "Invalid input (the message says what to change)"),
+                    (401, "Missing or invalid bearer token"),
+                    (413, "Body over RNNSERVE_MAX_REQUEST_BYTES"),
+                    (415, "Not JSON"),
+                    (422, "Characters outside the model's vocabulary"),
+                    (503, "Not ready, or the decode loop is full (see Retry-After)"),
+                )
+            },
+        },
+    }
+}
 META_PATHS: dict[str, Any] = {
     f"{MOUNT_PATH}/digits": LEAN_DOC,
+    STREAM_PATH: STREAM_DOC,
     f"{MOUNT_PATH}/metadata": {
         "get": {
             "tags": ["Service APIs"],

@@ -59,6 +59,30 @@ QUEUE_DROPPED = bentoml.metrics.Counter(
     labelnames=["queue"],
 )
 
+GENERATION_ACTIVE = bentoml.metrics.Gauge(
+    name="rnnserve_generation_active",
+    documentation="Sequences in the character model's decode loop (continuous batching)",
+    labelnames=["model"],
+    multiprocess_mode="livesum",
+)
+GENERATION_STEPS = bentoml.metrics.Counter(
+    name="rnnserve_generation_steps",
+    documentation="Decode-loop steps (one model call for every active sequence): rate = steps/s",
+    labelnames=["model"],
+)
+GENERATION_BATCH = bentoml.metrics.Histogram(
+    name="rnnserve_generation_batch_size",
+    documentation="Sequences stepped together per decode-loop step",
+    labelnames=["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+GENERATION_FIRST_CHAR = bentoml.metrics.Histogram(
+    name="rnnserve_generation_first_char_seconds",
+    documentation="Time from a generation's arrival to its first character",
+    labelnames=["model"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+)
+
 
 def observe_inference(model: str, seconds: float, batch: int) -> None:
     INFERENCE_SECONDS.labels(model=model).observe(seconds)

@@ -232,7 +232,8 @@ class WholeBodyMiddleware:
     closing chunk, without a Content-Length: three trips through every middleware's `send`
     and a chunked transfer encoding for a few hundred bytes. Collected here (innermost), the
     answer leaves as two messages and a plain, sized body, which the client also parses faster.
-    A body over `max_bytes` is passed on as it comes (chunked), so streaming stays streaming.
+    A body over `max_bytes`, and an event stream, are passed on as they come (chunked), so
+    streaming stays streaming.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int = 1 << 20) -> None:
@@ -251,8 +252,13 @@ class WholeBodyMiddleware:
             nonlocal start, size
             kind = message["type"]
             if kind == "http.response.start":
-                sized = any(k.lower() == b"content-length" for k, _ in message.get("headers", []))
-                if not sized:
+                headers = message.get("headers", [])
+                sized = any(k.lower() == b"content-length" for k, _ in headers)
+                streamed = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                    for k, v in headers
+                )
+                if not sized and not streamed:
                     start = message  # held until the body is complete
                     return
             elif kind == "http.response.body" and start is not None:

@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 from service import __version__
-from service.admission import ContinuousBatcher, WorkQueue
-from service.errors import BadInput, NotReady, TooLarge
+from service.admission import CLIENT_LEFT, ContinuousBatcher, WorkQueue
+from service.errors import BadInput, NotReady
+from service.generation import DecodeLoop, GenerationRequest
 from service.inference import CharModel, DigitClassifier, ModelRegistry
 from service.preprocess import ImageLimits, decode_image, mnist_style
 from service.settings import Settings
@@ -60,11 +61,15 @@ class Pipelines:
             "decoding", 1, settings.max_queued_decodes, "RNNSERVE_MAX_QUEUED_DECODES"
         )
         self.text = WorkQueue("text", 1, settings.max_queued_text, "RNNSERVE_MAX_QUEUED_TEXT")
-        self.generations = WorkQueue(
-            "generations",
-            settings.generation_threads,
-            settings.max_queued_generations,
-            "RNNSERVE_MAX_QUEUED_GENERATIONS",
+        self.decoder = (
+            DecodeLoop(
+                registry.char,
+                settings.max_active_generations,
+                settings.max_queued_generations,
+                settings.generation_joins_per_step,
+            )
+            if registry.char is not None
+            else None
         )
         self.image_limits = ImageLimits(
             settings.max_image_pixels, settings.max_image_side, settings.max_image_aspect
@@ -157,20 +162,33 @@ class Pipelines:
         )
         return logits, state_out
 
-    async def generate(
+    def generation(
         self, prompt: str, length: int, temperature: float, k: int | None, seed: int
-    ) -> tuple[CharModel, str]:
+    ) -> tuple[CharModel, AsyncIterator[str]]:
+        """Validate a generation, then its text as it comes (chunks, from the decode loop).
+        Every check happens here, before the first character, so a stream never starts for a
+        request that would fail."""
         model = self.char_model()
         text_length(prompt, self.settings.max_text_chars, "prompt")
         if not 1 <= length <= self.settings.max_generate_chars:
-            raise TooLarge(
+            raise BadInput(
                 f"length must lie in 1..{self.settings.max_generate_chars} "
                 "(RNNSERVE_MAX_GENERATE_CHARS)"
             )
         self._check_sampling(k, temperature)
-        model.encode(prompt)
-        text = await self.generations.run(model.generate, prompt, length, temperature, k, seed)
-        return model, text
+        if not 0 <= seed < 2**63:
+            raise BadInput("seed must lie in 0..2^63-1")
+        request = GenerationRequest(model.encode(prompt), length, temperature, k, seed)
+        assert self.decoder is not None  # there is a char model
+        sequence = self.decoder.submit(request, CLIENT_LEFT.get())  # 503 here when full
+        return model, self.decoder.chunks_of(sequence)
+
+    async def generate(
+        self, prompt: str, length: int, temperature: float, k: int | None, seed: int
+    ) -> tuple[CharModel, str]:
+        """The whole text at once (the same decode loop as the stream)."""
+        model, chunks = self.generation(prompt, length, temperature, k, seed)
+        return model, "".join([chunk async for chunk in chunks])
 
     # ------------------------------------------------------------------ metadata
 

@@ -40,7 +40,7 @@ def vocabulary_pattern(vocabulary: list[str]) -> str:
     return f"^[{chars}]*$"
 
 
-def _text_schema(cards: list[ModelCard]) -> dict[str, Any] | None:
+def text_schema(cards: list[ModelCard]) -> dict[str, Any] | None:
     """Documents the characters the text model knows (others are refused with 422)."""
     char_cards = [c for c in cards if c.task == "next-character"]
     if not char_cards:
@@ -199,7 +199,7 @@ PromptText = Annotated[
         max_length=SETTINGS.max_text_chars,
         examples=["ROMEO:\n"],
         description="text in the model's vocabulary (GET /v1/metadata lists it)",
-        json_schema_extra=_text_schema(CARDS),
+        json_schema_extra=text_schema(CARDS),
     ),
 ]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]

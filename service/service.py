@@ -33,7 +33,7 @@ from service.bentoml_compat import (
 from service.cards import CardError
 from service.errors import ClientGone, ServiceError
 from service.inference import ModelRegistry, preflight
-from service.meta_app import LEAN_PATH, META_PATHS, MOUNT_PATH, meta_app
+from service.meta_app import LEAN_PATH, META_PATHS, MOUNT_PATH, STREAM_PATH, meta_app
 from service.metrics import MODEL_INFO, observe_inference
 from service.middleware import (
     BearerAuthMiddleware,
@@ -68,7 +68,7 @@ from service.web_app import web_app
 # The lean paths (the digit route, the V2 model routes) skip BentoML's per-request access log,
 # traffic metrics and tracing (prefix match; profiled: about a fifth of their cost); they count
 # and time themselves (rnnserve_lean_*).
-LEAN_PATHS = [LEAN_PATH, f"{V2_PATH}/models/"]
+LEAN_PATHS = [LEAN_PATH, STREAM_PATH, f"{V2_PATH}/models/"]
 logger = logging.getLogger("rnnserve")
 P = ParamSpec("P")
 R = TypeVar("R")

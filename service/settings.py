@@ -56,8 +56,9 @@ class Settings:
     max_queued_text: int = 64
     max_generate_chars: int = 1000
     max_top_k: int = 20
-    generation_threads: int = 1
+    max_active_generations: int = 64
     max_queued_generations: int = 64
+    generation_joins_per_step: int = 16
     workers: int = 1
     timeout_s: int = 30
     tracing: bool = False
@@ -179,9 +180,11 @@ SETTINGS_DOC: dict[str, str] = {
     "beyond)",
     "max_generate_chars": "most characters one generation request may ask for",
     "max_top_k": "largest k for next-character candidates and top-k sampling",
-    "generation_threads": "generations that run at once (on threads of their own, so that "
-    "short requests never wait behind them)",
-    "max_queued_generations": "generations that may wait for a thread (503 beyond)",
+    "max_active_generations": "generations stepped together by the decode loop (continuous "
+    "batching, on a thread of its own: short requests never wait behind it)",
+    "max_queued_generations": "generations that may wait to join the decode loop (503 beyond)",
+    "generation_joins_per_step": "join policy: prompts of waiting generations read between two "
+    "decode steps (equal lengths in one call; each read delays the running ones a little)",
     "workers": "BentoML worker processes",
     "timeout_s": "seconds a request may wait for its response to start (504 beyond)",
     "tracing": "OpenTelemetry spans for the BentoML routes, with trace ids in the access log and "

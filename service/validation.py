@@ -2,7 +2,9 @@
 
 Every protocol's decoder ends here, so the same image, id sequence or shape header is judged the
 same way whichever route brought it. The checks run before any work is queued, and they look at
-sizes before values, so that a request's cost is known before it is paid.
+sizes before values, so that a request's cost is known before it is paid. A parameter over its
+limit (images, characters, ids) is a 400 naming the setting, as the typed routes' validation
+answers it; 413 is kept for bodies and pictures that are too large.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 
 import numpy as np
 
-from service.errors import BadInput, TooLarge, UnusableInput
+from service.errors import BadInput, UnusableInput
 
 MAX_TENSOR_DIMS = 8  # more than any input of ours has: a longer shape is a malformed request
 
@@ -40,7 +42,7 @@ def digit_images(images: np.ndarray, max_images: int) -> np.ndarray:
             f"pixels must be 28x28 or Nx28x28 with N >= 1; got shape {list(images.shape)}"
         )
     if len(images) > max_images:
-        raise TooLarge(
+        raise BadInput(
             f"{len(images)} images in one request, over the limit of {max_images} "
             "(RNNSERVE_MAX_IMAGES_PER_REQUEST); split the request"
         )
@@ -62,7 +64,7 @@ def text_length(text: str, max_chars: int, what: str = "text") -> None:
     if not text:
         raise BadInput(f"{what} must not be empty")
     if len(text) > max_chars:
-        raise TooLarge(
+        raise BadInput(
             f"{what} has {len(text)} characters, over the limit of {max_chars} "
             "(RNNSERVE_MAX_TEXT_CHARS)"
         )
@@ -76,16 +78,16 @@ def char_ids(
         raise BadInput(f"ids must have shape [rows, steps], both >= 1; got {list(ids.shape)}")
     rows, steps = ids.shape
     if rows > max_rows:
-        raise TooLarge(
+        raise BadInput(
             f"{rows} sequences in one request, over the limit of {max_rows} "
             "(RNNSERVE_MAX_CHAR_ROWS)"
         )
     if steps > max_steps:
-        raise TooLarge(
+        raise BadInput(
             f"sequences of {steps} steps, over the limit of {max_steps} (RNNSERVE_MAX_TEXT_CHARS)"
         )
     if rows * steps > max_ids:
-        raise TooLarge(
+        raise BadInput(
             f"{rows}x{steps} = {rows * steps} ids in one request, over the limit of {max_ids} "
             "(RNNSERVE_MAX_CHAR_IDS)"
         )

@@ -69,37 +69,40 @@ def test_next_char_keeps_its_latency_while_40_long_generations_run(server: Serve
         limits = httpx.Limits(max_connections=64)
         async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
 
-            async def next_char_latencies(count: int) -> list[float]:
-                out = []
-                for _ in range(count):
-                    started = time.perf_counter()
-                    r = await client.post("/next_char", json={"text": "ROMEO:\nWhat light"})
-                    out.append(time.perf_counter() - started)
-                    assert r.status_code == 200, r.text
-                    await asyncio.sleep(0.01)
-                return out
+            async def next_char() -> float:
+                started = time.perf_counter()
+                r = await client.post("/next_char", json={"text": "ROMEO:\nWhat light"})
+                assert r.status_code == 200, r.text
+                return time.perf_counter() - started
 
-            idle = await next_char_latencies(40)
+            idle = []
+            for _ in range(40):
+                idle.append(await next_char())
+                await asyncio.sleep(0.005)
             generations = [
                 asyncio.create_task(
                     client.post("/generate", json={"prompt": "ROMEO:", "length": 1000, "seed": i})
                 )
                 for i in range(40)
             ]
-            await asyncio.sleep(0.3)
-            in_flight = sum(not g.done() for g in generations)
-            busy = await next_char_latencies(60)
-            assert sum(not g.done() for g in generations) > 0, "generations ended too soon"
+            await asyncio.sleep(0.05)
+            busy = []
+            while sum(not g.done() for g in generations) >= 20:  # most of the 40 still run
+                busy.append(await next_char())
+                await asyncio.sleep(0.005)
             statuses = [r.status_code for r in await asyncio.gather(*generations)]
-            assert in_flight >= 30
             return idle, busy, statuses
 
     idle, busy, statuses = asyncio.run(scenario())
     assert statuses == [200] * 40
+    assert len(busy) >= 20, f"only {len(busy)} probes while the generations ran"
     idle_p99 = sorted(idle)[int(0.99 * len(idle))]
     busy_p99 = sorted(busy)[int(0.99 * len(busy))]
     print(f"next_char idle p50 {statistics.median(idle) * 1000:.1f} ms p99 {idle_p99 * 1000:.1f}")
-    print(f"next_char busy p50 {statistics.median(busy) * 1000:.1f} ms p99 {busy_p99 * 1000:.1f}")
+    print(
+        f"next_char busy p50 {statistics.median(busy) * 1000:.1f} ms p99 {busy_p99 * 1000:.1f} "
+        f"({len(busy)} probes)"
+    )
     assert busy_p99 <= 10 * idle_p99
 
 

@@ -121,7 +121,7 @@ BAD = [
     ("0-1 out of range", {"json": {"pixels": [[2] * 28] * 28, "scale": "0-1"}}, 400, "0..1"),
     ("bad scale", {"json": {"pixels": ZERO, "scale": "0-9"}}, 400, "'scale'"),
     ("unknown model", {"json": {"pixels": ZERO, "model": "cnn"}}, 400, "unknown model"),
-    ("too many", {"json": {"pixels": [ZERO] * 257}}, 413, "over the limit of 256"),
+    ("too many", {"json": {"pixels": [ZERO] * 257}}, 400, "over the limit of 256"),
     ("empty batch", {"json": {"pixels": []}}, 400, "28x28 or Nx28x28"),
     (
         "binary size",

@@ -9,8 +9,10 @@ same seed; and it checks that the page never asks anything of another host.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,6 +172,41 @@ def test_continue_generates_the_same_text_as_the_api(page: Any, default_server: 
         json={"prompt": "JULIET:\n", "length": 60, "temperature": 0.8, "seed": 7},
     ).json()["text"]
     assert page.locator("#prompt").input_value() == "JULIET:\n" + expected
+
+
+def test_generation_streams_and_stops(page: Any, default_server: Server) -> None:
+    """Characters appear while the generation runs, and Stop ends it early. 48 long background
+    generations share the decode loop, so that the page's own stream lasts a few seconds."""
+
+    async def background() -> None:
+        async with httpx.AsyncClient(base_url=default_server.url, timeout=60) as client:
+            await asyncio.gather(
+                *(
+                    client.post("/generate", json={"prompt": "KING:", "length": 1000, "seed": i})
+                    for i in range(48)
+                )
+            )
+
+    load = threading.Thread(target=asyncio.run, args=(background(),))
+    load.start()
+    try:
+        prompt = page.locator("#prompt")
+        prompt.fill("JULIET:\n")
+        page.locator("#length").fill("1000")
+        page.click("#continue")
+        sync_api.expect(page.locator("#stop")).to_be_visible()
+        page.wait_for_function("document.querySelector('#prompt').value.length > 30")
+        sync_api.expect(page.locator("body")).to_have_attribute("data-generating", "true")
+        grown = len(prompt.input_value())
+        page.wait_for_function(
+            f"document.querySelector('#prompt').value.length > {grown}"
+        )  # still growing: streamed, not delivered at the end
+        page.click("#stop")
+        sync_api.expect(page.locator("#status")).to_contain_text("stopped after", timeout=10_000)
+        sync_api.expect(page.locator("#continue")).to_be_visible()
+        assert grown < len(prompt.input_value()) < len("JULIET:\n") + 1000
+    finally:
+        load.join(timeout=60)
 
 
 def test_phone_sized_screen(browser: Any, default_server: Server, tmp_path: Path) -> None:

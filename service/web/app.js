@@ -287,27 +287,81 @@ $("prompt").addEventListener("input", scheduleCandidates);
 $("temperature").addEventListener("input", () => {
   $("temperature-value").textContent = $("temperature").value;
 });
-$("continue").addEventListener("click", async () => {
-  const button = $("continue");
-  button.disabled = true;
+// Generation streams (Server-Sent Events over a POST, read with fetch): characters appear as
+// the server's decode loop produces them; Stop aborts the request, which ends the sequence.
+let generation = null; // the AbortController of the running generation
+
+async function* serverEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      let data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) name = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      yield { name, data: JSON.parse(data) };
+    }
+  }
+}
+
+async function generate() {
   const body = {
     prompt: promptText(),
     length: Number($("length").value) || 200,
     temperature: Number($("temperature").value),
   };
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  generation = new AbortController();
+  $("continue").hidden = true;
+  $("stop").hidden = false;
+  document.body.dataset.generating = "true";
+  let produced = 0;
   try {
-    const answer = await api("/generate", body);
-    $("prompt").value += answer.text;
+    const response = await fetch("/v1/generate/stream", {
+      method: "POST", headers, body: JSON.stringify(body), signal: generation.signal,
+    });
+    if (!response.ok) {
+      const data = await response.json().catch(() => ({ error: response.statusText }));
+      throw new Error(data.error || `HTTP ${response.status}`);
+    }
     $("text-error").textContent = "";
-    setStatus(`generated ${answer.text.length} characters with seed ${answer.seed}`);
-    updateCandidates();
+    for await (const { name, data } of serverEvents(response)) {
+      if (name === "end") {
+        setStatus(`generated ${data.chars} characters with seed ${data.seed} ` +
+          `(first after ${data.first_char_ms} ms, ${Math.round(data.chars_per_s)} chars/s)`);
+      } else if (name === "error") {
+        throw new Error(data.error);
+      } else {
+        $("prompt").value += data.text;
+        produced += data.text.length;
+      }
+    }
   } catch (error) {
-    $("text-error").textContent = error.message;
+    if (error.name === "AbortError") setStatus(`stopped after ${produced} characters`);
+    else $("text-error").textContent = error.message;
   } finally {
-    button.disabled = false;
+    generation = null;
+    $("continue").hidden = false;
+    $("stop").hidden = true;
+    delete document.body.dataset.generating;
+    updateCandidates();
   }
-});
+}
+
+$("continue").addEventListener("click", generate);
+$("stop").addEventListener("click", () => generation && generation.abort());
 
 // ---------------------------------------------------------------- start
 async function start() {
