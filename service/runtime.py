@@ -76,6 +76,22 @@ class Backend(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
+_PRELOADED: list[bool] = []
+
+
+def preload_cuda_libraries(ort: Any) -> None:
+    """Load CUDA and cuDNN from the `nvidia-*` pip packages (onnxruntime-gpu[cuda,cudnn]) before
+    the first CUDA session, so the GPU path needs neither torch nor a CUDA base image. Once per
+    process; a no-op where the packages are absent (the libraries may come from the system)."""
+    if _PRELOADED or not hasattr(ort, "preload_dlls"):
+        return
+    _PRELOADED.append(True)
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # the system's libraries may still serve; the provider check says
+        logger.warning("onnxruntime.preload_dlls() failed (%s); using the system's CUDA", exc)
+
+
 class OnnxBackend:
     def __init__(self, card: ModelCard, device: str, threads: int, required: bool) -> None:
         import onnxruntime as ort
@@ -90,6 +106,7 @@ class OnnxBackend:
         options.enable_cpu_mem_arena = False
         providers: list[Any] = ["CPUExecutionProvider"]
         if device == "cuda":
+            preload_cuda_libraries(ort)
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": 0}))
         self.session = ort.InferenceSession(
             card.read_verified("onnx"), options, providers=providers
