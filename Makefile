@@ -16,10 +16,12 @@ DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
 RUNS ?= runs
 export RNNSERVE_DATA_DIR := $(abspath $(DATA_DIR))
 
-.PHONY: help setup browser peers serve test lint pytest train models export summary bench build load compare soak flood hostile clean
+.PHONY: help setup browser container-tools peers serve test lint pytest train models export summary bench build image image-gpu container-test container-report load compare soak flood hostile clean
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' \
+	  | sed -e 's|$$(HOST)|$(HOST)|g' -e 's|$$(PORT)|$(PORT)|g' -e 's|$$(RUNS)|$(RUNS)|g' \
+	        -e 's|$$$$BENTOML_HOME|$(BENTOML_HOME)|g' | column -t -s $$'\t'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +40,17 @@ browser:  ## install Debian's chromium for the browser tests when it is missing 
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else \
 	    echo "chromium is missing and cannot be installed here: the browser tests will skip"; \
+	  fi; }
+
+# The container tests build and run the image with Debian's podman (runc; debootstrap for the
+# stand-in base image where Docker Hub cannot be reached).
+container-tools:  ## install podman, runc and debootstrap when missing (apt, as root)
+	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing podman, runc and debootstrap with apt-get (container tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null; \
+	  else \
+	    echo "podman is missing and cannot be installed here: the container tests will skip"; \
 	  fi; }
 
 HOST ?= 127.0.0.1
@@ -61,7 +74,7 @@ lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff format --check training service tests loadtest
 	$(VENV)/bin/mypy training service loadtest tests
 
-pytest: setup browser  ## the test suite only
+pytest: setup browser container-tools  ## the test suite only
 	$(PY) -m pytest
 
 test: lint pytest  ## lint, then the whole test suite (what CI runs)
@@ -80,6 +93,18 @@ summary: setup  ## print the committed models and their metrics
 
 build: setup  ## build the bento (service + models) into $$BENTOML_HOME
 	$(VENV)/bin/bentoml build
+
+image: setup container-tools  ## the CPU image localhost/rnnserve:cpu (podman; prints its size)
+	deploy/container/build.sh cpu
+
+image-gpu: setup container-tools  ## the GPU image localhost/rnnserve:gpu (CUDA 13 wheels, ~GBs)
+	deploy/container/build.sh gpu
+
+container-test: setup container-tools  ## build and run the image: requests, tampering, SIGTERM, kube play
+	$(PY) -m pytest tests/test_container.py
+
+container-report: setup container-tools  ## image sizes and start-up times (loadtest/results/container.md)
+	$(PY) -m loadtest.containers --gpu
 
 load: setup  ## Locust load test of the traffic mix at 1/8/32/64 users (report in loadtest/results)
 	$(PY) -m loadtest.run_load
