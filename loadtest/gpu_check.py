@@ -1,0 +1,274 @@
+"""The GPU check: run the service's CUDA paths on a real GPU, compare with the CPU, measure.
+
+    python -m loadtest.gpu_check --out $OUT              # on the GPU machine (see gpu_check.sh)
+    python -m loadtest.gpu_check --cpu-only --out /tmp/x # the rehearsal here: CUDA checks off
+
+Steps, each timed and written to OUT/gpu_check.json as it finishes (so a run cut short still
+says how far it came), then OUT/gpu_check.md:
+1. environment: GPU, driver, onnxruntime and its providers, torch;
+2. onnxruntime: every committed model on CUDAExecutionProvider (asserted) and on CPU, the
+   outputs compared on real test digits and text within the card's tolerance, samples/s at
+   batch 1, 64 and 256 on each;
+3. TorchScript on CUDA (torch), compared with onnxruntime on CPU;
+4. the service itself: `bentoml serve` with RNNSERVE_DEVICE=cuda (fail fast), every model
+   reporting CUDAExecutionProvider, then /v1/digits requests/s and p99 at 1 and 32 clients and
+   with 256-image requests, and generation characters/s with 32 and 64 streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+BATCHES = (1, 64, 256)
+
+
+class Report:
+    """Results by step, written out after every step."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.steps: dict[str, Any] = {}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def step(self, name: str, run: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            result = {"ok": True, "result": run()}
+        except Exception as exc:  # record and go on: the other steps still tell something
+            result = {
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc()[-3000:],
+            }
+            print(result["trace"], flush=True)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        self.steps[name] = result
+        (self.out / "gpu_check.json").write_text(json.dumps(self.steps, indent=2, default=str))
+        return result.get("result")
+
+
+def environment() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+    }
+    if shutil.which("nvidia-smi"):
+        info["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_cuda"] = torch.cuda.is_available()
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def real_inputs(card: Any, batch: int) -> dict[str, np.ndarray]:
+    """Real test digits (normalized as the card says) or real text ids, `batch` rows."""
+    from service.preprocess import normalize
+    from training.data import load_mnist_split
+
+    if card.task == "digit-classification":
+        images = load_mnist_split(FIXTURES, train=False).images
+        rows = images[np.arange(batch) % len(images)]
+        return {
+            "pixels": normalize(rows, card.input_spec("pixels")["normalization"]).astype(np.float32)
+        }
+    vocab = {c: i for i, c in enumerate(card.data["vocabulary"])}
+    text = (FIXTURES / "text" / "tinyshakespeare.txt").read_text()[: 64 * batch]
+    ids = np.array([vocab[c] for c in text], dtype=np.int64).reshape(batch, 64)
+    shape = card.input_spec("state")["shape"]
+    return {"ids": ids, "state": np.zeros((shape[0], batch, shape[2]), np.float32)}
+
+
+def session(card: Any, provider: str) -> Any:
+    import onnxruntime as ort
+
+    from service.runtime import preload_cuda_libraries
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if provider == "cuda":
+        preload_cuda_libraries(ort)
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": 0}))
+    created = ort.InferenceSession(card.read_verified("onnx"), options, providers=providers)
+    if provider == "cuda" and created.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError(
+            f"{card.name}: CUDAExecutionProvider did not start: {created.get_providers()}"
+        )
+    return created
+
+
+def per_second(run: Callable[[], Any], rows: int, seconds: float = 2.0) -> float:
+    for _ in range(3):
+        run()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        run()
+        count += 1
+    return rows * count / (time.perf_counter() - started)
+
+
+def onnxruntime_check(cpu_only: bool, seconds: float = 2.0) -> dict[str, Any]:
+    from service.cards import discover_cards
+
+    results: dict[str, Any] = {}
+    for card in discover_cards(ROOT / "models"):
+        cpu = session(card, "cpu")
+        gpu = None if cpu_only else session(card, "cuda")
+        tolerance = float(card.data["export"].get("tolerance", 1e-4))
+        row: dict[str, Any] = {"tolerance": tolerance}
+        feeds = real_inputs(card, 256 if card.task == "digit-classification" else 64)
+        reference = cpu.run(None, feeds)
+        if gpu is not None:
+            got = gpu.run(None, feeds)
+            row["max_abs_diff_gpu_vs_cpu"] = max(
+                float(np.abs(a - b).max()) for a, b in zip(got, reference, strict=True)
+            )
+            row["parity"] = (
+                row["max_abs_diff_gpu_vs_cpu"] <= tolerance * 10
+            )  # 10x: float kernels differ
+        for batch in BATCHES:
+            feeds = real_inputs(card, batch)
+            rows = batch * (feeds["ids"].shape[1] if "ids" in feeds else 1)
+            for name, runner in (("cpu", cpu), ("gpu", gpu)):
+                if runner is not None:
+                    rate = per_second(partial(runner.run, None, feeds), rows, seconds)
+                    row[f"{name}_samples_per_s_b{batch}"] = round(rate, 1)
+        results[card.name] = row
+        print(card.name, row, flush=True)
+    return results
+
+
+def torchscript_check(cpu_only: bool) -> dict[str, Any]:
+    import io
+    import warnings
+
+    import torch
+
+    from service.cards import discover_cards
+
+    device = "cpu" if cpu_only else "cuda"
+    results: dict[str, Any] = {}
+    for card in discover_cards(ROOT / "models"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(
+                io.BytesIO(card.read_verified("torchscript")), map_location=device
+            ).eval()
+        feeds = real_inputs(card, 64)
+        reference = session(card, "cpu").run(None, feeds)
+        with torch.inference_mode():
+            out = module(*(torch.from_numpy(v).to(device) for v in feeds.values()))
+        outs = out if isinstance(out, tuple) else (out,)
+        diff = max(
+            float(np.abs(o.cpu().numpy() - r).max()) for o, r in zip(outs, reference, strict=True)
+        )
+        results[card.name] = {"device": device, "max_abs_diff_vs_onnx_cpu": diff}
+    return results
+
+
+def service_check(cpu_only: bool) -> dict[str, Any]:
+    from loadtest.bench_generation import level
+    from loadtest.bench_service import percentile, run_level, scenario_requests
+    from loadtest.flood import DigitRequests, capacity
+    from loadtest.servers import start_server
+
+    scratch = Path(tempfile.mkdtemp(prefix="rnnserve-gpu-"))
+    server = start_server(scratch, device="cpu" if cpu_only else "cuda", timeout=240)
+    try:
+        import httpx
+
+        meta = httpx.get(f"{server.url}/v1/metadata", timeout=30).json()
+        providers = {m["name"]: m["provider"] for m in meta["models"]}
+        expected = "CPUExecutionProvider" if cpu_only else "CUDAExecutionProvider"
+        if set(providers.values()) != {expected}:
+            raise RuntimeError(f"providers {providers}, expected {expected} everywhere")
+        results: dict[str, Any] = {"device": meta["device"], "providers": providers}
+        requests = scenario_requests("lean pixels, batching on")
+        for clients in (1, 32):
+            lat, errors, elapsed = asyncio.run(run_level(server.url, requests, clients, 8.0, 2.0))
+            results[f"v1_digits_{clients}_clients"] = {
+                "rps": round(len(lat) / elapsed, 1),
+                "p99_ms": round(percentile(lat, 99), 2),
+                "errors": errors,
+            }
+        results["v1_digits_256_images_rps"] = round(
+            asyncio.run(capacity(server.url, DigitRequests(256), 8.0, 4)), 1
+        )
+        for streams in (32, 64):
+            row = asyncio.run(level(server.url, streams, 500, seed0=streams, per_client=2))
+            row.pop("texts")
+            results[f"generation_{streams}_streams"] = row
+        return results
+    finally:
+        server.stop()
+
+
+def render(steps: dict[str, Any], command: str) -> str:
+    lines = ["# GPU check", "", f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d')}", ""]
+    for name, step in steps.items():
+        lines += [f"## {name} ({'ok' if step['ok'] else 'FAILED'}, {step['seconds']} s)", "", "```"]
+        lines += [
+            json.dumps(step.get("result", step.get("error")), indent=2, default=str)[:6000],
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu-only", action="store_true", help="the rehearsal: no CUDA checks")
+    parser.add_argument(
+        "--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "loadtest" / "results"))
+    )
+    parser.add_argument("--skip-service", action="store_true")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per throughput figure")
+    args = parser.parse_args(argv)
+    report = Report(args.out)
+    report.step("environment", environment)
+    report.step("onnxruntime", lambda: onnxruntime_check(args.cpu_only, args.seconds))
+    report.step("torchscript", lambda: torchscript_check(args.cpu_only))
+    if not args.skip_service:
+        report.step("service", lambda: service_check(args.cpu_only))
+    command = " ".join(
+        ["python -m loadtest.gpu_check", *(argv if argv is not None else sys.argv[1:])]
+    )
+    (args.out / "gpu_check.md").write_text(render(report.steps, command))
+    failed = [name for name, step in report.steps.items() if not step["ok"]]
+    print("failed steps:", failed or "none")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
