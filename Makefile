@@ -1,6 +1,6 @@
 # rnnserve: thin, documented targets. Every target creates .venv first when it is missing.
 #
-#   make serve    install, then serve the committed models on http://127.0.0.1:3000
+#   make serve    install the serving core only, then serve the committed models on :3000
 #   make test     install, then lint (ruff, mypy) and run the whole test suite
 #   make train    train the default models from the real data (see README for timings)
 #   make models   train + export every committed default model into models/ (reproduces them)
@@ -11,6 +11,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+SERVE_STAMP := $(VENV)/.serve-stamp
 # Real data: the shared folder next to the checkout when present, else the user's cache.
 DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
 RUNS ?= runs
@@ -23,14 +24,21 @@ help:  ## list targets
 	  | sed -e 's|$$(HOST)|$(HOST)|g' -e 's|$$(PORT)|$(PORT)|g' -e 's|$$(RUNS)|$(RUNS)|g' \
 	        -e 's|$$$$BENTOML_HOME|$(BENTOML_HOME)|g' | column -t -s $$'\t'
 
+# The serving core alone (no torch, no training or test tools): what `make serve` needs.
+$(SERVE_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+# Everything: training (torch/torchvision pinned; pip takes them from local disk) and tests.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch/torchvision are pinned in pyproject.toml; pip takes them from local disk.
 	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $@
+	@touch $@ $(SERVE_STAMP)
 
-setup: $(STAMP)  ## create .venv and install the project with its dev tools
+setup: $(STAMP)  ## create .venv and install the project with its training and dev tools
 
 # The demo page is tested in Debian's Chromium (Playwright drives it; it downloads no browser).
 browser:  ## install Debian's chromium for the browser tests when it is missing (apt, as root)
@@ -59,7 +67,7 @@ PORT ?= 3000
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK ?= true
 
-serve: setup  ## serve the committed models on http://$(HOST):$(PORT) (Swagger UI at /)
+serve: $(SERVE_STAMP)  ## install the serving core, serve the committed models on http://$(HOST):$(PORT)
 	$(PY) -m training.summary models
 	$(VENV)/bin/bentoml serve service.service:RnnServe --host $(HOST) --port $(PORT)
 
@@ -94,10 +102,10 @@ summary: setup  ## print the committed models and their metrics
 build: setup  ## build the bento (service + models) into $$BENTOML_HOME
 	$(VENV)/bin/bentoml build
 
-image: setup container-tools  ## the CPU image localhost/rnnserve:cpu (podman; prints its size)
+image: $(SERVE_STAMP) container-tools  ## the CPU image localhost/rnnserve:cpu (podman; prints its size)
 	deploy/container/build.sh cpu
 
-image-gpu: setup container-tools  ## the GPU image localhost/rnnserve:gpu (CUDA 13 wheels, ~GBs)
+image-gpu: $(SERVE_STAMP) container-tools  ## the GPU image localhost/rnnserve:gpu (CUDA 13 wheels, ~GBs)
 	deploy/container/build.sh gpu
 
 container-test: setup container-tools  ## build and run the image: requests, tampering, SIGTERM, kube play

@@ -18,6 +18,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service import __version__
+from service.asgi import send_bytes
 from service.v2_openapi import V2_ERROR
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -98,6 +100,7 @@ def document_errors(
     """A copy of BentoML's `spec` with the one error shape, every status the service uses,
     OpenAPI 3.0 nullables and required request bodies."""
     spec = openapi30(copy.deepcopy(spec))
+    spec["info"] = INFO
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for name in BENTOML_ERROR_SCHEMAS:
         schemas.pop(name, None)
@@ -120,8 +123,43 @@ def document_errors(
     return spec
 
 
+INFO = {
+    "title": "rnnserve",
+    "version": __version__,
+    "description": "Recurrent networks served with BentoML: digits from 28x28 pixel arrays or "
+    "pictures (`/classify_pixels`, `/classify_image`, the lean `/v1/digits`), next characters "
+    "and generation from a Shakespeare character model (`/next_char`, `/generate`, the "
+    "streamed `/v1/generate/stream`), and the Open Inference Protocol (KServe V2) under `/v2`. "
+    'Every error is `{"error", "detail"}` (`{"error"}` on `/v2`); 503s carry '
+    "`Retry-After`. The demo page is at [/ui/](/ui/).",
+    "license": {"name": "MIT"},
+}
+
+# The Swagger page at /, BentoML's own (main-openapi.html) without its Google Tag Manager script
+# and the link to BentoML's repository: the page loads nothing from any other host (the assets
+# are BentoML's local copies under /static_content).
+SWAGGER_PAGE = b"""<!DOCTYPE html>
+<html lang="en">
+  <head>
+    <meta charset="UTF-8">
+    <title>rnnserve API</title>
+    <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css" />
+    <link rel="stylesheet" type="text/css" href="./static_content/index.css" />
+    <link rel="icon" type="image/png" href="./static_content/favicon-light-32x32.png" />
+  </head>
+  <body>
+    <div id="swagger-ui"></div>
+    <script src="./static_content/swagger-ui-bundle.js" charset="UTF-8"></script>
+    <script src="./static_content/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
+    <script src="./static_content/swagger-initializer.js" charset="UTF-8"></script>
+  </body>
+</html>
+"""
+
+
 class OpenApiMiddleware:
-    """Answers GET /docs.json with the corrected document (built once, on first request)."""
+    """Answers GET /docs.json with the corrected document (built once, on first request) and
+    GET / with the Swagger page that reads it."""
 
     def __init__(self, app: ASGIApp, build: Callable[[], dict[str, Any]]) -> None:
         self.app = app
@@ -129,23 +167,13 @@ class OpenApiMiddleware:
         self.body: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope.get("path") != "/docs.json"
-            or scope.get("method") != "GET"
-        ):
+        path = scope.get("path") if scope["type"] == "http" else None
+        if scope.get("method") != "GET" or path not in ("/docs.json", "/"):
             await self.app(scope, receive, send)
+            return
+        if path == "/":
+            await send_bytes(send, 200, SWAGGER_PAGE, content_type=b"text/html; charset=utf-8")
             return
         if self.body is None:
             self.body = json.dumps(self.build()).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(self.body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": self.body})
+        await send_bytes(send, 200, self.body)

@@ -132,8 +132,9 @@ class TorchScriptBackend:
             import torch  # lazily: only this backend pays for it
         except ImportError:
             raise DeviceError(
-                "RNNSERVE_BACKEND=torchscript needs PyTorch, which this environment lacks: "
-                "install torch==2.14.1 or use the onnx backend"
+                "RNNSERVE_BACKEND=torchscript needs PyTorch, which this environment lacks "
+                "(the serving install has none): install the train extra, pip install -e "
+                "'.[train]', or use the onnx backend"
             ) from None
 
         if threads:

@@ -227,3 +227,24 @@ def test_phone_sized_screen(browser: Any, default_server: Server, tmp_path: Path
         phone.screenshot(path=str(tmp_path / "ui-phone.png"), full_page=True)
     finally:
         phone.close()
+
+
+def test_the_swagger_page_is_ours_and_asks_no_other_host(
+    browser: Any, default_server: Server
+) -> None:
+    """The API page at / renders the document with the project's title and version, every
+    route (V2 included), and requests nothing from another host (BentoML's page loaded Google
+    Tag Manager)."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    try:
+        page.goto(f"{default_server.url}/")
+        sync_api.expect(page.locator(".info .title")).to_contain_text("rnnserve", timeout=20_000)
+        sync_api.expect(page.locator(".info .title")).to_contain_text("0.1.0")
+        for route in ("/classify_pixels", "/v1/generate/stream", "/v2/models/{name}/infer"):
+            sync_api.expect(page.get_by_text(route, exact=True).first).to_be_visible()
+        foreign = [url for url in requested if not url.startswith(default_server.url)]
+        assert not foreign, f"the API page asked other hosts: {foreign}"
+    finally:
+        page.close()
