@@ -37,7 +37,7 @@ import aiohttp
 import numpy as np
 
 from loadtest.payloads import digits
-from loadtest.servers import start_server, worker_processes
+from loadtest.servers import start_server, worker_peak_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,18 +144,6 @@ async def flood(url: str, requests: DigitRequests, rate: float, seconds: float) 
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(send(session, url, body, labels, requests.images)))
         return list(await asyncio.gather(*tasks))
-
-
-def worker_peak_mb(server_pid: int | None) -> float:
-    """Peak resident memory (VmHWM) of the server's workers, in MiB."""
-    if server_pid is None:
-        return 0.0
-    peaks = []
-    for worker in worker_processes(server_pid):
-        status = Path(f"/proc/{worker.pid}/status").read_text()
-        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
-        peaks.append(int(line.split()[1]) / 1024)
-    return max(peaks, default=0.0)
 
 
 def run_flood(

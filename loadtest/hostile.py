@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from loadtest.servers import start_server, worker_processes
+from loadtest.servers import start_server, worker_peak_mb
 
 MAX_SECONDS = 2.0
 MAX_GROWTH_MB = 300.0
@@ -592,15 +592,6 @@ def check(case: Case, response: httpx.Response, seconds: float) -> Answer:
     elif seconds > MAX_SECONDS:
         problem = f"answered after {seconds:.2f} s"
     return Answer(case, status, seconds, body, problem)
-
-
-def worker_peak_mb(server_pid: int) -> float:
-    peaks = []
-    for worker in worker_processes(server_pid):
-        status = Path(f"/proc/{worker.pid}/status").read_text()
-        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
-        peaks.append(int(line.split()[1]) / 1024)
-    return max(peaks, default=0.0)
 
 
 def run(url: str) -> list[Answer]:

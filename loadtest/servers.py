@@ -149,3 +149,15 @@ def worker_rss_mb(server_pid: int) -> list[float]:
         except psutil.Error:
             continue
     return sorted(sizes)
+
+
+def worker_peak_mb(server_pid: int | None) -> float:
+    """Peak resident memory (VmHWM) of the largest live worker under a server's arbiter, MiB."""
+    if server_pid is None:
+        return 0.0
+    peaks = []
+    for worker in worker_processes(server_pid):
+        status = Path(f"/proc/{worker.pid}/status").read_text()
+        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+        peaks.append(int(line.split()[1]) / 1024)
+    return max(peaks, default=0.0)

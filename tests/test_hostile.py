@@ -21,7 +21,7 @@ import pytest
 
 from loadtest import hostile
 from loadtest.flood import run_flood, summary
-from loadtest.servers import Server, start_server
+from loadtest.servers import Server, start_server, worker_peak_mb
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -35,9 +35,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_hostile_requests_get_fast_clear_4xx_in_bounded_memory(server: Server) -> None:
-    before = hostile.worker_peak_mb(server.process.pid)
+    before = worker_peak_mb(server.process.pid)
     answers = hostile.run(server.url)
-    after = hostile.worker_peak_mb(server.process.pid)
+    after = worker_peak_mb(server.process.pid)
     failed = [f"{a.case.name}: {a.problem} ({a.status} {a.body})" for a in answers if a.problem]
     assert not failed, "\n".join(failed)
     assert len(answers) >= 90
