@@ -51,8 +51,8 @@ def client_left_probe(receive: Receive, depth: int = 4) -> Callable[[], bool] | 
     uvicorn hands each request its `RequestResponseCycle.receive`; the cycle's `disconnected`
     flag turns true when the connection is lost. BentoML's middleware may wrap `receive` in
     closures (the access log does), so the closure cells are searched a few levels deep.
-    Reading the flag costs nothing; a listener task per request cost ~10% of the lean route's
-    throughput (measured with loadtest/ab.py).
+    Reading the flag costs nothing; a listener task per request cost the lean route a visible
+    share of its throughput (compared with loadtest/ab.py).
     """
     owner = getattr(receive, "__self__", None)
     if owner is not None and isinstance(getattr(owner, "disconnected", None), bool):

@@ -87,7 +87,7 @@ class Sequence:
 class LoopStats:
     """The decode loop's metrics, gathered per step and written out at most every
     METRICS_EVERY_S (each write to the multiprocess registry costs a file-backed update and a
-    pid check: at ~1,000 steps/s, writing every step cost several percent of the loop)."""
+    pid check: at a thousand steps a second, writing every step is a cost the loop notices)."""
 
     def __init__(self, model: str) -> None:
         self.active = GENERATION_ACTIVE.labels(model=model)
@@ -135,7 +135,7 @@ class DecodeLoop:
         self.wakeup = threading.Event()
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.outbox: list[tuple[Sequence, str | BaseException | None]] = []
+        self.outbox: list[Delivery] = []
         self.posted_at = 0.0
         self.stats = LoopStats(model.name)
 
@@ -168,24 +168,17 @@ class DecodeLoop:
         finally:
             sequence.abandoned = True
 
-    async def generate(self, request: GenerationRequest, client_left: Callable[[], bool]) -> str:
-        """Submit and collect the whole text."""
-        sequence = self.submit(request, client_left)
-        return "".join([chunk async for chunk in self.chunks_of(sequence)])
-
-    def _deliver(self, batch: list[tuple[Sequence, str | BaseException | None]]) -> None:
+    def _deliver(self, batch: list[Delivery]) -> None:
         for sequence, item in batch:
             sequence.chunks.put_nowait(item)
 
     # ------------------------------------------------------------------ decode thread
 
-    def _post(self, batch: list[tuple[Sequence, str | BaseException | None]]) -> None:
+    def _post(self, batch: list[Delivery]) -> None:
         if batch and self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._deliver, batch)
 
-    def _post_soon(
-        self, batch: list[tuple[Sequence, str | BaseException | None]], urgent: bool
-    ) -> None:
+    def _post_soon(self, batch: list[Delivery], urgent: bool) -> None:
         """Characters wait (at most POST_EVERY_S) to go to the event loop together: every wake-up
         of the loop costs it time it shares with the streams. A first character, an end or an
         error goes at once."""
@@ -200,7 +193,7 @@ class DecodeLoop:
         """Read the prompts of up to joins_per_step waiting sequences: one model call per
         prompt length (prompts of equal length are read together, exactly as alone)."""
         taken: list[Sequence] = []
-        failed: list[tuple[Sequence, str | BaseException | None]] = []
+        failed: list[Delivery] = []
         while (
             self.pending
             and len(taken) < self.joins_per_step
