@@ -24,7 +24,8 @@ from service.admission import CLIENT_LEFT, ContinuousBatcher, WorkQueue
 from service.errors import BadInput, NotReady
 from service.generation import DecodeLoop, GenerationRequest
 from service.inference import CharModel, DigitClassifier, ModelRegistry
-from service.preprocess import ImageLimits, decode_image, mnist_style
+from service.photo import read_digit
+from service.preprocess import ImageLimits, decode_image
 from service.settings import Settings
 from service.validation import char_ids, char_state, digit_images, text_length
 
@@ -123,7 +124,7 @@ class Pipelines:
         return Classified(model, probs), pixels
 
     def read_digit(self, data: bytes) -> np.ndarray:
-        return mnist_style(decode_image(data, self.image_limits))
+        return read_digit(decode_image(data, self.image_limits)).pixels
 
     # ------------------------------------------------------------------ text
 

@@ -1,8 +1,8 @@
-"""Input preparation: uploaded images -> MNIST-style 28x28 digits, pixel arrays, text -> ids.
+"""Input preparation: uploads -> small upright images (service/photo.py reads the digit out
+of them), pixel arrays -> the models' normalized input, text -> ids.
 
-MNIST digits are white on black, their ink fitted into a 20x20 box (aspect ratio kept) and
-centred by centre of mass in a 28x28 field. Photos, scans and canvas drawings look nothing
-like that, so an upload goes through the same steps before the model sees it.
+An upload is checked before it is decoded (format, declared size, structure) and decoded no
+larger than the digit reading needs, so its cost follows the limits, not the file.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia, UnusableInput
+from service.photo import ANALYSIS_SIDE, shrink
 
 # The only parsers an upload ever reaches. Phones' multi-picture JPEGs (MPO) come in as JPEG.
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
-INK_THRESHOLD = 0.2  # fraction of the darkest-to-lightest range that counts as ink
-# Uploads are reduced to at most this side before any pixel work: a digit needs far fewer
-# pixels, and the cost then follows the output, not the 12-megapixel input.
-WORKING_SIDE = 1024
+# JPEGs are decoded at 1/2, 1/4 or 1/8 scale while that leaves at least this many pixels a
+# side (draft mode): a 12-megapixel photo costs the decoding of 0.2 megapixels.
+DRAFT_SIDE = ANALYSIS_SIDE * 3 // 4
 # File signatures, for a useful 415: a damaged file of ours, or a format we do not read.
 KNOWN_SIGNATURES = (
     (b"\x89PNG", "PNG"),
@@ -88,11 +88,11 @@ def _open(data: bytes) -> Image.Image:
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Open an upload as an image no larger than WORKING_SIDE, refusing what is unsupported,
-    corrupt or oversized (415/413) before any pixel is decoded.
+    """Open an upload as an upright L/RGB/F image no larger than ANALYSIS_SIDE, refusing what
+    is unsupported, corrupt or oversized (415/413) before any pixel is decoded.
 
     Only the allowed formats' parsers ever see the bytes; the declared size is checked from
-    the header; JPEGs are decoded at 1/2, 1/4 or 1/8 scale when that still leaves WORKING_SIDE
+    the header; JPEGs are decoded at 1/2, 1/4 or 1/8 scale when that still leaves DRAFT_SIDE
     pixels (draft mode: cheaper than decoding everything and shrinking); only the first frame
     of an animated or multi-picture file is read. Memory then follows the limits, not the file.
     """
@@ -120,7 +120,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             image = _open(data)
             if image.format in ("JPEG", "MPO"):
                 width, height = image.size
-                scale = max(width, height) / (WORKING_SIDE // 2)
+                scale = max(width, height) / DRAFT_SIDE
                 if scale >= 2:
                     image.draft(None, (max(1, int(width / scale)), max(1, int(height / scale))))
             width, height = image.size
@@ -130,8 +130,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
                     "(RNNSERVE_MAX_IMAGE_PIXELS)"
                 )
             image.load()
-            if max(image.size) > WORKING_SIDE:
-                image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
+            image = shrink(image)
     except ServiceError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -142,65 +141,6 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             f"a valid {', '.join(ALLOWED_FORMATS)} file"
         ) from None
     return image
-
-
-def to_grayscale(image: Image.Image) -> np.ndarray:
-    """Float gray levels in [0, 1]; transparent areas count as white paper."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(paper, rgba)
-    gray = ImageOps.grayscale(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
-    return np.asarray(gray, dtype=np.float32) / 255.0
-
-
-def mnist_style(image: Image.Image) -> np.ndarray:
-    """Any digit picture -> uint8 (28, 28), white ink on black, MNIST-centred.
-
-    Steps: grayscale; invert when the background (the border) is light; stretch contrast;
-    crop to the ink; fit into 20x20 keeping the aspect ratio; place in 28x28 so that the
-    centre of mass sits at the centre.
-    """
-    gray = to_grayscale(image)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 0.5:  # dark digit on light paper
-        gray = 1.0 - gray
-    low, high = float(np.percentile(gray, 1)), float(gray.max())
-    if high - low < 0.1:
-        raise UnusableInput("the image has no visible digit (it is blank or almost uniform)")
-    ink = np.clip((gray - low) / (high - low), 0.0, 1.0)
-    ink[ink < INK_THRESHOLD] = 0.0
-    rows = np.flatnonzero(ink.max(axis=1) > 0)
-    cols = np.flatnonzero(ink.max(axis=0) > 0)
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    h, w = crop.shape
-    scale = 20.0 / max(h, w)
-    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    fitted = Image.fromarray((crop * 255).astype(np.uint8)).resize(
-        (new_w, new_h), Image.Resampling.LANCZOS
-    )
-    box = np.asarray(fitted, dtype=np.float32)
-    canvas = np.zeros((28, 28), dtype=np.float32)
-    top, left = (28 - new_h) // 2, (28 - new_w) // 2
-    canvas[top : top + new_h, left : left + new_w] = box
-    return center_of_mass_shift(canvas)
-
-
-def center_of_mass_shift(canvas: np.ndarray) -> np.ndarray:
-    """Shift (whole pixels) so the ink's centre of mass lands at (14, 14), as MNIST did."""
-    total = float(canvas.sum())
-    if total <= 0:
-        return canvas.astype(np.uint8)
-    ys, xs = np.indices(canvas.shape)
-    cy, cx = float((ys * canvas).sum() / total), float((xs * canvas).sum() / total)
-    dy, dx = round(14 - cy), round(14 - cx)
-    shifted = np.zeros_like(canvas)
-    src_y = slice(max(0, -dy), min(28, 28 - dy))
-    dst_y = slice(max(0, dy), min(28, 28 + dy))
-    src_x = slice(max(0, -dx), min(28, 28 - dx))
-    dst_x = slice(max(0, dx), min(28, 28 + dx))
-    shifted[dst_y, dst_x] = canvas[src_y, src_x]
-    return np.clip(shifted, 0, 255).astype(np.uint8)
 
 
 def normalize(pixels_0_255: np.ndarray, normalization: dict[str, float]) -> np.ndarray:

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from service.inference import ModelRegistry
-from service.preprocess import ImageLimits, decode_image, mnist_style
+from service.photo import read_digit
+from service.preprocess import ImageLimits, decode_image
 from service.settings import Settings
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -36,7 +37,10 @@ def uci_digit_as_scan(image_8x8: np.ndarray) -> bytes:
 def uci() -> tuple[np.ndarray, np.ndarray]:
     digits = sklearn_datasets.load_digits()
     pixels = np.stack(
-        [mnist_style(decode_image(uci_digit_as_scan(img), LIMITS)) for img in digits.images[:COUNT]]
+        [
+            read_digit(decode_image(uci_digit_as_scan(img), LIMITS)).pixels
+            for img in digits.images[:COUNT]
+        ]
     ).astype(np.float32)
     return pixels, digits.target[:COUNT]
 

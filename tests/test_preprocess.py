@@ -11,16 +11,8 @@ import pytest
 from PIL import Image
 
 from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia, UnusableInput
-from service.preprocess import (
-    WORKING_SIDE,
-    ImageLimits,
-    center_of_mass_shift,
-    decode_image,
-    encode_text,
-    mnist_style,
-    softmax,
-    top_k,
-)
+from service.photo import ANALYSIS_SIDE, center_of_mass_shift, read_digit
+from service.preprocess import ImageLimits, decode_image, encode_text, softmax, top_k
 from tests.images import as_user_photo, mnist_test_digits, png_bytes
 
 LIMIT = ImageLimits(max_pixels=4096 * 4096, max_side=16384, max_aspect=20)
@@ -32,20 +24,31 @@ def encoded(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
     return buffer.getvalue()
 
 
-def test_mnist_digit_survives_the_pipeline(mnist_root: Path) -> None:
-    images, _ = mnist_test_digits(mnist_root, 20)
+def best_shifted_correlation(out: np.ndarray, original: np.ndarray) -> float:
+    """Pixel correlation, forgiving a one-pixel shift (centring by mass rounds)."""
+    return max(
+        float(np.corrcoef(np.roll(out, (dy, dx), (0, 1)).ravel(), original.ravel())[0, 1])
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
+
+
+def test_mnist_digits_survive_the_pipeline(mnist_root: Path) -> None:
+    """White-on-black MNIST digits (the fixture's 200) come out as they went in: measured
+    0.82 at worst and 0.98 typically when this was written."""
+    images, _ = mnist_test_digits(mnist_root, 200)
+    scores = []
     for img in images:
-        out = mnist_style(decode_image(png_bytes(img), LIMIT))
+        out = read_digit(decode_image(png_bytes(img), LIMIT)).pixels
         assert out.shape == (28, 28) and out.dtype == np.uint8
-        # MNIST digits are already centred: the pipeline keeps them close to the original
-        corr = np.corrcoef(out.ravel().astype(float), img.ravel().astype(float))[0, 1]
-        assert corr > 0.8
+        scores.append(best_shifted_correlation(out.astype(float), img.astype(float)))
+    assert min(scores) > 0.78 and float(np.median(scores)) > 0.96
 
 
 def test_photo_like_input_is_inverted_cropped_and_centred(mnist_root: Path) -> None:
     images, _ = mnist_test_digits(mnist_root, 5)
     for img in images:
-        out = mnist_style(decode_image(as_user_photo(img), LIMIT))
+        out = read_digit(decode_image(as_user_photo(img), LIMIT)).pixels
         assert out[0].max() == 0 and out[:, 0].max() == 0  # black background
         ys, xs = np.nonzero(out)
         assert ys.max() - ys.min() <= 20 or xs.max() - xs.min() <= 20  # fits in a 20px box
@@ -62,13 +65,13 @@ def test_transparent_canvas_drawing_counts_as_white_paper() -> None:
     for y in range(20, 80):
         for x in range(45, 55):
             drawing.putpixel((x, y), (0, 0, 0, 255))  # black stroke on transparency
-    out = mnist_style(decode_image(encoded(drawing, "PNG"), LIMIT))
+    out = read_digit(decode_image(encoded(drawing, "PNG"), LIMIT)).pixels
     assert out[14, 14] > 200 and out[0, 0] == 0
 
 
 def test_blank_image_is_refused() -> None:
     with pytest.raises(UnusableInput, match="no visible digit"):
-        mnist_style(Image.new("L", (50, 50), 255))
+        read_digit(Image.new("L", (50, 50), 255))
 
 
 def test_decompression_bomb_refused_from_the_header() -> None:
@@ -112,14 +115,14 @@ def test_animated_gif_uses_the_first_frame(mnist_root: Path) -> None:
     images, _ = mnist_test_digits(mnist_root, 2)
     frames = [Image.fromarray(images[0]), Image.fromarray(images[1])]
     gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
-    first = mnist_style(decode_image(gif, LIMIT))
-    single = mnist_style(decode_image(png_bytes(images[0]), LIMIT))
+    first = read_digit(decode_image(gif, LIMIT)).pixels
+    single = read_digit(decode_image(png_bytes(images[0]), LIMIT)).pixels
     assert np.corrcoef(first.ravel(), single.ravel())[0, 1] > 0.95
 
 
 def test_one_pixel_image_is_blank() -> None:
     with pytest.raises(UnusableInput, match="no visible digit"):
-        mnist_style(decode_image(encoded(Image.new("L", (1, 1), 0), "PNG"), LIMIT))
+        read_digit(decode_image(encoded(Image.new("L", (1, 1), 0), "PNG"), LIMIT))
 
 
 def test_center_of_mass_shift_moves_ink_to_the_centre() -> None:
@@ -162,17 +165,18 @@ def test_sizes_are_refused_from_the_header_before_any_pixel(
 
 
 def test_a_large_jpeg_is_decoded_reduced() -> None:
-    """12 megapixels on the wire, at most WORKING_SIDE on a side once decoded (draft mode)."""
+    """12 megapixels on the wire, at most ANALYSIS_SIDE on a side once decoded (draft mode)."""
     photo = Image.new("RGB", (4000, 3000), (230, 230, 220))
     image = decode_image(encoded(photo, "JPEG", quality=80), LIMIT)
-    assert max(image.size) <= WORKING_SIDE and image.size[0] / image.size[1] == pytest.approx(4 / 3)
+    assert max(image.size) <= ANALYSIS_SIDE
+    assert image.size[0] / image.size[1] == pytest.approx(4 / 3)
 
 
 def test_decoded_size_counts_not_declared_size_for_jpeg() -> None:
     """A JPEG over the pixel limit as declared, within it once reduced, is read."""
     limits = ImageLimits(max_pixels=2_000_000, max_side=16384, max_aspect=20)
     photo = encoded(Image.new("L", (4000, 3000), 200), "JPEG")
-    assert max(decode_image(photo, limits).size) <= WORKING_SIDE
+    assert max(decode_image(photo, limits).size) <= ANALYSIS_SIDE
     with pytest.raises(TooLarge):  # a PNG is decoded whole: its declared size counts
         decode_image(encoded(Image.new("L", (4000, 3000), 200), "PNG"), limits)
 

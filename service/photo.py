@@ -1,0 +1,535 @@
+"""Reading a digit out of a photo, a scan or a drawing: the steps between an upload and the
+28x28 MNIST-style image the classifiers were trained on.
+
+Photos of paper are not MNIST crops: light is uneven, the paper has texture and ruled lines,
+ink is blue or black, strokes are thinner, the digit fills a fraction of the frame. Each step
+below removes one of those differences and is a small pure function on numpy arrays:
+
+    luminance -> darkness against the paper, in the picture's polarity
+    -> ink mask (hysteresis) -> ruled lines removed -> the digit's ink components
+    -> soft crop -> strokes thickened
+    -> fitted into 20x20, centred by mass in 28x28 (as MNIST was made)
+
+Training imports this same module (training/photos.py) so that the models learn from digits
+that went through exactly these steps. When nothing in the picture looks like a digit the
+reading fails with `UnusableInput` (HTTP 422), saying why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+from scipy import ndimage as ndi
+
+from service.errors import UnusableInput
+
+# Analysis happens on at most this many pixels a side: a digit filling 15% of a frame is
+# still ~60 pixels tall there, and the cost stays a few milliseconds for any upload.
+ANALYSIS_SIDE = 512
+# The paper's brightness is estimated on a grid this coarse: far larger than a pen stroke,
+# smaller than the gradients of a shadow.
+PAPER_GRID = 64
+POLARITY_CELLS = 6  # cells along the shorter side when telling ink from ground
+MIN_SIDE = 112  # smaller pictures (a 28x28 MNIST digit) are enlarged to this first
+EVEN_GROUND = 0.06  # gray levels between the border's quartiles
+SHADOW_DEPTH = 0.37  # a dark region this deep (fraction of the shorter side) is a shadow
+STROKE_CONTRAST = 0.2  # gray levels: on an even ground, strokes differ from it by this much
+DIM_PAPER = 0.15  # gray level: paper in the deepest shadow we still read
+CLOSING = 9  # cells: wider than a bold stroke (MNIST's are 7 cells at this grid)
+# Ink is at least this much darker than the paper around it (fractions of the paper's level).
+MIN_STRONG_INK = 0.25  # a digit needs some pixels at least this dark ...
+MIN_WEAK_INK = 0.12  # ... and its strokes extend through pixels at least this dark
+MIN_LINE_INK = 0.06  # ruled lines are looked for among pixels at least this dark ...
+LINE_OF_INK = 0.15  # ... and at least this fraction of the picture's ink level
+STRONG_OF_INK = 0.55  # seeds: this fraction of the picture's ink level
+WEAK_OF_INK = 0.30  # extent: this fraction of it
+# A ruled line spans at least this fraction of the picture's width (a margin line: of its
+# height; a digit can be taller than wide); a digit's stroke never does.
+LINE_SPAN = 0.5
+MARGIN_LINE_SPAN = 0.75
+# ... and is thin: at most this many pixels on average across, once thickened by 5 (a pen's
+# or a printed line; a digit's stroke drawn with a marker is wider).
+LINE_THICKNESS = 9
+# The digit: its longest side is at least this fraction of the picture's shorter side.
+MIN_DIGIT_SIDE = 0.04
+MIN_DIGIT_PIXELS = 8
+# MNIST strokes are about 2.5 pixels wide in the 20x20 box; thinner pen strokes are widened.
+MNIST_STROKE = 2.5
+FLATTEST_DIGIT = 0.4  # height / width: even a wide '2' or '7' is taller than this
+BLOB_THICKNESS = 0.65  # a piece this thick for its length is a stain, not strokes
+BOX = 20
+FIELD = 28
+
+
+@dataclass(frozen=True)
+class Component:
+    """One connected piece of ink: its label, pixel count, darkness sum and bounding box."""
+
+    label: int
+    area: int
+    ink: float
+    top: int
+    left: int
+    bottom: int  # exclusive
+    right: int  # exclusive
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+
+@dataclass(frozen=True)
+class DigitReading:
+    """What the model sees (uint8 28x28, white on black) and how it was found."""
+
+    pixels: np.ndarray
+    components: int  # ink pieces that make up the digit
+    stroke_width: float  # in the 20x20 box, before widening
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+# EXIF orientation -> the transpose that makes the picture upright (phones store photos
+# sideways and say so in the EXIF tag 0x0112).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ORIENTATION_TAG = 0x0112
+
+
+def readable(image: Image.Image) -> Image.Image:
+    """The picture as L, RGB or F (gray 0..255): transparency becomes white paper, 16-bit
+    and 32-bit pictures (some scanners' PNGs) are scaled by their range, not clipped at 255,
+    CMYK/palette/other modes are converted."""
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        top = float(values.max()) if values.size else 1.0
+        full = 65535.0 if image.mode.startswith("I;16") or top > 255 else 255.0
+        return Image.fromarray(np.clip(values * np.float32(255.0 / full), 0, 255), mode="F")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    ):
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def shrink(image: Image.Image, side: int = ANALYSIS_SIDE) -> Image.Image:
+    """The picture upright (EXIF orientation applied), readable (see `readable`), with at
+    most `side` pixels a side: an integer box reduction first (fast), then a box resize."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG)
+    except Exception:  # a damaged EXIF block is no reason to refuse the picture
+        orientation = None
+    image = readable(image)
+    longest = max(image.size)
+    if longest >= 2 * side:
+        image = image.reduce(longest // side)
+    if max(image.size) > side:
+        scale = side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BOX)
+    if orientation in _UPRIGHT:
+        image = image.transpose(_UPRIGHT[orientation])
+    return image
+
+
+def enlarge(image: Image.Image, side: int = MIN_SIDE) -> Image.Image:
+    """Tiny pictures (a 28x28 digit) enlarged to `side`, so strokes span several pixels."""
+    if max(image.size) >= side:
+        return image
+    scale = side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def luminance(image: Image.Image) -> np.ndarray:
+    """Float gray levels in [0, 1] of a `readable` picture."""
+    if image.mode == "RGB":
+        image = ImageOps.grayscale(image)
+    return np.asarray(image, dtype=np.float32) / np.float32(255.0)
+
+
+def light_ground(gray: np.ndarray, cells: int = POLARITY_CELLS) -> bool:
+    """Whether the picture is dark strokes on a light ground (the rule: ink on paper) rather
+    than light strokes on a dark one (MNIST itself, a dark-mode drawing). Brightness cannot
+    tell (a dim photo of paper is dark all over, a shadow can cover the whole border); what
+    can: within small cells, strokes are the minority of pixels. With dark ink on paper a
+    cell's mean sits near its brightest pixel and its darkest pixels stand out; with light
+    strokes, the reverse. Smooth shading is neither."""
+    h, w = gray.shape
+    size = max(2, min(h, w) // cells)
+    rows, cols = h // size, w // size
+    blocks = gray[: rows * size, : cols * size].reshape(rows, size, cols, size)
+    mean = blocks.mean(axis=(1, 3))
+    dark_tail = float((mean - blocks.min(axis=(1, 3))).sum())
+    bright_tail = float((blocks.max(axis=(1, 3)) - mean).sum())
+    return bright_tail <= 1.5 * dark_tail
+
+
+def _border(gray: np.ndarray) -> np.ndarray:
+    h, w = gray.shape
+    band = max(1, min(h, w) // 32)
+    return np.concatenate(
+        [gray[:band].ravel(), gray[-band:].ravel(), gray[:, :band].ravel(), gray[:, -band:].ravel()]
+    )
+
+
+def even_ground(gray: np.ndarray) -> float | None:
+    """The ground's level when the picture's border is evenly toned (a scan, a drawing, a
+    crop, MNIST itself), else None (shadows, uneven light). The middle half of the border
+    only: a digit touching the frame takes some of it."""
+    low, level, high = np.percentile(_border(gray), [25, 50, 75])
+    return float(level) if high - low < EVEN_GROUND else None
+
+
+def even_paper(gray: np.ndarray) -> float | None:
+    """The paper's level when the light part of the border is even though the rest is not:
+    a crop with a bold digit across much of its frame (the upper half of the border only)."""
+    low, level, high = np.percentile(_border(gray), [50, 75, 95])
+    return float(level) if high - low < EVEN_GROUND and level > DIM_PAPER else None
+
+
+def ink_on_paper(gray: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The darkness map (see `darkness`) of the picture's strokes, in its own polarity, and
+    whether the paper's level had to be estimated locally (a photo, not a scan or crop).
+
+    On an even ground the strokes are whatever departs from it, darker (ink on paper, even
+    dim paper) or lighter (MNIST, a dark-mode drawing), measured against that one level: a
+    bold digit filling the frame would otherwise be taken for paper where it is widest.
+    Otherwise strokes are dark ink, unless `light_ground` says otherwise, measured against
+    the light part of the border if that is even (a crop), else against the paper's local
+    level (a photo: shadows, uneven light)."""
+    ground = even_ground(gray)
+    if ground is not None:
+        darker = int((gray < ground - STROKE_CONTRAST).sum())
+        lighter = int((gray > ground + STROKE_CONTRAST).sum())
+        if lighter > darker:
+            gray, ground = 1.0 - gray, 1.0 - ground
+        if ground > DIM_PAPER:
+            return darkness(gray, np.float32(ground)), False
+    elif not light_ground(gray):
+        gray = 1.0 - gray
+    paper = even_paper(gray)
+    if paper is not None:
+        dark = darkness(gray, np.float32(paper))
+        if not _has_shadow(dark):
+            return dark, False
+    return darkness(gray, paper_level(gray)), True
+
+
+def _has_shadow(dark: np.ndarray) -> bool:
+    """Whether a dark region is too deep to be strokes: a shadow over part of the page
+    (strokes, however bold, are narrow: every pixel of one is near its edge)."""
+    region = dark[::4, ::4] > MIN_WEAK_INK
+    depth = 4.0 * float(ndi.distance_transform_edt(region).max()) if region.any() else 0.0
+    return depth > SHADOW_DEPTH * min(dark.shape)
+
+
+def paper_level(gray: np.ndarray, grid: int = PAPER_GRID) -> np.ndarray:
+    """The brightness the paper would have at each pixel without ink: shadows and uneven
+    light, but no strokes. A coarse grid, a closing (max then min) that fills in anything
+    narrower than CLOSING cells (ink), a light blur, then back to full size."""
+    h, w = gray.shape
+    scale = grid / max(h, w)
+    small_w, small_h = max(1, round(w * scale)), max(1, round(h * scale))
+    small = np.asarray(
+        Image.fromarray(gray, mode="F").resize((small_w, small_h), Image.Resampling.BOX),
+        dtype=np.float32,
+    )
+    closed = ndi.grey_closing(small, size=(CLOSING, CLOSING), mode="nearest")
+    smooth = ndi.uniform_filter(closed, size=3, mode="nearest")
+    full = Image.fromarray(smooth, mode="F").resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(full, dtype=np.float32)
+
+
+def darkness(gray: np.ndarray, paper: np.ndarray | np.float32) -> np.ndarray:
+    """How much darker than the paper around it each pixel is, relative to the paper's
+    brightness (so a shadow does not make ink fainter): 0 paper, 1 black ink. Paper darker
+    than DIM_PAPER counts as that bright, so a black ground has no 'ink' on it."""
+    relative = (paper - gray) / np.maximum(paper, np.float32(DIM_PAPER))
+    return np.clip(relative, 0.0, 1.0).astype(np.float32)
+
+
+def ink_level(dark: np.ndarray) -> float:
+    """How dark the picture's ink is: the darkness reached by its darkest 0.1% of pixels
+    (a digit's strokes cover more than that in any photo we read)."""
+    return float(np.percentile(dark, 99.9))
+
+
+def ink_mask(dark: np.ndarray, level: float) -> np.ndarray:
+    """Pixels that are ink, by hysteresis: pieces of at least weak darkness that reach a
+    strongly dark pixel somewhere. Paper texture and faint lines stay out; the soft edges of
+    a real stroke stay in."""
+    strong = dark >= max(MIN_STRONG_INK, STRONG_OF_INK * level)
+    weak = dark >= max(MIN_WEAK_INK, WEAK_OF_INK * level)
+    labels, count = ndi.label(weak, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return weak
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[np.unique(labels[strong])] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def _long_lines(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Pixels of straight lines along `axis` (1: horizontal) that span most of the picture,
+    tolerant of a slight tilt: the mask is thickened across the line first, so a tilted thin
+    line still has long straight runs; runs shorter than a tenth of the picture go (an
+    opening, done as 1-D running filters: O(pixels) whatever the run length)."""
+    h, w = mask.shape
+    length = max(3, (w if axis == 1 else h) // 10)
+    thick = ndi.maximum_filter1d(mask.astype(np.uint8), size=5, axis=1 - axis)
+    full = ndi.uniform_filter1d(thick.astype(np.float32), size=length, axis=axis) > 0.999
+    runs = ndi.maximum_filter1d(full.astype(np.uint8), size=length, axis=axis).astype(bool)
+    runs &= thick.astype(bool)
+    if not runs.any():
+        return runs
+    labels, count = ndi.label(runs, structure=np.ones((3, 3), dtype=bool))
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    side = w if axis == 1 else h
+    span_needed = (LINE_SPAN if axis == 1 else MARGIN_LINE_SPAN) * side
+    long = np.zeros(count + 1, dtype=bool)
+    for index, span in enumerate(ndi.find_objects(labels), start=1):
+        if span is not None:
+            extent = span[axis].stop - span[axis].start
+            thin = areas[index] / extent <= LINE_THICKNESS + 0.01 * side
+            long[index] = extent >= span_needed and thin
+    return long[labels]
+
+
+def remove_ruled_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
+    """The ink mask without ruled or squared paper's lines (or a page edge). Lines are found
+    in `faint` (a lower threshold than the mask's): in shadow or half-printed, only parts of
+    a line reach the mask, and a part does not span the picture. Where a stroke crosses a
+    line, the stroke is bridged again across the gap."""
+    horizontal = _long_lines(faint, axis=1)
+    vertical = _long_lines(faint, axis=0)
+    lines = horizontal | vertical
+    if not lines.any():
+        return mask
+    kept = mask & ~lines
+    bridged = ndi.binary_closing(kept, structure=np.ones((9, 1), dtype=bool)) & horizontal
+    bridged |= ndi.binary_closing(kept, structure=np.ones((1, 9), dtype=bool)) & vertical
+    return kept | (bridged & mask)
+
+
+# --------------------------------------------------------------------------- the digit
+
+
+def components(mask: np.ndarray, dark: np.ndarray) -> tuple[np.ndarray, list[Component]]:
+    """Label the ink mask (8-connected) and describe each piece."""
+    labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return labels, []
+    flat = labels.ravel()
+    areas = np.bincount(flat, minlength=count + 1)[1:]
+    inks = np.bincount(flat, weights=dark.ravel(), minlength=count + 1)[1:]
+    pieces = []
+    for label, span in enumerate(ndi.find_objects(labels), start=1):
+        if span is None:
+            continue
+        pieces.append(
+            Component(
+                label=label,
+                area=int(areas[label - 1]),
+                ink=float(inks[label - 1]),
+                top=span[0].start,
+                left=span[1].start,
+                bottom=span[0].stop,
+                right=span[1].stop,
+            )
+        )
+    return labels, pieces
+
+
+def _touches_frame(piece: Component, shape: tuple[int, int]) -> bool:
+    h, w = shape
+    return piece.top == 0 or piece.left == 0 or piece.bottom == h or piece.right == w
+
+
+def _is_frame_artifact(piece: Component, shape: tuple[int, int]) -> bool:
+    """A piece touching the picture's edge and spanning half of it: a page edge, a table,
+    a fold's shadow. Digits sit inside the frame, unless the picture is cropped to one."""
+    h, w = shape
+    spans = piece.height >= LINE_SPAN * h or piece.width >= LINE_SPAN * w
+    return spans and _touches_frame(piece, shape)
+
+
+def _is_blob(piece: Component, labels: np.ndarray) -> bool:
+    """A solid patch (a stain, a thumb, a hole punch) rather than strokes: its thickest
+    part is over half its length. Even a bold digit's strokes are far thinner than it is
+    long."""
+    if piece.area < 64:
+        return False
+    mask = labels[piece.top : piece.bottom, piece.left : piece.right] == piece.label
+    thickest = 2.0 * float(ndi.distance_transform_edt(np.pad(mask, 1)).max())
+    return thickest >= BLOB_THICKNESS * max(piece.height, piece.width)
+
+
+def select_digit(pieces: list[Component], labels: np.ndarray, photo: bool) -> list[Component]:
+    """The digit's pieces: the piece with the most ink (pieces near the centre weigh more),
+    then the pieces close to it (a '5' or a broken pen stroke comes in several). In a photo
+    (`photo`: the paper was uneven) pieces touching the frame are shadow edges, the table
+    or the page's edge, never the digit."""
+    shape = (int(labels.shape[0]), int(labels.shape[1]))
+    h, w = shape
+    min_side = max(MIN_DIGIT_PIXELS, MIN_DIGIT_SIDE * min(h, w))
+    usable = [p for p in pieces if p.area >= 4 and not _is_blob(p, labels)]
+    inside = [p for p in usable if not _is_frame_artifact(p, shape)]
+    big_inside = [p for p in inside if max(p.height, p.width) >= min_side]
+    # A picture cropped tightly around its digit has the digit touching the frame: pieces at
+    # the frame count when nothing inside could be a digit.
+    if photo:
+        usable = [p for p in usable if not _touches_frame(p, shape)]
+    elif big_inside:
+        usable = inside
+    if not usable:
+        raise UnusableInput(
+            "the image has no visible digit: no dark strokes on a lighter background were found"
+        )
+
+    def weight(p: Component) -> float:
+        cy, cx = (p.top + p.bottom) / 2 / h - 0.5, (p.left + p.right) / 2 / w - 0.5
+        return p.ink * (1.0 - min(0.6, float(np.hypot(cy, cx))))
+
+    main = max(usable, key=weight)
+    reach = 0.6 * max(main.height, main.width)
+    top, left = main.top - reach, main.left - reach
+    bottom, right = main.bottom + reach, main.right + reach
+    chosen = [main]
+    for p in usable:
+        if p is main or p.area < 0.02 * main.area:
+            continue
+        if p.bottom >= top and p.top <= bottom and p.right >= left and p.left <= right:
+            chosen.append(p)
+    span_h = max(p.bottom for p in chosen) - min(p.top for p in chosen)
+    span_w = max(p.right for p in chosen) - min(p.left for p in chosen)
+    if max(span_h, span_w) < min_side:
+        raise UnusableInput(
+            "the image has no visible digit: the only marks are specks "
+            f"({max(span_h, span_w)} of {max(h, w)} pixels); photograph the digit larger"
+        )
+    if span_h < FLATTEST_DIGIT * span_w:
+        raise UnusableInput(
+            f"the image has no visible digit: the darkest mark is a flat stroke ({span_w}x"
+            f"{span_h} pixels), a line or a smudge rather than a digit"
+        )
+    return chosen
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Typical stroke width in pixels: twice the distance from a stroke's middle to its edge
+    (the 90th percentile of the distance transform), minus the centre pixel."""
+    if not mask.any():
+        return 0.0
+    inside = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][mask]
+    return max(1.0, 2.0 * float(np.percentile(inside, 90)) - 1.0)
+
+
+def fit_to_field(ink: np.ndarray) -> np.ndarray:
+    """A cropped digit (float, 0..1, any size) -> uint8 28x28: fitted into 20x20 keeping its
+    aspect ratio, placed so its centre of mass is the field's centre (MNIST's recipe)."""
+    h, w = ink.shape
+    scale = BOX / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    fitted = Image.fromarray((np.clip(ink, 0, 1) * 255).astype(np.uint8)).resize(
+        (new_w, new_h), Image.Resampling.LANCZOS
+    )
+    canvas = np.zeros((FIELD, FIELD), dtype=np.float32)
+    top, left = (FIELD - new_h) // 2, (FIELD - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = np.asarray(fitted, dtype=np.float32)
+    return center_of_mass_shift(canvas)
+
+
+def center_of_mass_shift(canvas: np.ndarray) -> np.ndarray:
+    """Shift (whole pixels) so the ink's centre of mass lands at (14, 14), as MNIST did."""
+    total = float(canvas.sum())
+    if total <= 0:
+        return canvas.astype(np.uint8)
+    ys, xs = np.indices(canvas.shape)
+    cy, cx = float((ys * canvas).sum() / total), float((xs * canvas).sum() / total)
+    dy, dx = round(FIELD / 2 - cy), round(FIELD / 2 - cx)
+    shifted = np.zeros_like(canvas)
+    src_y = slice(max(0, -dy), min(FIELD, FIELD - dy))
+    dst_y = slice(max(0, dy), min(FIELD, FIELD + dy))
+    src_x = slice(max(0, -dx), min(FIELD, FIELD - dx))
+    dst_x = slice(max(0, dx), min(FIELD, FIELD + dx))
+    shifted[dst_y, dst_x] = canvas[src_y, src_x]
+    return np.clip(shifted, 0, 255).astype(np.uint8)
+
+
+def soft_crop(
+    dark: np.ndarray, labels: np.ndarray, chosen: list[Component]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The digit's box: soft ink (darkness scaled so strokes reach 1, anti-aliased edges
+    kept, everything that is not the digit's pieces zeroed) and its binary mask."""
+    top, left = min(p.top for p in chosen), min(p.left for p in chosen)
+    bottom, right = max(p.bottom for p in chosen), max(p.right for p in chosen)
+    box_labels = labels[top:bottom, left:right]
+    mask = np.isin(box_labels, [p.label for p in chosen])
+    near = ndi.binary_dilation(mask, structure=np.ones((3, 3), dtype=bool))
+    box_dark = dark[top:bottom, left:right]
+    level = float(np.percentile(box_dark[mask], 75))
+    ink = np.clip(box_dark / max(level, 1e-3), 0.0, 1.0) * near
+    return ink.astype(np.float32), mask
+
+
+def widen_strokes(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """Thicken strokes thinner than MNIST's (pens are thinner than the ones MNIST's writers
+    used, relative to the digit) by a grey dilation; thick strokes are left as they are.
+    Returns the ink and the stroke width before, in 20x20-box pixels."""
+    scale = BOX / max(ink.shape)
+    width = stroke_width(mask) * scale
+    missing = MNIST_STROKE - width
+    if missing <= 0.25:
+        return ink, width
+    size = round(missing / scale)
+    if size < 2:
+        return ink, width
+    footprint = _disk(size)
+    return ndi.grey_dilation(ink, footprint=footprint, mode="constant", cval=0.0), width
+
+
+def _disk(diameter: int) -> np.ndarray:
+    r = (diameter - 1) / 2
+    ys, xs = np.mgrid[0:diameter, 0:diameter]
+    return np.asarray(((ys - r) ** 2 + (xs - r) ** 2) <= (r + 0.5) ** 2)
+
+
+# --------------------------------------------------------------------------- all steps
+
+
+def read_digit(image: Image.Image) -> DigitReading:
+    """An opened picture -> what the classifiers see. Raises UnusableInput (422) when the
+    picture holds no digit: blank, uniform, only specks, lines or a stain."""
+    dark, photo = ink_on_paper(luminance(enlarge(shrink(image))))
+    level = ink_level(dark)
+    if level < MIN_STRONG_INK:
+        raise UnusableInput(
+            "the image has no visible digit: nothing in it is clearly darker than the paper "
+            "around it (too faint, or blank)"
+        )
+    faint = dark >= max(MIN_LINE_INK, LINE_OF_INK * level)
+    mask = remove_ruled_lines(ink_mask(dark, level), faint)
+    labels, pieces = components(mask, dark)
+    chosen = select_digit(pieces, labels, photo)
+    ink, digit_mask = soft_crop(dark, labels, chosen)
+    ink, width = widen_strokes(ink, digit_mask)
+    return DigitReading(fit_to_field(ink), components=len(chosen), stroke_width=width)

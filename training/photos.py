@@ -1,0 +1,348 @@
+"""MNIST digits rendered as phone photos and scans of a digit written on paper, and pictures
+of blank paper: for training the classifiers on what users send, and for measuring it.
+
+A rendered photo: paper of some tint with sensor noise and texture; optionally ruled (or
+squared) lines and a margin line; the digit re-drawn as a pen stroke of chosen width and
+ink colour (the MNIST digit's shape is thinned to its centre line and widened again to the
+pen's width), rotated, filling 15-40% of the frame; the page slightly tilted; uneven light
+and a shadow; camera blur; JPEG. A scan: white paper, even light, crisp dark ink.
+
+Each picture records which conditions it has, so the evaluation (training/photo_eval.py)
+can report accuracy per condition. Everything is seeded: the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFilter
+from scipy import ndimage as ndi
+
+INKS = {
+    "black": (28.0, 28.0, 34.0),
+    "blue": (30.0, 52.0, 150.0),
+    "dark-blue": (38.0, 44.0, 100.0),
+    "gray": (80.0, 80.0, 86.0),  # pencil
+}
+# Kinds of picture; a "photo" draws each condition at random, the others force one on.
+CONDITIONS = ("lines", "squared", "shadow", "blue-ink", "rotation", "small", "thin", "jpeg")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one picture looks. Fractions are of the frame's height unless said otherwise."""
+
+    width: int = 1008
+    height: int = 756
+    scan: bool = False
+    lines: bool = False
+    squared: bool = False
+    margin: bool = False
+    shadow: bool = False
+    ink: str = "black"
+    digit_fraction: float = 0.3  # digit height / frame height
+    pen_fraction: float = 0.05  # pen width / digit height
+    digit_angle: float = 0.0  # degrees
+    page_angle: float = 0.0  # degrees: the whole sheet, lines included
+    blur: float = 0.0  # Gaussian sigma in pixels
+    noise: float = 3.0  # sensor noise, gray levels
+    jpeg_quality: int | None = 90  # None: PNG
+    conditions: tuple[str, ...] = field(default=())
+
+
+def random_style(
+    rng: np.random.Generator,
+    kind: str = "photo",
+    width: int = 1008,
+    height: int = 756,
+) -> Style:
+    """A style for `kind`: "photo" (conditions at random), "scan", "blank", or one of
+    CONDITIONS (a photo with that condition forced on, strongly)."""
+    scan = kind == "scan"
+    lines = not scan and (kind in ("lines", "squared") or rng.random() < 0.6)
+    squared = kind == "squared" or (lines and kind == "photo" and rng.random() < 0.15)
+    shadow = not scan and (kind == "shadow" or rng.random() < 0.5)
+    if kind == "blue-ink":
+        ink = str(rng.choice(["blue", "dark-blue"]))
+    elif scan:
+        ink = str(rng.choice(["black", "blue", "dark-blue"], p=[0.6, 0.2, 0.2]))
+    else:
+        ink = str(rng.choice(list(INKS), p=[0.45, 0.3, 0.15, 0.1]))
+    if kind == "small":
+        digit_fraction = rng.uniform(0.15, 0.2)
+    elif scan:
+        digit_fraction = rng.uniform(0.3, 0.7)
+    else:
+        digit_fraction = rng.uniform(0.15, 0.4)
+    pen = rng.uniform(0.02, 0.045) if kind == "thin" else rng.uniform(0.025, 0.11)
+    strong_rotation = kind == "rotation"
+    digit_angle = rng.uniform(-15, 15) if strong_rotation else rng.normal(0, 5)
+    page_angle = rng.uniform(-6, 6) if strong_rotation else rng.uniform(-3, 3)
+    if scan:
+        page_angle = rng.uniform(-2, 2)
+    quality: int | None
+    if kind == "jpeg":
+        quality = int(rng.integers(25, 50))
+    elif scan:
+        quality = None if rng.random() < 0.5 else int(rng.integers(85, 96))
+    else:
+        quality = int(rng.integers(60, 96))
+    conditions = [kind] if kind in CONDITIONS else []
+    return Style(
+        width=width,
+        height=height,
+        scan=scan,
+        lines=lines,
+        squared=squared,
+        margin=lines and rng.random() < 0.3,
+        shadow=shadow,
+        ink=ink,
+        digit_fraction=float(digit_fraction),
+        pen_fraction=float(pen),
+        digit_angle=float(np.clip(digit_angle, -20, 20)),
+        page_angle=float(page_angle),
+        blur=float(rng.uniform(0.0, 0.4 if scan else 1.6)),
+        noise=float(rng.uniform(0.5, 1.5) if scan else rng.uniform(1.5, 6.0)),
+        jpeg_quality=quality,
+        conditions=tuple(conditions),
+    )
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def pen_stroke(digit: np.ndarray, height: int, pen_width: float) -> np.ndarray:
+    """An MNIST digit (uint8 28x28) as a pen would draw it `height` pixels tall: its shape
+    upsampled, reduced to its centre line (the ridge of the distance to its edge) and
+    widened again to `pen_width`. Returns alpha in 0..1 over the digit's box."""
+    box = digit[(digit > 40).any(1)][:, (digit > 40).any(0)] if (digit > 40).any() else digit
+    scale = height / box.shape[0]
+    width = max(1, round(box.shape[1] * scale))
+    big = np.asarray(
+        Image.fromarray(box).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32
+    )
+    shape = big >= 110
+    distance = ndi.distance_transform_edt(np.pad(shape, 1))[1:-1, 1:-1]
+    ridge = shape & (distance >= ndi.maximum_filter(distance, size=3) - 0.5) & (distance >= 1)
+    radius = max(0.5, pen_width / 2)
+    to_ridge = ndi.distance_transform_edt(~ridge) if ridge.any() else distance
+    alpha = np.clip(radius + 0.5 - to_ridge, 0.0, 1.0)
+    pad = math.ceil(radius) + 2
+    return np.pad(alpha, pad).astype(np.float32)
+
+
+def _rotate(alpha: np.ndarray, degrees: float) -> np.ndarray:
+    image = Image.fromarray(alpha, mode="F")
+    return np.asarray(image.rotate(degrees, Image.Resampling.BILINEAR, expand=True))
+
+
+def _line_alpha(
+    shape: tuple[int, int],
+    spacing: float,
+    thickness: float,
+    angle: float,
+    offset: float,
+    vertical: bool = False,
+) -> np.ndarray:
+    """Parallel anti-aliased lines `spacing` apart, tilted by `angle` degrees."""
+    h, w = shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = math.tan(math.radians(angle))
+    coordinate = (xs + ys * t) if vertical else (ys - xs * t)
+    phase = np.mod(coordinate - offset, spacing)
+    distance = np.minimum(phase, spacing - phase) * math.cos(math.radians(angle))
+    return np.clip(thickness / 2 + 0.5 - distance, 0.0, 1.0)
+
+
+def _illumination(rng: np.random.Generator, shape: tuple[int, int], shadow: bool) -> np.ndarray:
+    """Light falling on the page: a gentle gradient, and a soft-edged shadow if asked."""
+    h, w = shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    direction = rng.uniform(0, 2 * math.pi)
+    ramp = (np.cos(direction) * xs / w + np.sin(direction) * ys / h).astype(np.float32)
+    ramp -= ramp.min()
+    light = 1.0 - rng.uniform(0.0, 0.25) * ramp / max(float(ramp.max()), 1e-6)
+    if shadow:
+        angle = rng.uniform(0, 2 * math.pi)
+        cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+        signed = np.cos(angle) * (xs - cx) + np.sin(angle) * (ys - cy)
+        softness = rng.uniform(0.01, 0.12) * max(h, w)
+        inside = 1.0 / (1.0 + np.exp(np.clip(signed / softness, -50, 50)))
+        light = light * (1.0 - rng.uniform(0.3, 0.6) * inside)
+    return light.astype(np.float32)
+
+
+def render(digit: np.ndarray | None, style: Style, rng: np.random.Generator) -> tuple[bytes, str]:
+    """One picture as encoded bytes and its format ("JPEG" or "PNG"). `digit` None: blank."""
+    h, w = style.height, style.width
+    # Work on a page larger than the frame so that tilting it leaves no empty corners.
+    margin = int(0.08 * max(h, w))
+    ph, pw = h + 2 * margin, w + 2 * margin
+    tint = (
+        np.array([250.0, 250.0, 250.0]) - rng.uniform(0, 6, 3)
+        if style.scan
+        else np.array([rng.uniform(225, 250), rng.uniform(222, 248), rng.uniform(205, 240)])
+    )
+    page = np.broadcast_to(tint, (ph, pw, 3)).astype(np.float32).copy()
+    if not style.scan:
+        grain = ndi.gaussian_filter(rng.normal(0, 1, (ph // 8 + 1, pw // 8 + 1)), 1.0)
+        grain = np.kron(grain, np.ones((8, 8)))[:ph, :pw]
+        page += (grain * rng.uniform(1.0, 4.0))[..., None].astype(np.float32)
+    if style.lines or style.squared:
+        spacing = rng.uniform(0.06, 0.1) * h
+        thickness = rng.uniform(0.8, 2.5) * h / 756
+        colour = np.array(
+            [rng.uniform(130, 190), rng.uniform(165, 210), rng.uniform(200, 240)]
+            if rng.random() < 0.7
+            else [rng.uniform(140, 190)] * 3
+        )
+        strength = rng.uniform(0.5, 0.9)
+        alpha = _line_alpha((ph, pw), spacing, thickness, 0.0, rng.uniform(0, spacing))
+        if style.squared:
+            vertical = _line_alpha(
+                (ph, pw), spacing, thickness, 0.0, rng.uniform(0, spacing), vertical=True
+            )
+            alpha = np.maximum(alpha, vertical)
+        alpha = (alpha * strength)[..., None]
+        page = (page * (1 - alpha) + colour * alpha).astype(np.float32)
+        if style.margin:
+            x = int(margin + rng.uniform(0.04, 0.2) * w)
+            red = np.array([220.0, 90.0, 95.0])
+            line_w = max(1, round(thickness))
+            page[:, x : x + line_w] = page[:, x : x + line_w] * 0.2 + red * 0.8
+    if digit is not None:
+        height = max(8, round(style.digit_fraction * h))
+        alpha = pen_stroke(digit, height, style.pen_fraction * height)
+        alpha = _rotate(alpha, style.digit_angle)
+        pressure = rng.uniform(0.8, 1.0) if not style.scan else 1.0
+        alpha = alpha * pressure
+        ah, aw = alpha.shape
+        top = margin + int(rng.uniform(0.05, 0.95) * max(1, h - ah))
+        left = margin + int(rng.uniform(0.05, 0.95) * max(1, w - aw))
+        region = page[top : top + ah, left : left + aw]
+        a = alpha[: region.shape[0], : region.shape[1], None]
+        ink = np.array(INKS[style.ink]) + rng.uniform(-8, 8, 3)
+        page[top : top + ah, left : left + aw] = region * (1 - a) + ink * a
+    if not style.scan and rng.random() < 0.3:  # dust and specks
+        for _ in range(int(rng.integers(1, 8))):
+            y, x = int(rng.integers(0, ph - 3)), int(rng.integers(0, pw - 3))
+            size = int(rng.integers(1, 4))
+            page[y : y + size, x : x + size] *= rng.uniform(0.4, 0.8)
+    image = Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
+    if style.page_angle:
+        image = image.rotate(style.page_angle, Image.Resampling.BILINEAR, fillcolor=(90, 80, 70))
+    image = image.crop((margin, margin, margin + w, margin + h))
+    pixels = np.asarray(image, dtype=np.float32)
+    if not style.scan:
+        pixels = pixels * _illumination(rng, (h, w), style.shadow)[..., None]
+    pixels = pixels + rng.normal(0, style.noise, pixels.shape).astype(np.float32)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if style.blur > 0.2:
+        image = image.filter(ImageFilter.GaussianBlur(style.blur))
+    buffer = io.BytesIO()
+    if style.jpeg_quality is None:
+        image.save(buffer, "PNG")
+        return buffer.getvalue(), "PNG"
+    image.save(buffer, "JPEG", quality=style.jpeg_quality)
+    return buffer.getvalue(), "JPEG"
+
+
+# --------------------------------------------------------------------------- many pictures
+
+# The mix of kinds the training set draws from: mostly photos with conditions at random.
+TRAINING_MIX = {"photo": 0.7, "scan": 0.15, **{kind: 0.15 / len(CONDITIONS) for kind in CONDITIONS}}
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A rendered picture and what it shows (label None: blank paper)."""
+
+    kind: str
+    label: int | None
+    data: bytes
+    style: Style
+
+
+def pictures(
+    images: np.ndarray,
+    labels: np.ndarray,
+    kinds: list[str],
+    seed: int,
+    width: int = 1008,
+    height: int = 756,
+    start: int = 0,
+) -> list[Picture]:
+    """Picture i shows images[i] (labels[i]) as kinds[i]; kind "blank" ignores the digit.
+    Seeded per picture by (seed, start + i): a slice passed with its start renders exactly
+    as it would within the whole."""
+    out = []
+    for i, (image, label, kind) in enumerate(zip(images, labels, kinds, strict=True)):
+        rng = np.random.default_rng([seed, start + i])
+        blank = kind == "blank"
+        style = random_style(rng, "photo" if blank else kind, width, height)
+        data, _ = render(None if blank else image, style, rng)
+        out.append(Picture(kind, None if blank else int(label), data, style))
+    return out
+
+
+def _process_chunk(
+    args: tuple[np.ndarray, np.ndarray, list[str], int, int, int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    from service.errors import UnusableInput
+    from service.photo import read_digit
+    from service.preprocess import ImageLimits, decode_image
+
+    images, labels, kinds, seed, start, width, height = args
+    limits = ImageLimits(max_pixels=50_000_000, max_side=20_000, max_aspect=20.0)
+    seen, kept = [], []
+    for offset, picture in enumerate(pictures(images, labels, kinds, seed, width, height, start)):
+        try:
+            seen.append(read_digit(decode_image(picture.data, limits)).pixels)
+        except UnusableInput:
+            continue
+        kept.append(start + offset)
+    shape = (len(seen), 28, 28)
+    return np.stack(seen) if seen else np.zeros(shape, np.uint8), np.asarray(kept, np.int64)
+
+
+def photo_digits(
+    images: np.ndarray,
+    labels: np.ndarray,
+    seed: int,
+    processes: int = 2,
+    width: int = 504,
+    height: int = 378,
+    mix: dict[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each digit rendered once as a picture of a kind drawn from `mix`, then read by the
+    service's own steps (service/photo.py): what the model will see for such a picture.
+    Returns (pixels uint8 (M, 28, 28), labels (M,)); digits the reading refused are left
+    out (M <= N). Rendered at 504x378: what a phone photo is once decoded in draft mode."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    mix = mix or TRAINING_MIX
+    rng = np.random.default_rng([seed, 1])
+    names = list(mix)
+    weights = np.array([mix[k] for k in names], dtype=np.float64)
+    kinds = [names[i] for i in rng.choice(len(names), size=len(images), p=weights / weights.sum())]
+    chunk = 2000
+    jobs = [
+        (
+            images[s : s + chunk],
+            labels[s : s + chunk],
+            kinds[s : s + chunk],
+            seed,
+            s,
+            width,
+            height,
+        )
+        for s in range(0, len(images), chunk)
+    ]
+    with ProcessPoolExecutor(max_workers=processes) as pool:
+        results = list(pool.map(_process_chunk, jobs))
+    pixels = np.concatenate([r[0] for r in results])
+    kept = np.concatenate([r[1] for r in results])
+    return pixels, labels[kept]
