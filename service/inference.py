@@ -88,6 +88,10 @@ class LoadedModel:
         }
 
 
+# For a card without a calibration (a model not evaluated by training/photo_eval.py).
+UNCALIBRATED_THRESHOLD = 0.99
+
+
 class DigitClassifier(LoadedModel):
     """A row-sequence MNIST classifier: (N, 28, 28) pixels on the 0..255 scale -> probabilities."""
 
@@ -100,6 +104,18 @@ class DigitClassifier(LoadedModel):
     @property
     def labels(self) -> list[str]:
         return list(self.card.data["outputs"][0]["labels"])
+
+    @property
+    def confidence_threshold(self) -> float:
+        """The top probability from which an answer counts as confident: calibrated per model
+        on photos and scans by training/photo_eval.py (the card's `calibration`), else
+        UNCALIBRATED_THRESHOLD."""
+        calibration = self.card.data.get("calibration") or {}
+        return float(calibration.get("confidence_threshold", UNCALIBRATED_THRESHOLD))
+
+    def confident(self, probabilities: np.ndarray) -> np.ndarray:
+        """(N, 10) probabilities -> (N,) bool: is each answer's top probability calibrated-sure."""
+        return np.asarray(probabilities.max(axis=-1) >= self.confidence_threshold)
 
 
 class CharModel(LoadedModel):

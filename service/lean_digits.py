@@ -14,7 +14,8 @@ Inputs (values are raw pixels, white ink on black, as in MNIST):
 - `application/octet-stream`: the raw tensor, little-endian, C order, with headers
   `X-Tensor-Shape: N,28,28` (or `28,28`) and `X-Tensor-Datatype: UINT8` (default) or `FP32`,
   model in the query (`?model=rnn`). In the spirit of Triton's binary tensor extension.
-Answer: `{"model", "provider", "digits": [N ints], "probabilities": [[10 floats] x N]}`.
+Answer: `{"model", "provider", "digits": [N ints], "confident": [N bools],
+"probabilities": [[10 floats] x N]}` (confident: see DigitPrediction in service/schemas.py).
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def encode(answer: Classified) -> bytes:
             "model": answer.model.name,
             "provider": answer.model.backend.provider,
             "digits": probs.argmax(axis=1),
+            "confident": answer.model.confident(probs),
             "probabilities": probs.astype(np.float32),
         },
         option=orjson.OPT_SERIALIZE_NUMPY,

@@ -140,9 +140,23 @@ class DigitPixels(BaseModel):
 
 class DigitPrediction(BaseModel):
     digit: int = Field(description="the most probable digit")
+    confident: bool = Field(
+        description="whether the top probability reaches the model's calibrated threshold "
+        "(its card's calibration: on photos and scans, confident answers were right at "
+        "least 99.5% of the time); false: look at the probabilities, or ask for a clearer "
+        "picture"
+    )
     probabilities: list[float] = Field(description="probability of each digit 0..9")
     model: str = Field(description="the model that answered")
     provider: str = Field(description="where it ran, e.g. CPUExecutionProvider")
+
+
+class ImagePrediction(DigitPrediction):
+    seen: list[list[int]] | None = Field(
+        default=None,
+        description="with show_input=true: the 28x28 picture the model saw (0..255, white "
+        "digit on black), as read out of the upload",
+    )
 
 
 class CharCandidate(BaseModel):

@@ -32,7 +32,7 @@ from service.bentoml_compat import (
 )
 from service.cards import CardError
 from service.errors import ClientGone, ServiceError
-from service.inference import ModelRegistry, preflight
+from service.inference import DigitClassifier, ModelRegistry, preflight
 from service.meta_app import LEAN_PATH, META_PATHS, MOUNT_PATH, STREAM_PATH, meta_app
 from service.metrics import MODEL_INFO, observe_inference
 from service.middleware import (
@@ -53,6 +53,7 @@ from service.schemas import (
     DigitPrediction,
     GenerateLength,
     GenerateResponse,
+    ImagePrediction,
     NextCharResponse,
     PromptText,
     Seed,
@@ -164,7 +165,7 @@ class RnnServe:
         into one model call per model; each image may name its model."""
         pixels = np.stack([item.as_0_255() for item in images])
         answers = await self.pipelines.classify_each(pixels, [item.model for item in images])
-        return [prediction(model.name, model.backend.provider, probs) for model, probs in answers]
+        return [prediction(model, probs) for model, probs in answers]
 
     @bentoml.api
     @answers_errors
@@ -172,12 +173,19 @@ class RnnServe:
         self,
         image: Annotated[Path, Field(description="the picture: PNG, JPEG, BMP, GIF or WebP")],
         model: DigitModelName = DEFAULT_DIGIT_MODEL,
-    ) -> DigitPrediction:
-        """Classify an uploaded picture of one handwritten digit (PNG, JPEG, BMP, GIF, WebP):
-        it is cropped, scaled and centred the way MNIST digits were."""
-        answer, _ = await self.pipelines.classify_upload(image.read_bytes(), model)
-        classifier = answer.model
-        return prediction(classifier.name, classifier.backend.provider, answer.probabilities[0])
+        show_input: Annotated[
+            bool, Field(description="also answer the 28x28 picture the model saw (`seen`)")
+        ] = False,
+    ) -> ImagePrediction:
+        """Classify a photo, scan or drawing of one handwritten digit (PNG, JPEG, BMP, GIF,
+        WebP): the digit is found on the paper (uneven light, ruled lines and specks left
+        out), then cropped, scaled and centred the way MNIST digits were. 422 when the
+        picture shows no digit."""
+        answer, seen = await self.pipelines.classify_upload(image.read_bytes(), model)
+        base = prediction(answer.model, answer.probabilities[0])
+        return ImagePrediction.model_construct(
+            **base.__dict__, seen=seen.tolist() if show_input else None
+        )
 
     # ------------------------------------------------------------------ text
 
@@ -228,13 +236,14 @@ class RnnServe:
         return self.pipelines.describe()
 
 
-def prediction(name: str, provider: str, probs: np.ndarray) -> DigitPrediction:
+def prediction(model: DigitClassifier, probs: np.ndarray) -> DigitPrediction:
     """One answer, built without validation (model_construct): the values are ours."""
     return DigitPrediction.model_construct(
         digit=int(probs.argmax()),
+        confident=bool(model.confident(probs)),
         probabilities=probs.round(6).tolist(),
-        model=name,
-        provider=provider,
+        model=model.name,
+        provider=model.backend.provider,
     )
 
 

@@ -52,12 +52,25 @@ def test_defaults_all_trains_exports_and_summarizes(
         for name, args in defaults.DEFAULT_MODELS.items()
     }
     monkeypatch.setattr(defaults, "DEFAULT_MODELS", tiny)
+    photo_stage = list(defaults.PHOTO_FINE_TUNE)
+    photo_stage[photo_stage.index("--photos") + 1] = "0.05"
+    monkeypatch.setattr(defaults, "PHOTO_FINE_TUNE", photo_stage)
+    calibration = ["--per-kind", "2", "--blanks", "4", "--big-photos", "0"]
+    monkeypatch.setattr(defaults, "CALIBRATION", calibration)
     code = make_models(tmp_path, mnist_root)
     assert code == 0
     cards = discover_cards(tmp_path / "models")
     assert {c.name for c in cards} == set(tiny)
     for name in tiny:
         assert (tmp_path / "runs" / "logs" / f"{name}.log").stat().st_size > 0
+    for name in defaults.PHOTO_MODELS:  # the photo stage ran from stage one, was exported
+        log = (tmp_path / "runs" / "logs" / f"{name}-photos.log").read_text()
+        assert "rendering 5% of the digits as photos" in log
+        card = next(c for c in cards if c.name == name)
+        hyper = card.data["training"]["hyperparameters"]
+        assert hyper["init_from"] == str(tmp_path / "runs" / name / "best.pt")
+        assert hyper["photos"] == 0.05 and "photo/scan renders" in card.data["metrics"]["val_split"]
+        assert 0 < card.data["calibration"]["confidence_threshold"] <= 1
     out = capsys.readouterr().out
     assert "every file matches its card's sha256" in out
 

@@ -142,6 +142,49 @@ def test_drawn_mnist_digits_are_recognised(page: Any, tmp_path: Path) -> None:
     page.screenshot(path=str(tmp_path / "ui-digits.png"), full_page=True)
 
 
+def preview_ink(page: Any) -> int:
+    """The summed gray levels of the 28x28 preview ('what the models see')."""
+    return int(
+        page.evaluate(
+            """() => {
+              const data = document.getElementById("preview").getContext("2d")
+                .getImageData(0, 0, 28, 28).data;
+              let sum = 0;
+              for (let i = 0; i < data.length; i += 4) sum += data[i];
+              return sum;
+            }"""
+        )
+    )
+
+
+def test_a_photo_is_uploaded_read_and_answered(page: Any, tmp_path: Path) -> None:
+    """The photo button: a phone-style photo of a digit on ruled paper is shown, every model
+    answers, the preview shows the 28x28 the service read; blank paper gets its 422."""
+    from training.photos import pictures
+
+    pool = digits()
+    chosen = next(d for d in pool if d.label == 4)
+    picture = pictures(
+        np.asarray([chosen.pixels], dtype=np.uint8), np.asarray([4]), ["lines"], seed=3
+    )[0]
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(picture.data)
+    page.set_input_files("#photo", str(photo))
+    default = page.locator('.model[data-model="mnist-bigru"] .digit')
+    sync_api.expect(default).to_have_text("4", timeout=10_000)
+    answers = shown_digits(page)
+    assert len(answers) == 3 and sum(a == "4" for a in answers.values()) >= 2, answers
+    assert page.locator("#photo-view").is_visible()
+    assert preview_ink(page) > 20 * 255  # the digit the service read, not an empty preview
+    page.screenshot(path=str(tmp_path / "ui-photo.png"), full_page=True)
+
+    blank = pictures(np.zeros((1, 28, 28), np.uint8), np.asarray([0]), ["blank"], seed=5)[0]
+    (tmp_path / "blank.jpg").write_bytes(blank.data)
+    page.set_input_files("#photo", str(tmp_path / "blank.jpg"))
+    sync_api.expect(page.locator("#photo-error")).to_contain_text("no visible digit")
+    assert shown_digits(page)["mnist-bigru"] == "\u2013" and preview_ink(page) == 0
+
+
 def test_typing_shows_next_character_suggestions(page: Any, default_server: Server) -> None:
     prompt = page.locator("#prompt")
     prompt.fill("")

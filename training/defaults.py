@@ -3,7 +3,12 @@ them all (train, then export into models/, then print the summary).
 
     python -m training.defaults all          # what `make models` runs
     python -m training.defaults train --only mnist-rnn
+    python -m training.defaults finetune --from-committed   # stage two only, see below
     python -m training.defaults export
+
+The digit models are made in two stages: trained on MNIST (runs/<name>), then fine-tuned on
+MNIST plus the same digits rendered as photos and scans and read back by the service's own
+steps (runs/<name>-photos, see training/photos.py); the second stage is what is exported.
 
 Runs go to runs/<name>/ with their logs in runs/logs/<name>.log. With --jobs 2 (the default),
 two trainings run side by side with one torch thread each, which on a 2-core machine finishes
@@ -68,18 +73,38 @@ DEFAULT_MODELS: dict[str, list[str]] = {
 }
 
 
-def train_one(name: str, runs: Path, threads: int, data_dir: str | None) -> tuple[str, int, float]:
-    log_path = runs / "logs" / f"{name}.log"
+# Stage two of the digit models (flags given last win over DEFAULT_MODELS' own).
+PHOTO_FINE_TUNE = ["--photos", "0.5", "--epochs", "4", "--lr", "3e-4", "--patience", "0"]
+PHOTO_MODELS = ("mnist-bigru", "mnist-birnn", "mnist-rnn")  # the slowest first
+
+
+def final_run(name: str, runs: Path) -> Path:
+    """The run that is exported as models/<name>."""
+    return runs / (f"{name}-photos" if name in PHOTO_MODELS else name)
+
+
+def train_one(
+    name: str, runs: Path, threads: int, data_dir: str | None, stage: str = "train"
+) -> tuple[str, int, float]:
+    """Stage "train" (from scratch) or "finetune" (photo stage of a digit model, from the
+    stage-one run, or from the committed model.ts with stage "finetune-committed")."""
+    run_name = name if stage == "train" else f"{name}-photos"
+    log_path = runs / "logs" / f"{run_name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    extra: list[str] = []
+    if stage != "train":
+        start = runs / name / "best.pt" if stage == "finetune" else Path("models", name, "model.ts")
+        extra = ["--init-from", str(start), *PHOTO_FINE_TUNE]
     cmd = [
         sys.executable,
         "-m",
         "training.train",
         *DEFAULT_MODELS[name],
+        *extra,
         "--name",
         name,
         "--out",
-        str(runs / name),
+        str(runs / run_name),
         "--no-progress",
         "--threads",
         str(threads),
@@ -87,29 +112,77 @@ def train_one(name: str, runs: Path, threads: int, data_dir: str | None) -> tupl
     if data_dir:
         cmd += ["--data-dir", data_dir]
     started = time.perf_counter()
-    print(f"[{name}] training, log: {log_path}", file=sys.stderr, flush=True)
+    print(f"[{run_name}] {stage}, log: {log_path}", file=sys.stderr, flush=True)
     with log_path.open("w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     elapsed = time.perf_counter() - started
     status = "done" if code == 0 else f"FAILED (exit {code}, see {log_path})"
-    print(f"[{name}] {status} in {elapsed / 60:.1f} min", file=sys.stderr, flush=True)
+    print(f"[{run_name}] {status} in {elapsed / 60:.1f} min", file=sys.stderr, flush=True)
     return name, code, elapsed
 
 
-def train_all(names: list[str], runs: Path, jobs: int, data_dir: str | None) -> bool:
+def train_all(
+    names: list[str], runs: Path, jobs: int, data_dir: str | None, stage: str = "train"
+) -> bool:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda n: train_one(n, runs, threads, data_dir), names))
+        results = list(pool.map(lambda n: train_one(n, runs, threads, data_dir, stage), names))
     return all(code == 0 for _, code, _ in results)
+
+
+def finetune_all(
+    names: list[str], runs: Path, jobs: int, data_dir: str | None, from_committed: bool
+) -> bool:
+    """The photo stage of the digit models among `names`. The photo renders are made once,
+    before the runs start (they share the cache), using both cores."""
+    digits = [n for n in PHOTO_MODELS if n in names]
+    if not digits:
+        return True
+    warm_photo_cache(runs, data_dir)
+    stage = "finetune-committed" if from_committed else "finetune"
+    return train_all(digits, runs, jobs, data_dir, stage)
+
+
+def warm_photo_cache(runs: Path, data_dir: str | None) -> None:
+    from training import data as D
+    from training.photos import cached_photo_digits
+
+    photos = float(PHOTO_FINE_TUNE[PHOTO_FINE_TUNE.index("--photos") + 1])
+    root = D.resolve_data_dir(data_dir)
+    full = D.load_mnist_split(root, train=True)
+    train, val = D.train_val_split(full, min(5000, len(full) // 10))  # train.py's default
+    started = time.perf_counter()
+    print("[photos] rendering the photo training set ...", file=sys.stderr, flush=True)
+    cached_photo_digits(train.images, train.labels, photos, 0, runs / "photo-cache")
+    cached_photo_digits(val.images, val.labels, 1.0, 1, runs / "photo-cache")
+    elapsed = time.perf_counter() - started
+    print(f"[photos] ready in {elapsed / 60:.1f} min", file=sys.stderr, flush=True)
+
+
+# The photo evaluation that calibrates the exported digit models' confidence thresholds.
+CALIBRATION = ["--per-kind", "300", "--blanks", "600", "--big-photos", "20"]
 
 
 def export_all(names: list[str], runs: Path, models: Path, data_dir: str | None) -> None:
     for name in names:
-        card = export.export_run(runs / name, models / name, data_dir=data_dir)
+        card = export.export_run(final_run(name, runs), models / name, data_dir=data_dir)
         print(
             f"[{name}] exported via {card['export']['onnx']['exporter']} -> {models / name}",
             file=sys.stderr,
         )
+    if any(name in PHOTO_MODELS for name in names):
+        calibrate(models, data_dir)
+
+
+def calibrate(models: Path, data_dir: str | None) -> None:
+    """Measure the digit models on rendered photos (training/photo_eval.py) and write their
+    calibrated confidence thresholds into their cards."""
+    from training import photo_eval
+
+    print("[photos] evaluating and calibrating the digit models ...", file=sys.stderr, flush=True)
+    out = models / "photo_eval.md"
+    args = [*CALIBRATION, "--models", str(models), "--write-cards", "--out", str(out)]
+    photo_eval.main(args + (["--data-dir", data_dir] if data_dir else []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("step", choices=("train", "export", "all"))
+    parser.add_argument("step", choices=("train", "finetune", "export", "all"))
+    parser.add_argument(
+        "--from-committed",
+        action="store_true",
+        help="finetune: start from models/<name>/model.ts instead of runs/<name>/best.pt",
+    )
     parser.add_argument("--only", nargs="+", choices=list(DEFAULT_MODELS), help="a subset")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--models", type=Path, default=Path("models"))
@@ -127,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = args.only or list(DEFAULT_MODELS)
     if args.step in ("train", "all") and not train_all(names, args.runs, args.jobs, args.data_dir):
+        return 1
+    if args.step in ("finetune", "all") and not finetune_all(
+        names, args.runs, args.jobs, args.data_dir, args.from_committed
+    ):
         return 1
     if args.step in ("export", "all"):
         export_all(names, args.runs, args.models, args.data_dir)

@@ -189,6 +189,23 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def write_calibration(models_root: Path, result: dict[str, Any]) -> None:
+    """Record each model's calibration in its card, where the service reads it."""
+    for name, calibration in result["calibration"].items():
+        path = models_root / name / "card.json"
+        card = json.loads(path.read_text())
+        card["calibration"] = {
+            "confidence_threshold": calibration["threshold"],
+            "target": f"confident answers right at least {CONFIDENT_ACCURACY:.1%} of the time",
+            "confident_share": round(calibration["coverage"], 4),
+            "accuracy_when_confident": round(calibration["accuracy_when_confident"], 4),
+            "measured_on": f"{result['per_kind'] * (len(KINDS) - 1)} rendered photos "
+            f"(training/photo_eval.py, seed {EVAL_SEED})",
+            "date": dt.date.today().isoformat(),
+        }
+        path.write_text(json.dumps(card, indent=2) + "\n")
+
+
 def render_markdown(result: dict[str, Any], command: str) -> str:
     models = result["models"]
     lines = [
@@ -257,8 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blanks", type=int, default=600, help="blank-paper pictures")
     parser.add_argument("--big-photos", type=int, default=20, help="12 MP JPEGs timed (0: none)")
     parser.add_argument("--out", default="loadtest/results/photo_eval.md")
+    parser.add_argument(
+        "--write-cards",
+        action="store_true",
+        help="write each model's calibrated confidence threshold into its card.json",
+    )
     args = parser.parse_args(argv)
     result = evaluate(args)
+    if args.write_cards:
+        write_calibration(Path(args.models), result)
     command = "python -m training.photo_eval " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )

@@ -423,6 +423,45 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
 # --------------------------------------------------------------------------- MNIST
 
 
+def initial_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Weights to start from (fine-tuning): an rnnserve checkpoint (best.pt) or an exported
+    TorchScript model (models/<name>/model.ts). The architecture flags must match it."""
+    if path.suffix == ".ts":
+        scripted = torch.jit.load(str(path), map_location="cpu")
+        return {k: v.detach().clone() for k, v in scripted.state_dict().items()}
+    state: dict[str, torch.Tensor] = load_checkpoint(path)["state_dict"]
+    return state
+
+
+def with_photos(
+    train: D.MnistArrays, val: D.MnistArrays, args: argparse.Namespace, run_dir: Path, rt: Runtime
+) -> tuple[D.MnistArrays, D.MnistArrays, str]:
+    """Training and validation digits plus the same digits rendered as photos and scans
+    and read back by the service's own steps (training/photos.py, service/photo.py): the
+    models learn what the service will show them. Cached next to the runs."""
+    from training.photos import cached_photo_digits
+
+    cache = run_dir.parent / "photo-cache"
+    if rt.is_main:
+        tqdm.write(
+            f"rendering {args.photos:.0%} of the digits as photos (cached in {cache})",
+            file=sys.stderr,
+        )
+    photo_train = cached_photo_digits(train.images, train.labels, args.photos, args.seed, cache)
+    photo_val = cached_photo_digits(val.images, val.labels, 1.0, args.seed + 1, cache)
+
+    def joined(arrays: D.MnistArrays, extra: tuple[np.ndarray, np.ndarray]) -> D.MnistArrays:
+        return D.MnistArrays(
+            np.concatenate([arrays.images, extra[0]]), np.concatenate([arrays.labels, extra[1]])
+        )
+
+    split = (
+        f"{len(val)} images held out of MNIST train + {len(photo_val[1])} photo/scan renders "
+        "of them (training/photos.py)"
+    )
+    return joined(train, photo_train), joined(val, photo_val), split
+
+
 def train_mnist(args: argparse.Namespace, rt: Runtime, run_dir: Path) -> dict[str, Any]:
     root = D.resolve_data_dir(args.data_dir)
     if args.download and rt.is_main:
@@ -433,6 +472,9 @@ def train_mnist(args: argparse.Namespace, rt: Runtime, run_dir: Path) -> dict[st
     test = D.load_mnist_split(root, train=False)
     val_size = args.val_size if args.val_size else min(5000, len(full_train) // 10)
     train, val = D.train_val_split(full_train, val_size)
+    val_split = f"{len(val)} images held out of MNIST train"
+    if args.photos > 0:
+        train, val, val_split = with_photos(train, val, args, run_dir, rt)
     if rt.is_main:
         tqdm.write(
             f"MNIST from {root}: train {len(train)}, validation {len(val)}, test {len(test)}",
@@ -445,7 +487,10 @@ def train_mnist(args: argparse.Namespace, rt: Runtime, run_dir: Path) -> dict[st
         bidirectional=args.bidirectional,
         dropout=args.dropout,
     )
-    model = SequenceClassifier(config).to(rt.device)
+    model = SequenceClassifier(config)
+    if args.init_from:
+        model.load_state_dict(initial_weights(Path(args.init_from)))
+    model = model.to(rt.device)
     checkpoint: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "kind": "mnist",
@@ -486,7 +531,7 @@ def train_mnist(args: argparse.Namespace, rt: Runtime, run_dir: Path) -> dict[st
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "val": {
-            "split": f"{len(val)} images held out of MNIST train",
+            "split": val_split,
             "loss": result.best_val.loss,
             "accuracy": result.best_val.acc,
         },
@@ -711,6 +756,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--augment",
         action="store_true",
         help="random small rotations/scalings/shifts of training images",
+    )
+    mnist.add_argument(
+        "--photos",
+        type=float,
+        default=0.0,
+        help="also train on this fraction of the training digits rendered as photos and "
+        "scans and read back by the service's steps (0: none)",
+    )
+    mnist.add_argument(
+        "--init-from",
+        help="start from these weights (a best.pt checkpoint or an exported model.ts)",
     )
     mnist.add_argument(
         "--download",

@@ -23,6 +23,16 @@ async function api(path, body) {
   return data;
 }
 
+// A multipart upload (the picture routes); errors as api().
+async function apiForm(path, form) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, { method: "POST", headers, body: form });
+  const data = await response.json().catch(() => ({ error: response.statusText }));
+  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+  return data;
+}
+
 function setStatus(text, bad = false) {
   $("status").textContent = text;
   $("status").classList.toggle("bad", bad);
@@ -48,6 +58,7 @@ function padPoint(event) {
 
 pad.addEventListener("pointerdown", (event) => {
   event.preventDefault();
+  if ($("photo-view").src) clearPhoto();
   pad.setPointerCapture(event.pointerId);
   drawing = true;
   const [x, y] = padPoint(event);
@@ -80,10 +91,11 @@ $("clear").addEventListener("click", () => {
   clearPad();
   renderPreview(null);
   renderModels(null);
+  clearPhoto();
 });
 
 // ---------------------------------------------------------------- MNIST-style 28x28
-// As the service does for uploads (service/preprocess.py): crop to the ink, fit it into a
+// As the service does for uploads (service/photo.py, fit_to_field): crop to the ink, fit it into a
 // 20x20 box keeping the aspect ratio (area averaging), centre the box in 28x28, then shift so
 // the centre of mass sits at (14, 14). Returns 28 rows of 0..255 values, or null when blank.
 function toMnist(canvas) {
@@ -203,6 +215,12 @@ function renderModels(answers) {
     const digit = document.createElement("div");
     digit.className = "digit";
     digit.textContent = answer ? String(answer.digit) : "–";
+    const unsure = document.createElement("div");
+    unsure.className = "unsure";
+    if (answer && answer.confident === false) {
+      unsure.textContent = "not sure";
+      unsure.title = "the top probability is below this model's calibrated threshold";
+    }
     const bars = document.createElement("div");
     bars.className = "bars";
     for (let d = 0; d < 10; d++) {
@@ -219,10 +237,59 @@ function renderModels(answers) {
       if (answer && d === answer.digit) label.className = value.className = "top";
       bars.append(label, bar, value);
     }
-    card.append(title, digit, bars);
+    card.append(title, digit, unsure, bars);
     box.append(card);
   });
 }
+
+// ---------------------------------------------------------------- photos
+// The service reads the digit out of the photo (service/photo.py); the first answer also
+// carries the 28x28 it saw, shown in the preview. A picture without a digit is a 422.
+let photoRequest = 0;
+
+function clearPhoto() {
+  photoRequest++;
+  const view = $("photo-view");
+  if (view.src) URL.revokeObjectURL(view.src);
+  view.removeAttribute("src");
+  view.hidden = true;
+  $("photo-error").textContent = "";
+  $("photo").value = "";
+}
+
+async function classifyPhoto(file) {
+  const request = ++photoRequest;
+  const view = $("photo-view");
+  if (view.src) URL.revokeObjectURL(view.src);
+  view.src = URL.createObjectURL(file);
+  view.hidden = false;
+  $("photo-error").textContent = "";
+  clearPad();
+  try {
+    const answers = await Promise.all(
+      digitModels.map((model, index) => {
+        const form = new FormData();
+        form.append("image", file, file.name || "photo");
+        form.append("model", model);
+        if (index === 0) form.append("show_input", "true");
+        return apiForm("/classify_image", form);
+      }),
+    );
+    if (request !== photoRequest) return; // a newer photo or drawing took over
+    renderPreview(answers[0].seen);
+    renderModels(answers);
+  } catch (error) {
+    if (request !== photoRequest) return;
+    renderPreview(null);
+    renderModels(null);
+    $("photo-error").textContent = error.message;
+  }
+}
+
+$("photo").addEventListener("change", () => {
+  const file = $("photo").files[0];
+  if (file) classifyPhoto(file);
+});
 
 // ---------------------------------------------------------------- next character
 const shown = (char) => (char === " " ? "␣" : char === "\n" ? "↵" : char);
