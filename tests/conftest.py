@@ -5,12 +5,28 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from loadtest.servers import Server, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def metric_value(url: str, name: str, labels: str = "") -> float:
+    """The value of one Prometheus sample on a server's /metrics (summed over the label sets
+    whose text contains `labels`; 0.0 when absent)."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith((name + "{", name + " ")) and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def expected_provider(device: str) -> str:
+    """The onnxruntime provider a service must report for the device it says it found."""
+    return {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[device]
 
 
 @pytest.fixture(scope="session")

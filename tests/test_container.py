@@ -25,9 +25,9 @@ from PIL import Image
 from loadtest import containers
 from loadtest.payloads import digits
 from loadtest.servers import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, metric_value
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # its first test builds the image
 REASON = containers.unavailable()
 if REASON and os.environ.get("CI"):
     raise RuntimeError(f"CI must run the container tests: {REASON}")
@@ -161,13 +161,6 @@ def test_a_tampered_model_in_a_derived_image_stops_start_up(image: str, tmp_path
         containers.podman("rmi", tampered, check=False)
 
 
-def metric(url: str, name: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_sigterm_drains_in_flight_requests_and_exits_0(image: str) -> None:
     container = containers.run(image, "rnnserve-drain")
     try:
@@ -186,7 +179,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(image: str) -> None:
                 deadline = time.perf_counter() + 10
                 active = 0.0
                 while active == 0 and time.perf_counter() < deadline:  # in flight, provably
-                    active = metric(container.url, "rnnserve_generation_active")
+                    active = metric_value(container.url, "rnnserve_generation_active")
                     await asyncio.sleep(0.01)
                 containers.podman("kill", "--signal", "SIGTERM", container.name)
                 return list(await asyncio.gather(*tasks)), active

@@ -75,6 +75,47 @@ def test_export_writes_verified_files_with_parity(
 
 
 @pytest.mark.parametrize("name", list(CASES))
+def test_exported_files_match_the_checkpoint_recomputed_here(
+    name: str, exported: dict[str, tuple[Path, dict]]
+) -> None:
+    """Parity computed by this test from the run's checkpoint, not read from the card the
+    exporter wrote: fresh inputs (other batch sizes and lengths than the exporter's), the
+    PyTorch model against onnxruntime and TorchScript."""
+    out, card = exported[name]
+    model = train.model_from_checkpoint(
+        train.load_checkpoint(out.parent.parent / "runs" / name / "best.pt")
+    )
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(out / "model.ts"))
+    rng = np.random.default_rng(123)
+    tol = card["export"]["tolerance"]
+    with torch.no_grad():
+        if card["task"] == "digit-classification":
+            for batch in (3, 64):
+                x = rng.standard_normal((batch, 28, 28)).astype(np.float32)
+                expected = model(torch.from_numpy(x)).numpy()
+                (got,) = session.run(None, {"pixels": x})
+                np.testing.assert_allclose(got, expected, atol=tol)
+                np.testing.assert_allclose(
+                    scripted(torch.from_numpy(x)).numpy(), expected, atol=tol
+                )
+            return
+        state_spec = next(i for i in card["inputs"] if i["name"] == "state")
+        rows, hidden = state_spec["shape"][0], state_spec["shape"][2]
+        vocab = len(card["vocabulary"])
+        for batch, length in ((2, 5), (5, 41)):
+            ids = rng.integers(0, vocab, (batch, length), dtype=np.int64)
+            state = rng.standard_normal((rows, batch, hidden)).astype(np.float32) * 0.1
+            expected_logits, expected_state = model(torch.from_numpy(ids), torch.from_numpy(state))
+            logits, new_state = session.run(None, {"ids": ids, "state": state})
+            np.testing.assert_allclose(logits, expected_logits.numpy(), atol=tol)
+            np.testing.assert_allclose(new_state, expected_state.numpy(), atol=tol)
+            ts_logits, ts_state = scripted(torch.from_numpy(ids), torch.from_numpy(state))
+            np.testing.assert_allclose(ts_logits.numpy(), expected_logits.numpy(), atol=tol)
+            np.testing.assert_allclose(ts_state.numpy(), expected_state.numpy(), atol=tol)
+
+
+@pytest.mark.parametrize("name", list(CASES))
 def test_onnx_axes_are_dynamic_and_file_is_self_contained(
     name: str, exported: dict[str, tuple[Path, dict]]
 ) -> None:
@@ -91,14 +132,22 @@ def test_onnx_axes_are_dynamic_and_file_is_self_contained(
     assert all(i.data_location != onnx.TensorProto.EXTERNAL for i in proto.graph.initializer)
 
 
-def test_auto_exporter_records_both_candidates_and_picks_a_valid_one(
+def test_auto_exporter_keeps_the_fastest_valid_candidate_and_writes_that_file(
     exported: dict[str, tuple[Path, dict]],
 ) -> None:
-    for name in ("mnist-rnn", "char-lstm"):
-        onnx_info = exported[name][1]["export"]["onnx"]
+    for name in ("mnist-rnn", "mnist-bilstm", "char-lstm"):
+        card = exported[name][1]
+        onnx_info = card["export"]["onnx"]
         assert {c["exporter"] for c in onnx_info["candidates"]} == {"dynamo", "legacy"}
         chosen = next(c for c in onnx_info["candidates"] if c["exporter"] == onnx_info["exporter"])
         assert chosen["valid"] and chosen["latency_ms"]
+        timing = "batch 256" if card["task"] == "digit-classification" else None
+        key = timing or next(iter(chosen["latency_ms"]))
+        valid = [c for c in onnx_info["candidates"] if c["valid"]]
+        assert chosen["latency_ms"][key] == min(c["latency_ms"][key] for c in valid)
+        # the file on disk is the chosen candidate's, byte for byte
+        assert card["files"]["onnx"]["sha256"] == chosen["sha256"]
+        assert all(c["sha256"] != chosen["sha256"] for c in valid if c is not chosen)
     # the dynamo exporter fixes the char model's sequence axis: it must be caught and rejected
     char = exported["char-lstm"][1]["export"]["onnx"]
     dynamo = next(c for c in char["candidates"] if c["exporter"] == "dynamo")

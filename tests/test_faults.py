@@ -12,7 +12,7 @@ import pytest
 
 from loadtest.payloads import digits
 from loadtest.servers import start_server, wait_ready, worker_processes
-from tests.conftest import ROOT
+from tests.conftest import ROOT, metric_value
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def test_killed_worker_is_replaced_and_few_requests_fail(tmp_path: Path) -> None
 def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     server = start_server(tmp_path, model_dir=str(ROOT / "models"))
 
-    async def scenario() -> list[httpx.Response]:
+    async def scenario() -> tuple[list[httpx.Response], float]:
         async with httpx.AsyncClient(timeout=60) as client:
             tasks = [
                 asyncio.create_task(
@@ -81,12 +81,18 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
                 )
                 for i in range(8)
             ]
-            await asyncio.sleep(0.3)  # requests are in flight
+            deadline = time.perf_counter() + 10
+            active = 0.0
+            while active < 8 and time.perf_counter() < deadline:  # all 8 in flight, provably
+                active = await asyncio.to_thread(
+                    metric_value, server.url, "rnnserve_generation_active"
+                )
             server.process.send_signal(signal.SIGTERM)
-            return list(await asyncio.gather(*tasks))
+            return list(await asyncio.gather(*tasks)), active
 
     try:
-        responses = asyncio.run(scenario())
+        responses, active = asyncio.run(scenario())
+        assert active == 8, f"{active} generations in flight when SIGTERM was sent, not 8"
         assert [r.status_code for r in responses] == [200] * 8
         assert all(len(r.json()["text"]) == 1000 for r in responses)
         assert server.process.wait(timeout=30) == 0

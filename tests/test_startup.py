@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.servers import start_server, wait_exit
+from loadtest.servers import start_server, wait_exit, wait_ready
+from service.runtime import cuda_device_count
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -39,10 +40,21 @@ def test_missing_model_file_stops_start_up(tmp_path: Path) -> None:
     assert "model.onnx is missing" in server.log()
 
 
-def test_requiring_a_gpu_fails_fast_on_a_cpu_machine(tmp_path: Path) -> None:
+def test_requiring_a_gpu_fails_fast_without_one(tmp_path: Path) -> None:
+    """RNNSERVE_DEVICE=cuda: where the CUDA driver reports no GPU, start-up stops and says
+    so; where it reports one, the service starts on it and says that."""
     server = start_server(tmp_path, model_dir=str(ROOT / "models"), device="cuda", wait=False)
-    assert wait_exit(server) != 0
-    assert "RNNSERVE_DEVICE=cuda requires a GPU" in server.log()
+    if cuda_device_count() == 0:
+        assert wait_exit(server) != 0
+        assert "RNNSERVE_DEVICE=cuda requires a GPU" in server.log()
+        return
+    try:
+        wait_ready(server, 60)
+        meta = httpx.get(f"{server.url}/v1/metadata", timeout=10).json()
+        assert meta["device"] == "cuda"
+        assert {m["provider"] for m in meta["models"]} == {"CUDAExecutionProvider"}
+    finally:
+        server.stop()
 
 
 def test_bad_setting_is_named(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from playwright import sync_api
 
 from loadtest.payloads import digits
 from loadtest.servers import Server
@@ -39,18 +40,19 @@ CHROMIUM_ARGS = [
 ]
 
 if CHROMIUM is None:
-    pytest.skip(
+    message = (
         "Debian's chromium is not installed and could not be (make test installs it with "
-        "apt-get when run as root on Debian/Ubuntu)",
-        allow_module_level=True,
+        "apt-get when run as root on Debian/Ubuntu)"
     )
-sync_api = pytest.importorskip("playwright.sync_api")
+    if os.environ.get("CI"):  # in CI the browser tests must run: a missing browser fails
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     home = tmp_path_factory.mktemp("chromium-home")  # its caches and config stay in here
-    env = {
+    env: dict[str, str | float | bool] = {
         **os.environ,
         "HOME": str(home),
         "XDG_CACHE_HOME": str(home / "cache"),
@@ -132,13 +134,10 @@ def test_drawn_mnist_digits_are_recognised(page: Any, tmp_path: Path) -> None:
     for digit in chosen:
         page.click("#clear")
         draw_digit(page, np.asarray(digit.pixels))
-        default = page.locator('.model[data-model="mnist-bigru"] .digit')
-        sync_api.expect(default).to_have_text(str(digit.label), timeout=10_000)
-        page.wait_for_timeout(300)  # let the last stroke's prediction land
+        # the answer to the finished drawing (not to a stroke before it) is on the page
+        sync_api.expect(page.locator("#models")).to_have_attribute("data-busy", "false")
         answers = shown_digits(page)
-        assert len(answers) == 3, answers
-        agree = sum(answer == str(digit.label) for answer in answers.values())
-        assert agree >= 2, (digit.label, answers)  # every classifier answered; most right
+        assert answers == dict.fromkeys(answers, str(digit.label)) and len(answers) == 3
     page.screenshot(path=str(tmp_path / "ui-digits.png"), full_page=True)
 
 

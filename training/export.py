@@ -32,7 +32,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from service.cards import CARD_FILE, SCHEMA_VERSION, describe_file, load_card
+from service.cards import CARD_FILE, SCHEMA_VERSION, describe_file, load_card, sha256_file
 from training import data as D
 from training.nets import CharLM, SequenceClassifier
 from training.train import load_checkpoint, model_from_checkpoint
@@ -484,6 +484,7 @@ class Candidate:
     parity: dict[str, Any] | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     ops: list[str] = field(default_factory=list)
+    sha256: str | None = None  # of the file this candidate wrote (None: none written)
 
 
 def try_onnx_candidate(
@@ -516,6 +517,8 @@ def try_onnx_candidate(
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         # the temporary folder means nothing in a card: keep the file name only
         cand.error = f"{type(exc).__name__}: {first_line.replace(str(path), path.name)[:300]}"
+    if path.exists():
+        cand.sha256 = sha256_file(path)
     return cand, path
 
 
@@ -612,6 +615,7 @@ def export_run(
                         "error": c.error,
                         "latency_ms": c.latency_ms,
                         "ops": c.ops,
+                        "sha256": c.sha256,
                     }
                     for c, _ in candidates
                 ],

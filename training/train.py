@@ -137,7 +137,14 @@ def make_loader(
     """A DataLoader whose order depends only on (seed, epoch); sharded per rank under DDP."""
     sampler: Any
     if rt.is_distributed:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False)
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=rt.world_size,
+            rank=rt.rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
+        )
         sampler.set_epoch(epoch)
     elif shuffle:
         generator = torch.Generator().manual_seed(seed * 1000 + epoch)

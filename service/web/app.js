@@ -172,6 +172,7 @@ let predicting = false;
 let predictAgain = false;
 
 function schedulePrediction() {
+  $("models").dataset.busy = "true"; // until the answer to the latest drawing is shown
   if (predicting) {
     predictAgain = true;
     return;
@@ -198,6 +199,8 @@ async function predict() {
     if (predictAgain) {
       predictAgain = false;
       schedulePrediction();
+    } else {
+      $("models").dataset.busy = "false";
     }
   }
 }
