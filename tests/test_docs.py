@@ -52,7 +52,7 @@ _UNIT = "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True))
 # A number, or a range/pair of them ("1.7-2.1", "168.1 -> 171.5", "3.4 / 5.4"), then a unit
 # after at most one space, or an "x" written against it (2.82x; 28x28 is not a ratio).
 FIGURE = re.compile(
-    rf"(?<![\w.,/])(?P<nums>(?:{_NUM})(?:\s*(?:->|→|–|-|/|to)\s*(?:{_NUM}))*)"
+    rf"(?<![\w.,/])(?P<nums>(?:{_NUM})(?:\s*(?:->|\u2192|\u2013|-|/|to)\s*(?:{_NUM}))*)"
     rf"(?:\s?(?P<unit>{_UNIT})(?![\w])|(?P<x>x)(?![\w]))"
 )
 NUMBER = re.compile(rf"(?<![\w.,])(?:{_NUM})(?![\w])")
@@ -111,6 +111,8 @@ def _cells(row: str) -> list[str]:
 def inline_figures(markdown: str, name: str = "") -> Iterator[Figure]:
     """Numbers written with their unit: '3.52 ms', '1.7-2.1 s', '2.82x', '99.58%'."""
     for match in FIGURE.finditer(markdown):
+        if match["unit"] == "s" and not markdown[match.end("nums")].isspace():
+            continue  # "503s" is a plural, not seconds
         unit = "x" if match["x"] else UNITS[match["unit"]]
         where = f"{name}:{_line(markdown, match.start())}"
         for number in re.findall(_NUM, match["nums"]):
@@ -232,7 +234,7 @@ def test_the_extractor_reads_ranges_ratios_and_units_but_not_names() -> None:
         (3035.0, "chars/s"),
         (600.0, "s"),
     ]
-    not_figures = "28x28 pixels, 2x128, x86_64, torch==2.14.1, k8s, 5 steps, 1 x 16,384, v2"
+    not_figures = "28x28 pixels, 2x128, x86_64, torch==2.14.1, k8s, 5 steps, 1 x 16,384, 503s"
     assert figures(not_figures) == []
 
 
