@@ -26,8 +26,10 @@ from scipy import ndimage as ndi
 from service.errors import UnusableInput
 
 # Analysis happens on at most this many pixels a side: a digit filling 15% of a frame is
-# still ~60 pixels tall there, and the cost stays a few milliseconds for any upload.
-ANALYSIS_SIDE = 512
+# still ~28 pixels tall there (the model sees 20), ruled lines fade below the ink thresholds,
+# and reading costs ~3 ms: a 12 MP phone JPEG's cost is then mostly its decoding
+# (loadtest/results/bench_photo.md). At 512 the accuracy on photos was the same.
+ANALYSIS_SIDE = 256
 # The paper's brightness is estimated on a grid this coarse: far larger than a pen stroke,
 # smaller than the gradients of a shadow.
 PAPER_GRID = 64
@@ -49,9 +51,10 @@ WEAK_OF_INK = 0.30  # extent: this fraction of it
 # height; a digit can be taller than wide); a digit's stroke never does.
 LINE_SPAN = 0.5
 MARGIN_LINE_SPAN = 0.75
-# ... and is thin: at most this many pixels on average across, once thickened by 5 (a pen's
-# or a printed line; a digit's stroke drawn with a marker is wider).
-LINE_THICKNESS = 9
+# ... and is thin: at most this many pixels on average across (a pen's or a printed
+# line; a digit's stroke drawn with a marker is wider).
+LINE_THICKNESS = 5  # (at half resolution, thickened by 3)
+BRIDGE = 11  # a stroke is bridged across a removed line this many pixels wide
 # The digit: its longest side is at least this fraction of the picture's shorter side.
 MIN_DIGIT_SIDE = 0.04
 MIN_DIGIT_PIXELS = 8
@@ -295,9 +298,9 @@ def _long_lines(mask: np.ndarray, axis: int) -> np.ndarray:
     opening, done as 1-D running filters: O(pixels) whatever the run length)."""
     h, w = mask.shape
     length = max(3, (w if axis == 1 else h) // 10)
-    thick = ndi.maximum_filter1d(mask.astype(np.uint8), size=5, axis=1 - axis)
-    full = ndi.uniform_filter1d(thick.astype(np.float32), size=length, axis=axis) > 0.999
-    runs = ndi.maximum_filter1d(full.astype(np.uint8), size=length, axis=axis).astype(bool)
+    thick = ndi.maximum_filter1d(mask.astype(np.uint8), size=3, axis=1 - axis)
+    full = ndi.minimum_filter1d(thick, size=length, axis=axis)
+    runs = ndi.maximum_filter1d(full, size=length, axis=axis).astype(bool)
     runs &= thick.astype(bool)
     if not runs.any():
         return runs
@@ -314,20 +317,45 @@ def _long_lines(mask: np.ndarray, axis: int) -> np.ndarray:
     return long[labels]
 
 
+def _half(mask: np.ndarray) -> np.ndarray:
+    """A mask at half resolution, a pixel set where any of its 2x2 block is (thin lines
+    survive)."""
+    h, w = mask.shape[0] // 2 * 2, mask.shape[1] // 2 * 2
+    even = mask[:h, :w]
+    return even[0::2, 0::2] | even[1::2, 0::2] | even[0::2, 1::2] | even[1::2, 1::2]
+
+
+def _double(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A half-resolution mask back at `shape` (each pixel to its 2x2 block)."""
+    full = np.zeros(shape, dtype=bool)
+    big = mask.repeat(2, axis=0).repeat(2, axis=1)
+    full[: big.shape[0], : big.shape[1]] = big
+    return full
+
+
 def remove_ruled_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     """The ink mask without ruled or squared paper's lines (or a page edge). Lines are found
     in `faint` (a lower threshold than the mask's): in shadow or half-printed, only parts of
-    a line reach the mask, and a part does not span the picture. Where a stroke crosses a
-    line, the stroke is bridged again across the gap."""
-    horizontal = _long_lines(faint, axis=1)
-    vertical = _long_lines(faint, axis=0)
+    a line reach the mask, and a part does not span the picture. They are looked for at half
+    resolution (they are long: a quarter of the work). Where a stroke crosses a line, the
+    stroke is bridged again across the gap."""
+    small = _half(faint)
+    horizontal = _double(_long_lines(small, axis=1), mask.shape)
+    vertical = _double(_long_lines(small, axis=0), mask.shape)
     lines = horizontal | vertical
     if not lines.any():
         return mask
     kept = mask & ~lines
-    bridged = ndi.binary_closing(kept, structure=np.ones((9, 1), dtype=bool)) & horizontal
-    bridged |= ndi.binary_closing(kept, structure=np.ones((1, 9), dtype=bool)) & vertical
-    return kept | (bridged & mask)
+    for found, axis in ((horizontal, 0), (vertical, 1)):
+        if found.any():
+            kept |= _closing1d(kept, axis=axis) & found & mask
+    return kept
+
+
+def _closing1d(mask: np.ndarray, axis: int, size: int = BRIDGE) -> np.ndarray:
+    """Gaps shorter than `size` along `axis` filled (a 1-D closing)."""
+    grown = ndi.maximum_filter1d(mask.astype(np.uint8), size=size, axis=axis)
+    return ndi.minimum_filter1d(grown, size=size, axis=axis).astype(bool)
 
 
 # --------------------------------------------------------------------------- the digit
@@ -503,14 +531,7 @@ def widen_strokes(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]
     size = round(missing / scale)
     if size < 2:
         return ink, width
-    footprint = _disk(size)
-    return ndi.grey_dilation(ink, footprint=footprint, mode="constant", cval=0.0), width
-
-
-def _disk(diameter: int) -> np.ndarray:
-    r = (diameter - 1) / 2
-    ys, xs = np.mgrid[0:diameter, 0:diameter]
-    return np.asarray(((ys - r) ** 2 + (xs - r) ** 2) <= (r + 0.5) ** 2)
+    return ndi.maximum_filter(ink, size=size, mode="constant", cval=0.0), width
 
 
 # --------------------------------------------------------------------------- all steps
