@@ -2,7 +2,7 @@
 #
 #   make serve    install the serving core only, then serve the committed models on :3000
 #   make test     install, then lint (ruff, mypy) and run the whole test suite
-#   make train    train the default models from the real data (see README for timings)
+#   make train    train the default models from the real data (wall times: docs/training.md)
 #   make models   train + export every committed default model into models/ (reproduces them)
 #   make help     list all targets
 
@@ -87,7 +87,7 @@ pytest: setup browser container-tools  ## the test suite only
 
 test: lint pytest  ## lint, then the whole test suite (what CI runs)
 
-train: setup  ## train the default models into $(RUNS)/ (see README for wall times)
+train: setup  ## train the default models into $(RUNS)/ (wall times: docs/training.md)
 	$(PY) -m training.defaults train --runs $(RUNS)
 
 export: setup  ## export the runs in $(RUNS)/ into models/ and print the summary

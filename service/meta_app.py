@@ -50,7 +50,7 @@ LEAN_DOC = {
         "description": "The lean digit route (the hot path): one or a few 28x28 digits as JSON "
         "numbers (integers 0..255 are the compact form) or as a raw tensor body "
         "(application/octet-stream with X-Tensor-Shape and X-Tensor-Datatype). Batched "
-        "continuously across clients. See README, 'Performance'.",
+        "continuously across clients. See docs/performance.md.",
         "parameters": [
             {"name": "model", "in": "query", "required": False, "schema": _MODEL},
             {

@@ -5,7 +5,7 @@ The request body is the one of POST /generate (`prompt`, `length`, `temperature`
 503 when the decode loop is full). Then:
 
     data: {"text": "W"}                  one event per chunk: the first character at once,
-    data: {"text": "hat li"}             then what the decode loop made in the last 10 ms
+    data: {"text": "hat li"}             then what the decode loop made in the last 20 ms (FLUSH_S)
     ...
     event: end
     data: {"chars": 200, "seed": 7, "seconds": 0.31, "first_char_ms": 2.4, ...}

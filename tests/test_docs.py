@@ -75,13 +75,6 @@ ALLOWED = {
     "2 s": "the hostile-input run's bound per answer, MAX_SECONDS (loadtest/hostile.py)",
     "65%": "the HorizontalPodAutoscaler's CPU target (deploy/k8s/hpa.yaml)",
 }
-# Figures that a page must copy verbatim from code and that no results file holds: the
-# settings table mirrors SETTINGS_DOC (tests/test_service_units.py checks it word for word).
-# Each is to be removed at its source; this test fails once it is gone, so that the entry
-# goes too.
-UNSOURCED_IN_CODE = {
-    "0.25 ms": "SETTINGS_DOC['tracing'] in service/settings.py ('off saves ~0.25 ms of CPU')",
-}
 
 
 @dataclass(frozen=True)
@@ -255,7 +248,7 @@ def test_card_values_are_formatted_as_the_docs_print_them() -> None:
 def test_every_figure_in_the_docs_has_a_source() -> None:
     pages = _read(PAGES)
     assert "README.md" in pages and any(name.startswith("docs/") for name in pages)
-    missing = unsourced(pages, _repository_sources(), [*ALLOWED, *UNSOURCED_IN_CODE])
+    missing = unsourced(pages, _repository_sources(), list(ALLOWED))
     listed = "\n".join(f"  {f.where}: {f.value:g} {f.unit} (in '{f.text}')" for f in missing)
     assert not missing, (
         "figures found in no loadtest/results/*.md and no models/*/card.json (quote the "
@@ -265,7 +258,7 @@ def test_every_figure_in_the_docs_has_a_source() -> None:
 
 def test_the_allowlist_holds_only_figures_the_docs_use() -> None:
     used = {f.key for text in _read(PAGES).values() for f in figures(text)}
-    for figure in [*ALLOWED, *UNSOURCED_IN_CODE]:
+    for figure in list(ALLOWED):
         assert {f.key for f in figures(figure)} <= used, f"{figure!r} is no longer quoted"
 
 
