@@ -464,6 +464,7 @@ def training_section(metrics: dict[str, Any]) -> dict[str, Any]:
         "world_size": metrics.get("world_size", 1),
         "torch_version": metrics.get("torch_version"),
         "dry_run": metrics.get("dry_run", False),
+        **({"started_from": metrics["started_from"]} if "started_from" in metrics else {}),
         "hyperparameters": {
             k: v
             for k, v in hparams.items()

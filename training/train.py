@@ -440,6 +440,34 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def starting_point(path: Path) -> dict[str, Any]:
+    """What a fine-tuned run started from, for its card: the starting model's own card (an
+    exported model.ts) or metrics (a run's best.pt), so its first stage stays on record."""
+    card_path, metrics_path = path.parent / "card.json", path.parent / "metrics.json"
+    summary: dict[str, Any] = {"weights": str(path)}
+    if card_path.exists():
+        card = json.loads(card_path.read_text())
+        summary.update(
+            test_accuracy=card["metrics"].get("test_accuracy"),
+            epochs_run=card["training"].get("epochs_run"),
+            best_epoch=card["training"].get("best_epoch"),
+            wall_time_s=card["training"].get("wall_time_s"),
+            git_commit=card["training"].get("git_commit"),
+            hyperparameters=card["training"].get("hyperparameters"),
+        )
+    elif metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        summary.update(
+            test_accuracy=metrics["test"]["accuracy"],
+            epochs_run=len(metrics["history"]),
+            best_epoch=metrics["best_epoch"],
+            wall_time_s=metrics["wall_time_s"],
+            git_commit=metrics.get("git_commit"),
+            hyperparameters=metrics.get("hparams"),
+        )
+    return summary
+
+
 def with_photos(
     train: D.MnistArrays, val: D.MnistArrays, args: argparse.Namespace, run_dir: Path, rt: Runtime
 ) -> tuple[D.MnistArrays, D.MnistArrays, str]:
@@ -557,6 +585,8 @@ def train_mnist(args: argparse.Namespace, rt: Runtime, run_dir: Path) -> dict[st
         },
         "wall_time_s": result.wall_time_s,
     }
+    if args.init_from:
+        metrics["started_from"] = starting_point(Path(args.init_from))
     if rt.is_main:
         plots.plot_curves(result.history, run_dir / "curves.png", args.name)
         if test_stats.predictions is not None and test_stats.targets is not None:
