@@ -27,6 +27,7 @@ PROTECTED = [
     ("POST", "/classify_image", {"files": {"image": ("a.png", PNG.getvalue())}}, 422),
     ("POST", "/next_char", {"json": {"text": "ROMEO", "k": 2}}, 200),
     ("POST", "/generate", {"json": {"prompt": "ROMEO", "length": 5, "seed": 1}}, 200),
+    ("POST", "/v1/generate/stream", {"json": {"prompt": "ROMEO", "length": 5, "seed": 1}}, 200),
     ("POST", "/metadata", {"json": {}}, 200),
     ("GET", "/v1/metadata", {}, 200),
     ("POST", "/v1/digits", {"json": {"pixels": [[0] * 28] * 28}}, 200),

@@ -57,6 +57,7 @@ def test_defaults_all_trains_exports_and_summarizes(
     monkeypatch.setattr(defaults, "PHOTO_FINE_TUNE", photo_stage)
     calibration = ["--per-kind", "2", "--blanks", "4", "--big-photos", "0"]
     monkeypatch.setattr(defaults, "CALIBRATION", calibration)
+    monkeypatch.setattr(defaults, "PROGRESS_EVERY_S", 0.1)
     code = make_models(tmp_path, mnist_root)
     assert code == 0
     cards = discover_cards(tmp_path / "models")
@@ -71,8 +72,10 @@ def test_defaults_all_trains_exports_and_summarizes(
         assert hyper["init_from"] == str(tmp_path / "runs" / name / "best.pt")
         assert hyper["photos"] == 0.05 and "photo/scan renders" in card.data["metrics"]["val_split"]
         assert 0 < card.data["calibration"]["confidence_threshold"] <= 1
-    out = capsys.readouterr().out
-    assert "every file matches its card's sha256" in out
+    captured = capsys.readouterr()
+    assert "every file matches its card's sha256" in captured.out
+    # progress while a training runs: its latest epoch line, not only start and end
+    assert "min: epoch 1 " in captured.err
 
 
 def test_a_failed_training_stops_before_export(

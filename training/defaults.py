@@ -114,11 +114,40 @@ def train_one(
     started = time.perf_counter()
     print(f"[{run_name}] {stage}, log: {log_path}", file=sys.stderr, flush=True)
     with log_path.open("w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        code = follow(process, log_path, run_name, started)
     elapsed = time.perf_counter() - started
     status = "done" if code == 0 else f"FAILED (exit {code}, see {log_path})"
     print(f"[{run_name}] {status} in {elapsed / 60:.1f} min", file=sys.stderr, flush=True)
     return name, code, elapsed
+
+
+PROGRESS_EVERY_S = 60.0
+
+
+def follow(process: subprocess.Popen[bytes], log_path: Path, run_name: str, started: float) -> int:
+    """Wait for a training, printing its latest epoch line every PROGRESS_EVERY_S: an
+    hour-long `make models` should say where it is, not only when it starts and ends."""
+    last_shown = ""
+    while True:
+        try:
+            return process.wait(timeout=PROGRESS_EVERY_S)
+        except subprocess.TimeoutExpired:
+            latest = latest_epoch_line(log_path)
+            if latest and latest != last_shown:
+                minutes = (time.perf_counter() - started) / 60
+                print(f"[{run_name}] {minutes:.1f} min: {latest}", file=sys.stderr, flush=True)
+                last_shown = latest
+
+
+def latest_epoch_line(log_path: Path) -> str:
+    """The last 'epoch N ...' line a training wrote (train.py prints one per epoch)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    epochs = [line.strip() for line in lines if line.startswith("epoch ")]
+    return " ".join(epochs[-1].split()) if epochs else ""
 
 
 def train_all(

@@ -336,7 +336,8 @@ def fit(
     stale = 0
     stopped_early = False
     started = time.perf_counter()
-    progress = rt.is_main and not args.no_progress
+    # bars only on a terminal: redirected to a file or a pipe they are noise (epoch lines stay)
+    progress = rt.is_main and not args.no_progress and sys.stderr.isatty()
     epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress, dynamic_ncols=True)
     for epoch in epoch_bar:
         t0 = time.perf_counter()
