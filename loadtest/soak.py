@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ from loadtest.servers import Server, start_server, worker_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_GROWTH = 0.10
+PROGRESS_EVERY_S = 60.0
 
 
 @dataclass
@@ -146,15 +148,23 @@ async def soak(
     connector = aiohttp.TCPConnector(limit=clients)
 
     async def sampler() -> None:
+        last_report = started
         while True:
-            samples.append(
-                Sample(
-                    round(time.perf_counter() - started, 1),
-                    tally.requests,
-                    tally.failures,
-                    [round(x, 1) for x in worker_rss_mb(server_pid)] if server_pid else [],
-                )
+            sample = Sample(
+                round(time.perf_counter() - started, 1),
+                tally.requests,
+                tally.failures,
+                [round(x, 1) for x in worker_rss_mb(server_pid)] if server_pid else [],
             )
+            samples.append(sample)
+            if time.perf_counter() - last_report >= PROGRESS_EVERY_S:  # a long run says so
+                last_report = time.perf_counter()
+                print(
+                    f"soak {sample.t_s:.0f}/{seconds:.0f} s: {sample.requests} requests, "
+                    f"{sample.failures} failures, worker RSS {sample.worker_rss_mb} MB",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if time.perf_counter() >= stop_at:
                 return
             await asyncio.sleep(min(sample_s, max(0.0, stop_at - time.perf_counter())))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest import soak
 from loadtest.soak import MAX_GROWTH, Sample, main, memory_growth
 
 
@@ -22,9 +23,14 @@ def test_memory_growth_is_measured_after_warm_up() -> None:
 
 
 @pytest.mark.slow
-def test_short_soak_reports_no_failures_and_worker_memory(tmp_path: Path) -> None:
+def test_short_soak_reports_no_failures_and_worker_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "soak"
+    monkeypatch.setattr(soak, "PROGRESS_EVERY_S", 4.0)
     main(["--seconds", "12", "--sample-s", "1", "--clients", "4", "--out", str(out)])
+    progress = [line for line in capsys.readouterr().err.splitlines() if "/12 s:" in line]
+    assert progress and "requests" in progress[0]  # a long soak says where it is
     result = json.loads((out / "soak.json").read_text())
     assert result["failures"] == 0, result["failure_examples"]
     assert result["requests"] > 100  # every kind of request in the mix ran many times
