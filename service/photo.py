@@ -41,7 +41,7 @@ STROKE_CONTRAST = 0.2  # gray levels: on an even ground, strokes differ from it 
 DIM_PAPER = 0.15  # gray level: paper in the deepest shadow we still read
 CLOSING = 9  # cells: wider than a bold stroke (MNIST's are 7 cells at this grid)
 # Ink is at least this much darker than the paper around it (fractions of the paper's level).
-MIN_STRONG_INK = 0.25  # a digit needs some pixels at least this dark ...
+MIN_STRONG_INK = 0.2  # a digit needs some pixels at least this dark ...
 MIN_WEAK_INK = 0.12  # ... and its strokes extend through pixels at least this dark
 MIN_LINE_INK = 0.06  # ruled lines are looked for among pixels at least this dark ...
 LINE_OF_INK = 0.15  # ... and at least this fraction of the picture's ink level
@@ -55,6 +55,7 @@ MARGIN_LINE_SPAN = 0.75
 # line; a digit's stroke drawn with a marker is wider).
 LINE_THICKNESS = 5  # (at half resolution, thickened by 3)
 BRIDGE = 11  # a stroke is bridged across a removed line this many pixels wide
+INK_OVER_LINE = 2.0  # a pixel on a line this many times darker than the line's median is ink
 # The digit: its longest side is at least this fraction of the picture's shorter side.
 MIN_DIGIT_SIDE = 0.04
 MIN_DIGIT_PIXELS = 8
@@ -333,12 +334,16 @@ def _double(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return full
 
 
-def remove_ruled_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
+def remove_ruled_lines(
+    mask: np.ndarray, faint: np.ndarray, dark: np.ndarray | None = None
+) -> np.ndarray:
     """The ink mask without ruled or squared paper's lines (or a page edge). Lines are found
     in `faint` (a lower threshold than the mask's): in shadow or half-printed, only parts of
     a line reach the mask, and a part does not span the picture. They are looked for at half
     resolution (they are long: a quarter of the work). Where a stroke crosses a line, the
-    stroke is bridged again across the gap."""
+    stroke is bridged again across the gap; where a stroke runs along a line (the bar of a
+    '5' or a '7' written on it), its pixels stay if they are clearly darker than the line
+    (`dark`: pen ink is darker than printed rules)."""
     small = _half(faint)
     horizontal = _double(_long_lines(small, axis=1), mask.shape)
     vertical = _double(_long_lines(small, axis=0), mask.shape)
@@ -349,6 +354,12 @@ def remove_ruled_lines(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     for found, axis in ((horizontal, 0), (vertical, 1)):
         if found.any():
             kept |= _closing1d(kept, axis=axis) & found & mask
+    if dark is not None:  # each set of lines against its own darkness (a margin is darker)
+        for found in (horizontal & ~vertical, vertical):
+            on_lines = found & faint
+            if on_lines.any():
+                level = float(np.median(dark[on_lines]))
+                kept |= found & mask & (dark >= INK_OVER_LINE * level)
     return kept
 
 
@@ -548,7 +559,7 @@ def read_digit(image: Image.Image) -> DigitReading:
             "around it (too faint, or blank)"
         )
     faint = dark >= max(MIN_LINE_INK, LINE_OF_INK * level)
-    mask = remove_ruled_lines(ink_mask(dark, level), faint)
+    mask = remove_ruled_lines(ink_mask(dark, level), faint, dark)
     labels, pieces = components(mask, dark)
     chosen = select_digit(pieces, labels, photo)
     ink, digit_mask = soft_crop(dark, labels, chosen)

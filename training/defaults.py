@@ -74,7 +74,7 @@ DEFAULT_MODELS: dict[str, list[str]] = {
 
 
 # Stage two of the digit models (flags given last win over DEFAULT_MODELS' own).
-PHOTO_FINE_TUNE = ["--photos", "0.5", "--epochs", "4", "--lr", "3e-4", "--patience", "0"]
+PHOTO_FINE_TUNE = ["--photos", "0.5", "--epochs", "8", "--lr", "3e-4", "--patience", "0"]
 PHOTO_MODELS = ("mnist-bigru", "mnist-birnn", "mnist-rnn")  # the slowest first
 
 
