@@ -74,8 +74,11 @@ DEFAULT_MODELS: dict[str, list[str]] = {
 
 
 # Stage two of the digit models (flags given last win over DEFAULT_MODELS' own).
-PHOTO_FINE_TUNE = ["--photos", "0.5", "--epochs", "8", "--lr", "3e-4", "--patience", "0"]
-PHOTO_MODELS = ("mnist-bigru", "mnist-birnn", "mnist-rnn")  # the slowest first
+PHOTO_FINE_TUNE = ["--photos", "0.5", "--epochs", "4", "--lr", "3e-4", "--patience", "0"]
+# Only the default classifier has the photo stage: the same stage cost mnist-rnn and
+# mnist-birnn 0.08 and 0.13 points of MNIST t10k accuracy (99.02%, 99.09%), so they stay
+# MNIST-only until a longer stage keeps their accuracy.
+PHOTO_MODELS = ("mnist-bigru",)
 
 
 def final_run(name: str, runs: Path) -> Path:
