@@ -151,6 +151,8 @@ def shrink(image: Image.Image, side: int = ANALYSIS_SIDE) -> Image.Image:
         image = image.resize(size, Image.Resampling.BOX)
     if orientation in _UPRIGHT:
         image = image.transpose(_UPRIGHT[orientation])
+        # the copy keeps the EXIF block: drop it, or a second shrink would turn it again
+        image.info.pop("exif", None)
     return image
 
 

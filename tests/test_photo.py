@@ -74,6 +74,7 @@ def test_exif_orientation_is_applied() -> None:
     assert upright.size == (40, 60)
     gray = photo.luminance(upright)
     assert gray[:10, -10:].mean() < 0.3  # rotated clockwise: now top-right
+    assert photo.shrink(upright).size == (40, 60)  # upright stays upright: turned only once
 
 
 def test_shrink_bounds_the_analysis_size_keeping_the_aspect() -> None:
