@@ -71,6 +71,7 @@ def environment() -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
         "onnxruntime": ort.__version__,
         "available_providers": ort.get_available_providers(),
     }
@@ -109,17 +110,20 @@ def real_inputs(card: Any, batch: int) -> dict[str, np.ndarray]:
     return {"ids": ids, "state": np.zeros((shape[0], batch, shape[2]), np.float32)}
 
 
-def session(card: Any, provider: str) -> Any:
+def session(card: Any, provider: str, tf32: bool = False) -> Any:
+    """An onnxruntime session as the service makes one (`tf32`: the provider's own default,
+    to show what full float32 buys in parity and costs in speed)."""
     import onnxruntime as ort
 
-    from service.runtime import preload_cuda_libraries
+    from service.runtime import CUDA_PROVIDER_OPTIONS, preload_cuda_libraries
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     providers: list[Any] = ["CPUExecutionProvider"]
     if provider == "cuda":
         preload_cuda_libraries(ort)
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": 0}))
+        cuda_options = {**CUDA_PROVIDER_OPTIONS, **({"use_tf32": 1} if tf32 else {})}
+        providers.insert(0, ("CUDAExecutionProvider", cuda_options))
     created = ort.InferenceSession(card.read_verified("onnx"), options, providers=providers)
     if provider == "cuda" and created.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError(
@@ -145,6 +149,7 @@ def onnxruntime_check(cpu_only: bool, seconds: float = 2.0) -> dict[str, Any]:
     for card in discover_cards(ROOT / "models"):
         cpu = session(card, "cpu")
         gpu = None if cpu_only else session(card, "cuda")
+        gpu_tf32 = None if cpu_only else session(card, "cuda", tf32=True)
         tolerance = float(card.data["export"].get("tolerance", 1e-4))
         row: dict[str, Any] = {"tolerance": tolerance}
         feeds = real_inputs(card, 256 if card.task == "digit-classification" else 64)
@@ -157,10 +162,15 @@ def onnxruntime_check(cpu_only: bool, seconds: float = 2.0) -> dict[str, Any]:
             row["parity"] = (
                 row["max_abs_diff_gpu_vs_cpu"] <= tolerance * 10
             )  # 10x: float kernels differ
+            if gpu_tf32 is not None:
+                got = gpu_tf32.run(None, feeds)
+                row["max_abs_diff_gpu_tf32_vs_cpu"] = max(
+                    float(np.abs(a - b).max()) for a, b in zip(got, reference, strict=True)
+                )
         for batch in BATCHES:
             feeds = real_inputs(card, batch)
             rows = batch * (feeds["ids"].shape[1] if "ids" in feeds else 1)
-            for name, runner in (("cpu", cpu), ("gpu", gpu)):
+            for name, runner in (("cpu", cpu), ("gpu", gpu), ("gpu_tf32", gpu_tf32)):
                 if runner is not None:
                     rate = per_second(partial(runner.run, None, feeds), rows, seconds)
                     row[f"{name}_samples_per_s_b{batch}"] = round(rate, 1)
@@ -170,31 +180,47 @@ def onnxruntime_check(cpu_only: bool, seconds: float = 2.0) -> dict[str, Any]:
 
 
 def torchscript_check(cpu_only: bool) -> dict[str, Any]:
-    import io
-    import warnings
-
     import torch
 
     from service.cards import discover_cards
 
     device = "cpu" if cpu_only else "cuda"
+    torch.backends.cudnn.allow_tf32 = False  # as the service's TorchScript backend does
+    torch.backends.cuda.matmul.allow_tf32 = False
     results: dict[str, Any] = {}
     for card in discover_cards(ROOT / "models"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.jit.load(
-                io.BytesIO(card.read_verified("torchscript")), map_location=device
-            ).eval()
-        feeds = real_inputs(card, 64)
-        reference = session(card, "cpu").run(None, feeds)
-        with torch.inference_mode():
-            out = module(*(torch.from_numpy(v).to(device) for v in feeds.values()))
-        outs = out if isinstance(out, tuple) else (out,)
-        diff = max(
-            float(np.abs(o.cpu().numpy() - r).max()) for o, r in zip(outs, reference, strict=True)
-        )
-        results[card.name] = {"device": device, "max_abs_diff_vs_onnx_cpu": diff}
+        try:
+            results[card.name] = torchscript_parity(card, device)
+        except Exception as exc:  # one model's failure must not hide the others'
+            results[card.name] = {"device": device, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+    failed = [name for name, row in results.items() if "error" in row]
+    if failed:
+        raise RuntimeError(f"TorchScript failed on {device} for {failed}: {results}")
     return results
+
+
+def torchscript_parity(card: Any, device: str) -> dict[str, Any]:
+    """One committed model.ts on `device` against onnxruntime on CPU, same real inputs."""
+    import io
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(
+            io.BytesIO(card.read_verified("torchscript")), map_location=device
+        ).eval()
+    feeds = real_inputs(card, 64)
+    reference = session(card, "cpu").run(None, feeds)
+    with torch.inference_mode():
+        out = module(*(torch.from_numpy(v).to(device) for v in feeds.values()))
+    outs = out if isinstance(out, tuple) else (out,)
+    diff = max(
+        float(np.abs(o.cpu().numpy() - r).max()) for o, r in zip(outs, reference, strict=True)
+    )
+    tolerance = float(card.data["export"].get("tolerance", 1e-4))
+    return {"device": device, "max_abs_diff_vs_onnx_cpu": diff, "parity": diff <= tolerance * 10}
 
 
 def service_check(cpu_only: bool) -> dict[str, Any]:
@@ -234,8 +260,122 @@ def service_check(cpu_only: bool) -> dict[str, Any]:
         server.stop()
 
 
-def render(steps: dict[str, Any], command: str) -> str:
-    lines = ["# GPU check", "", f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d')}", ""]
+def torchscript_service_check(cpu_only: bool) -> dict[str, Any]:
+    """The service with RNNSERVE_BACKEND=torchscript on the device: every model on torch there,
+    /v1/digits under 32 clients without an error."""
+    from loadtest.bench_service import percentile, run_level, scenario_requests
+    from loadtest.servers import start_server
+
+    device = "cpu" if cpu_only else "cuda"
+    scratch = Path(tempfile.mkdtemp(prefix="rnnserve-gpu-ts-"))
+    server = start_server(scratch, device=device, backend="torchscript", timeout=240)
+    try:
+        import httpx
+
+        meta = httpx.get(f"{server.url}/v1/metadata", timeout=30).json()
+        providers = {m["name"]: m["provider"] for m in meta["models"]}
+        if set(providers.values()) != {f"torch-{device}"}:
+            raise RuntimeError(f"providers {providers}, expected torch-{device} everywhere")
+        requests = scenario_requests("lean pixels, batching on")
+        lat, errors, elapsed = asyncio.run(run_level(server.url, requests, 32, 4.0, 1.0))
+        if errors:
+            raise RuntimeError(f"{errors} errors from the torchscript service")
+        return {
+            "providers": providers,
+            "v1_digits_32_clients": {
+                "rps": round(len(lat) / elapsed, 1),
+                "p99_ms": round(percentile(lat, 99), 2),
+            },
+        }
+    finally:
+        server.stop()
+
+
+def machine(steps: dict[str, Any]) -> str:
+    """The GPU as nvidia-smi named it, and the host's cores (the CPU columns ran on one)."""
+    env = steps.get("environment", {}).get("result") or {}
+    gpu = env.get("nvidia_smi") or "no GPU"
+    cores = env.get("cpu_count", "unrecorded")
+    return f"{gpu}; host {platform.machine()}, {cores} CPU cores, Python {env.get('python')}"
+
+
+def summary(steps: dict[str, Any]) -> list[str]:
+    """The tables a reader wants first; the raw step results follow them."""
+    lines: list[str] = []
+    ort_rows = (steps.get("onnxruntime") or {}).get("result") or {}
+    ts_rows = (steps.get("torchscript") or {}).get("result") or {}
+    if ort_rows:
+        lines += [
+            "In-process onnxruntime, samples/s (a sample is an image, or a character for "
+            "char-rnn); CPU = the GPU machine's CPU, 1 thread; GPU = CUDAExecutionProvider, full "
+            "float32 (the service's setting); TF32 = the provider's default, shown for its cost "
+            "in parity.",
+            "",
+            "| model | GPU vs CPU max abs diff | TF32 vs CPU | TorchScript CUDA vs CPU "
+            "| CPU samples/s, b1 / b64 / b256 | GPU samples/s, b1 / b64 / b256 "
+            "| TF32 samples/s, b256 |",
+            "| --- | ---: | ---: | ---: | --- | --- | ---: |",
+        ]
+        for name, row in ort_rows.items():
+
+            def rates(prefix: str, row: dict[str, Any] = row) -> str:
+                return " / ".join(
+                    f"{row.get(f'{prefix}_samples_per_s_b{b}', 0):,.0f}" for b in BATCHES
+                )
+
+            ts = ts_rows.get(name, {}).get("max_abs_diff_vs_onnx_cpu")
+            lines.append(
+                f"| {name} | {row.get('max_abs_diff_gpu_vs_cpu', 0):.1e} "
+                f"| {row.get('max_abs_diff_gpu_tf32_vs_cpu', 0):.1e} "
+                f"| {ts if ts is None else format(ts, '.1e')} | {rates('cpu')} | {rates('gpu')} "
+                f"| {row.get('gpu_tf32_samples_per_s_b256', 0):,.0f} |"
+            )
+        lines.append("")
+    service = (steps.get("service") or {}).get("result") or {}
+    if service:
+        one, many = service["v1_digits_1_clients"], service["v1_digits_32_clients"]
+        lines += [
+            "The service (`bentoml serve`, RNNSERVE_DEVICE=cuda, one worker; load generator on "
+            "the same machine):",
+            "",
+            "| what | measured |",
+            "| --- | --- |",
+            f"| /v1/digits, 1 image, 1 client | {one['rps']:,.1f} req/s, p99 {one['p99_ms']} ms |",
+            f"| /v1/digits, 1 image, 32 clients | {many['rps']:,.1f} req/s, "
+            f"p99 {many['p99_ms']} ms |",
+            f"| /v1/digits, 256 images per request | {service['v1_digits_256_images_rps']} req/s "
+            f"({service['v1_digits_256_images_rps'] * 256:,.0f} digits/s) |",
+        ]
+        for key in ("generation_32_streams", "generation_64_streams"):
+            if key in service:
+                gen = service[key]
+                lines.append(
+                    f"| generation, {gen['streams']} streams | {gen['chars_per_s']:,.0f} chars/s, "
+                    f"first char p99 {gen['first_char_p99_ms']:.1f} ms |"
+                )
+        ts_service = (steps.get("service_torchscript") or {}).get("result") or {}
+        if ts_service:
+            row = ts_service["v1_digits_32_clients"]
+            lines.append(
+                "| /v1/digits, RNNSERVE_BACKEND=torchscript, 32 clients "
+                f"| {row['rps']:,.1f} req/s, p99 {row['p99_ms']} ms |"
+            )
+        lines.append("")
+    return lines
+
+
+def render(steps: dict[str, Any], command: str, date: str | None = None) -> str:
+    lines = [
+        "# GPU check",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {date or time.strftime('%Y-%m-%d')}  ",
+        f"Machine: {machine(steps)}",
+        "",
+        *summary(steps),
+        "## Steps",
+        "",
+    ]
     for name, step in steps.items():
         lines += [f"## {name} ({'ok' if step['ok'] else 'FAILED'}, {step['seconds']} s)", "", "```"]
         lines += [
@@ -254,16 +394,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-service", action="store_true")
     parser.add_argument("--seconds", type=float, default=2.0, help="per throughput figure")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="only write OUT/gpu_check.md again from a run's gpu_check.json",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        steps = json.loads(args.render.read_text())
+        (args.out / "gpu_check.md").write_text(render(steps, "bash loadtest/gpu_check.sh"))
+        return 0
     report = Report(args.out)
     report.step("environment", environment)
     report.step("onnxruntime", lambda: onnxruntime_check(args.cpu_only, args.seconds))
     report.step("torchscript", lambda: torchscript_check(args.cpu_only))
     if not args.skip_service:
         report.step("service", lambda: service_check(args.cpu_only))
-    command = " ".join(
-        ["python -m loadtest.gpu_check", *(argv if argv is not None else sys.argv[1:])]
-    )
+        report.step("service_torchscript", lambda: torchscript_service_check(args.cpu_only))
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != str(args.out)]
+    command = " ".join(["bash loadtest/gpu_check.sh", *(a for a in given if a != "--out")])
     (args.out / "gpu_check.md").write_text(render(report.steps, command))
     failed = [name for name, step in report.steps.items() if not step["ok"]]
     print("failed steps:", failed or "none")

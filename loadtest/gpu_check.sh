@@ -14,13 +14,15 @@ export OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/rnnserve-gpu-check.XXXXXX")}
 export PYTHONUNBUFFERED=1 BENTOML_DO_NOT_TRACK=true OMP_NUM_THREADS=1
 export BENTOML_HOME=${BENTOML_HOME:-/tmp/rnnserve-bentoml}
 PYTHON=${PYTHON:-python3}
-if [ -d .whl ]; then
+# where the carried parts are: .whl, or a folder earlier calls copied them to (WHEELS=/tmp/parts)
+WHEELS=${WHEELS:-.whl}
+if [ -d "$WHEELS" ]; then
   mkdir -p /tmp/wheels
-  for first in .whl/p*/split-*.00; do
+  for first in "$WHEELS"/p*/split-*.00; do
     [ -e "$first" ] || continue
-    name=$(basename "$first" .00); cat .whl/p*/"$name".* > "/tmp/wheels/${name#split-}"
+    name=$(basename "$first" .00); cat "$WHEELS"/p*/"$name".* > "/tmp/wheels/${name#split-}"
   done
-  cp .whl/p*/*.whl /tmp/wheels/ 2>/dev/null
+  cp "$WHEELS"/p*/*.whl /tmp/wheels/ 2>/dev/null
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site /tmp/wheels/*.whl > "$OUT/install.log" 2>&1 \
     || { tail -20 "$OUT/install.log"; exit 1; }

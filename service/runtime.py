@@ -78,6 +78,12 @@ class Backend(Protocol):
 
 _PRELOADED: list[bool] = []
 
+# Full float32 on the GPU: onnxruntime's CUDA provider uses TF32 (10-bit mantissas) for its
+# matrix products by default on Ampere and newer, which moved these models' logits by up to
+# 0.019 from the CPU's on an H200 (the cards promise 1e-4; loadtest/results/gpu_check.md).
+# These models are far too small for TF32 to buy speed, so parity wins.
+CUDA_PROVIDER_OPTIONS: dict[str, Any] = {"device_id": 0, "use_tf32": 0}
+
 
 def preload_cuda_libraries(ort: Any) -> None:
     """Load CUDA and cuDNN from the `nvidia-*` pip packages (onnxruntime-gpu[cuda,cudnn]) before
@@ -107,7 +113,7 @@ class OnnxBackend:
         providers: list[Any] = ["CPUExecutionProvider"]
         if device == "cuda":
             preload_cuda_libraries(ort)
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": 0}))
+            providers.insert(0, ("CUDAExecutionProvider", dict(CUDA_PROVIDER_OPTIONS)))
         self.session = ort.InferenceSession(
             card.read_verified("onnx"), options, providers=providers
         )
@@ -139,6 +145,9 @@ class TorchScriptBackend:
 
         if threads:
             torch.set_num_threads(threads)
+        if device == "cuda":  # full float32, as on the onnx backend (CUDA_PROVIDER_OPTIONS)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.torch = torch
         self.device = torch.device(device)
         with warnings.catch_warnings():

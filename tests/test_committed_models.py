@@ -15,6 +15,7 @@ from service.cards import CardError, discover_cards, load_card
 from service.preprocess import normalize
 from tests.conftest import ROOT
 from training.data import load_mnist_split
+from training.retrace import baked_devices
 
 MODELS = ROOT / "models"
 EXPECTED = {"mnist-rnn", "mnist-birnn", "mnist-bigru", "char-rnn"}
@@ -112,3 +113,14 @@ def test_tampering_one_byte_of_a_committed_file_is_caught(tmp_path: Path) -> Non
         target.write_bytes(bytes(blob))
         with pytest.raises(CardError, match=rf"{name}/model\.ts: sha256"):
             load_card(copy)
+
+
+def test_committed_torchscript_files_follow_the_device_they_are_loaded_on() -> None:
+    """A trace that bakes its device (the classifiers' RNN made its own zero state on the CPU)
+    loads everywhere but fails on CUDA: "Input and hidden tensors are not at the same device".
+    Readable on the CPU: no fixed device anywhere in the files' code."""
+    import torch
+
+    for card in discover_cards(MODELS):
+        scripted = torch.jit.load(str(card.file_path("torchscript")), map_location="cpu")
+        assert baked_devices(scripted) == [], card.name

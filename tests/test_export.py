@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import torch
 
 from service.cards import CardError, load_card
 from training import export, train
+from training.nets import SequenceClassifier
+from training.retrace import baked_devices, retrace
 
 CASES = {
     # name: (train args, exporter)
@@ -87,6 +90,8 @@ def test_exported_files_match_the_checkpoint_recomputed_here(
     )
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     scripted = torch.jit.load(str(out / "model.ts"))
+    # a device baked into the trace made model.ts fail on CUDA (found on the first GPU run)
+    assert baked_devices(scripted) == []
     rng = np.random.default_rng(123)
     tol = card["export"]["tolerance"]
     with torch.no_grad():
@@ -245,3 +250,44 @@ def test_export_fails_when_parity_is_impossible(
         export.export_run(
             run_dir, tmp_path / "out", exporter="legacy", tolerance=0.0, data_dir=str(mnist_root)
         )
+
+
+def test_retrace_rewrites_a_device_baked_torchscript_with_the_same_weights(
+    exported: dict[str, tuple[Path, dict]], tmp_path: Path
+) -> None:
+    """The committed classifiers were traced by code that let the RNN make its zero state,
+    which bakes the CPU into the file; `training.retrace` rewrites such a file from its own
+    weights and fixes the card's checksum."""
+    out, _ = exported["mnist-rnn"]
+    model_dir = tmp_path / "mnist-rnn"
+    shutil.copytree(out, model_dir)
+    model = train.model_from_checkpoint(
+        train.load_checkpoint(out.parent.parent / "runs" / "mnist-rnn" / "best.pt")
+    )
+    assert isinstance(model, SequenceClassifier)
+    rnn, fc = model.rnn, model.fc
+
+    class OldStyle(torch.nn.Module):  # the classifier as it was traced before the fix
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.fc = rnn, fc
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            _, state = self.rnn(x)
+            return self.fc(state[-1])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's own warnings about the RNN's checks
+        old = torch.jit.trace(OldStyle().eval(), torch.zeros(2, 28, 28), check_trace=False)
+    assert baked_devices(old)  # the defect, reproduced
+    torch.jit.save(old, str(model_dir / "model.ts"))
+
+    changed = retrace(model_dir)
+
+    new = torch.jit.load(str(model_dir / "model.ts"))
+    assert baked_devices(new) == [] and changed.max_abs_diff <= 1e-5
+    card = load_card(model_dir)
+    card.read_verified("torchscript")  # the card's checksum is the new file's
+    x = torch.rand(5, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), model(x), rtol=0, atol=1e-5)

@@ -107,14 +107,18 @@ class SequenceClassifier(nn.Module):
             config.bidirectional,
         )
         init_recurrent_(self.rnn)
-        directions = 2 if config.bidirectional else 1
-        self.fc = nn.Linear(config.hidden_size * directions, config.num_classes)
+        self.directions = 2 if config.bidirectional else 1
+        self.fc = nn.Linear(config.hidden_size * self.directions, config.num_classes)
         self.is_lstm = config.cell == "lstm"
         self.bidirectional = config.bidirectional
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T=28, F=28) -> logits (B, num_classes)
-        _, state = self.rnn(x)  # no h0 given: zeros sized from the batch, never a baked batch
+        # h0 made from x (`new_zeros`), not left to the RNN: a trace records the RNN's own zeros
+        # with the tracing device baked in (cpu), which fails on CUDA; `new_zeros` follows x's
+        # device and batch at run time (found on the first GPU run).
+        h0 = x.new_zeros((self.rnn.num_layers * self.directions, x.shape[0], self.rnn.hidden_size))
+        _, state = self.rnn(x, (h0, h0) if self.is_lstm else h0)
         h_n = state[0] if self.is_lstm else state  # (num_layers * directions, B, H)
         # (B, 2H) = [forward final, backward final], or (B, H)
         last = torch.cat((h_n[-2], h_n[-1]), dim=1) if self.bidirectional else h_n[-1]
