@@ -57,6 +57,9 @@ def server_env(scratch: Path, home: str | None = None, **settings: str) -> dict[
         "BENTOML_DO_NOT_TRACK": "true",
         "OMP_NUM_THREADS": "1",
     }
+    # BentoML makes and cleans its own Prometheus folder per server; an inherited one (the test
+    # suite's in-process service has one) would be shared, and wiped under its owner
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update({f"RNNSERVE_{k.upper()}": v for k, v in settings.items()})
     return env
 

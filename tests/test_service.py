@@ -1,4 +1,6 @@
-"""Integration: a real `bentoml serve` process with the committed models, over real HTTP."""
+"""The service with the committed models: most tests in this process (`app_client`: the whole
+ASGI app, every middleware and mounted app), the rest against a real `bentoml serve` over real
+HTTP (marked slow): its log, the TorchScript backend's own server, BentoML's HTTP client."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from loadtest.servers import Server, start_server
 from tests.conftest import ROOT, expected_provider, metric_value
 from tests.images import as_user_photo, big_blank_png, mnist_test_digits, png_bytes
 
-pytestmark = pytest.mark.slow
 MODELS = ROOT / "models"
 SHAKESPEARE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, s"
 
@@ -31,9 +32,8 @@ def ts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def client(default_server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=default_server.url, timeout=30) as c:
-        yield c
+def client(app_client: httpx.Client) -> httpx.Client:
+    return app_client
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,10 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/readyz").status_code == 200
 
 
+@pytest.mark.slow
 def test_log_has_one_honest_line_per_model(default_server: Server, provider: str) -> None:
+    meta = httpx.get(f"{default_server.url}/v1/metadata", timeout=30).json()
+    assert meta["torch_imported"] is False  # the ONNX serving path never imports torch
     log = default_server.log()
     device = "cpu" if provider == "CPUExecutionProvider" else "cuda"
     for name in ("mnist-rnn", "mnist-birnn", "mnist-bigru", "char-rnn"):
@@ -207,7 +210,7 @@ def test_metadata_get_and_post(client: httpx.Client) -> None:
     meta = got.json()
     assert meta == posted.json()
     assert meta["backend"] == "onnx" and meta["device"] in ("cpu", "cuda")
-    assert meta["torch_imported"] is False  # the ONNX serving path never imports torch
+    assert isinstance(meta["torch_imported"], bool)  # this process imports torch elsewhere
     names = {m["name"] for m in meta["models"]}
     assert {"mnist-rnn", "mnist-birnn", "char-rnn"} <= names
     for m in meta["models"]:
@@ -215,12 +218,10 @@ def test_metadata_get_and_post(client: httpx.Client) -> None:
     assert meta["vocabulary"] and "rnn" in meta["digit_model_names"]
 
 
-def test_metrics_count_exactly_the_requests_sent(
-    client: httpx.Client, default_server: Server, provider: str
-) -> None:
+def test_metrics_count_exactly_the_requests_sent(client: httpx.Client, provider: str) -> None:
     """Counters move by exactly what was sent: 5 next_char calls are 5 char-model calls of
     one row each; 3 /v1/digits requests (one rejected) are 2 + 1 lean requests by status."""
-    url = default_server.url
+    url = client
     model = 'model="char-rnn"'
     calls = metric_value(url, "rnnserve_inference_seconds_count", model)
     rows = metric_value(url, "rnnserve_inference_batch_size_sum", model)
@@ -240,6 +241,7 @@ def test_metrics_count_exactly_the_requests_sent(
     assert len(info) == 4 and all(f'provider="{provider}"' in line for line in info), info
 
 
+@pytest.mark.slow
 def test_both_backends_agree(
     default_server: Server, ts_server: Server, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -264,6 +266,7 @@ def test_both_backends_agree(
     assert ga["text"] == gb["text"]
 
 
+@pytest.mark.slow
 def test_sync_http_client(default_server: Server, digits: tuple[np.ndarray, np.ndarray]) -> None:
     import bentoml
 
