@@ -30,6 +30,7 @@ def make_models(tmp_path: Path, data_dir: Path) -> int:
     )
 
 
+@pytest.mark.slow  # trains, exports and calibrates every default model (tiny): ~40 s
 def test_defaults_all_trains_exports_and_summarizes(
     tmp_path: Path,
     mnist_root: Path,
