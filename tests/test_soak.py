@@ -27,9 +27,9 @@ def test_short_soak_reports_no_failures_and_worker_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "soak"
-    monkeypatch.setattr(soak, "PROGRESS_EVERY_S", 4.0)
-    main(["--seconds", "12", "--sample-s", "1", "--clients", "4", "--out", str(out)])
-    progress = [line for line in capsys.readouterr().err.splitlines() if "/12 s:" in line]
+    monkeypatch.setattr(soak, "PROGRESS_EVERY_S", 3.0)
+    main(["--seconds", "8", "--sample-s", "0.5", "--clients", "4", "--out", str(out)])
+    progress = [line for line in capsys.readouterr().err.splitlines() if "/8 s:" in line]
     assert progress and "requests" in progress[0]  # a long soak says where it is
     result = json.loads((out / "soak.json").read_text())
     assert result["failures"] == 0, result["failure_examples"]
