@@ -1,4 +1,5 @@
-"""Service settings, read once from environment variables with the `RNNSERVE_` prefix.
+"""Service settings, read once from environment variables with the `RNNSERVE_` prefix
+(pydantic-settings).
 
 Every knob the service has is here, with its default and its limits; the settings table of
 docs/configuration.md mirrors `SETTINGS_DOC` (a test keeps them equal). A malformed value
@@ -8,16 +9,16 @@ default.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREFIX = "RNNSERVE_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ("onnx", "torchscript")
-DEVICE_POLICIES = ("auto", "cpu", "cuda")
 # The routes that run a model: authentication, when on, can never be waived for them.
 INFERENCE_ROUTES = (
     "/classify_pixels",
@@ -33,38 +34,61 @@ class SettingsError(ValueError):
     """An environment variable with a value the service cannot use."""
 
 
-@dataclass(frozen=True)
-class Settings:
+# A count or size: at least 1 (0 would refuse everything, or mean "unbounded" by accident)
+Count = Annotated[int, Field(ge=1)]
+
+
+class Settings(BaseSettings):
+    """Every setting with its default; `RNNSERVE_<NAME>` in the environment overrides it.
+
+    pydantic-settings reads and converts the variables (whole numbers, on/off, paths); the
+    rules beyond types (authentication fails closed) are the validators below.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        case_sensitive=False,
+        env_ignore_empty=True,  # RNNSERVE_X= (empty) means the default, as unset
+        extra="ignore",
+        frozen=True,
+        protected_namespaces=(),  # `model_dir` is ours, not pydantic's
+    )
+
     model_dir: Path = PROJECT_ROOT / "models"
-    backend: str = "onnx"
-    device: str = "auto"
-    threads: int = 1
+    backend: Literal["onnx", "torchscript"] = "onnx"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Annotated[int, Field(ge=0)] = 1
     default_digit_model: str = "mnist-bigru"
     batching: bool = True
-    max_batch_size: int = 64
-    max_queued_images: int = 1024
-    max_queue_wait_ms: int = 1000
-    max_request_bytes: int = 4 * 1024 * 1024
-    max_buffered_bytes: int = 64 * 1024 * 1024
-    max_images_per_request: int = 256
-    max_image_pixels: int = 4096 * 4096
-    max_image_side: int = 16384
-    max_image_aspect: int = 20
-    max_queued_decodes: int = 16
-    max_text_chars: int = 2000
-    max_char_rows: int = 64
-    max_char_ids: int = 8192
-    max_queued_text: int = 64
-    max_generate_chars: int = 1000
-    max_top_k: int = 20
-    max_active_generations: int = 64
-    max_queued_generations: int = 64
-    generation_joins_per_step: int = 16
-    workers: int = 1
-    timeout_s: int = 30
+    max_batch_size: Count = 64
+    max_queued_images: Count = 1024
+    max_queue_wait_ms: Count = 1000
+    max_request_bytes: Count = 4 * 1024 * 1024
+    max_buffered_bytes: Count = 64 * 1024 * 1024
+    max_images_per_request: Count = 256
+    max_image_pixels: Count = 4096 * 4096
+    max_image_side: Count = 16384
+    max_image_aspect: Count = 20
+    max_queued_decodes: Count = 16
+    max_text_chars: Count = 2000
+    max_char_rows: Count = 64
+    max_char_ids: Count = 8192
+    max_queued_text: Count = 64
+    max_generate_chars: Count = 1000
+    max_top_k: Count = 20
+    max_active_generations: Count = 64
+    max_queued_generations: Count = 64
+    generation_joins_per_step: Count = 16
+    workers: Count = 1
+    timeout_s: Count = 30
     tracing: bool = False
     api_tokens: str = ""
     auth_exempt: str = "/livez,/readyz,/healthz,/metrics,/v2/health/live,/v2/health/ready,/ui,/ui/*"
+
+    @field_validator("backend", "device", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @property
     def tokens(self) -> tuple[str, ...]:
@@ -75,33 +99,19 @@ class Settings:
     def exempt_paths(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.auth_exempt.split(",") if p.strip())
 
-    def __post_init__(self) -> None:
-        self._check_auth()
-        if self.backend not in BACKENDS:
-            raise SettingsError(f"{PREFIX}BACKEND={self.backend!r}: expected one of {BACKENDS}")
-        if self.device not in DEVICE_POLICIES:
-            raise SettingsError(
-                f"{PREFIX}DEVICE={self.device!r}: expected one of {DEVICE_POLICIES}"
-            )
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool):
-                continue
-            if isinstance(value, int) and value < (0 if f.name == "threads" else 1):
-                raise SettingsError(f"{PREFIX}{f.name.upper()}={value}: must be positive")
-
-    def _check_auth(self) -> None:
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
         """Authentication fails closed: a token setting that yields no token, or an exempt
         list that opens an inference route, is a start-up error, never a silent open door."""
         if self.api_tokens.strip() and not self.tokens:
-            raise SettingsError(
+            raise ValueError(
                 f"{PREFIX}API_TOKENS={self.api_tokens!r} holds no token (only commas and "
                 "spaces); set real tokens, or leave it empty to run without authentication"
             )
         for entry in self.exempt_paths:
             prefix = entry.removesuffix("*")
             if not entry.startswith("/") or prefix in ("", "/"):
-                raise SettingsError(
+                raise ValueError(
                     f"{PREFIX}AUTH_EXEMPT entry {entry!r} would exempt every route; name paths "
                     "that start with '/' (a trailing '*' exempts a sub-tree, e.g. /ui/*)"
                 )
@@ -111,38 +121,45 @@ class Settings:
                 if route == entry or (entry.endswith("*") and route.startswith(prefix))
             ]
             if opened:
-                raise SettingsError(
+                raise ValueError(
                     f"{PREFIX}AUTH_EXEMPT entry {entry!r} would open inference route(s) "
                     f"{opened} to anyone; exempt probes, metrics and static pages only"
                 )
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = env.get(PREFIX + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            default = f.default
-            if isinstance(default, bool):
-                if raw.strip().lower() not in ("1", "0", "true", "false", "on", "off"):
-                    raise SettingsError(
-                        f"{PREFIX}{f.name.upper()}={raw!r}: expected on/off (or true/false, 1/0)"
-                    )
-                values[f.name] = raw.strip().lower() in ("1", "true", "on")
-            elif isinstance(default, Path):
-                values[f.name] = Path(raw).expanduser()
-            elif isinstance(default, int):
-                try:
-                    values[f.name] = int(raw)
-                except ValueError:
-                    raise SettingsError(
-                        f"{PREFIX}{f.name.upper()}={raw!r}: expected a whole number"
-                    ) from None
-            else:
-                values[f.name] = raw.strip().lower() if f.name in ("backend", "device") else raw
-        return cls(**values)  # type: ignore[arg-type]
+        """The settings from the process environment (`env` None), or from `env` alone (tests
+        and scripts: nothing leaks in from the process). Raises SettingsError naming every
+        variable that cannot be used."""
+        try:
+            if env is None:
+                return cls()
+            values = {
+                name: env[PREFIX + name.upper()]
+                for name in cls.model_fields
+                if env.get(PREFIX + name.upper(), "") != ""
+            }
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(readable(exc)) from None
+
+
+def readable(exc: ValidationError) -> str:
+    """pydantic's errors as lines a person can act on: the variable, its value, what it needs."""
+    lines = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:  # a rule over several settings: its message names them
+            lines.append(message)
+            continue
+        variable = PREFIX + str(error["loc"][0]).upper()
+        if error["type"] == "bool_parsing":
+            message = "expected on/off (or true/false, 1/0)"
+        elif error["type"] == "int_parsing":
+            message = "expected a whole number"
+        lines.append(f"{variable}={error['input']!r}: {message}")
+    return "; ".join(lines)
 
 
 @lru_cache(maxsize=1)

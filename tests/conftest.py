@@ -4,7 +4,6 @@ default server (a real `bentoml serve`)."""
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -86,7 +85,7 @@ def app_client() -> Iterator[TestClient]:
     workers, signals, sockets, fuzzing, the browser) uses `default_server` or its own."""
     from service.settings import PREFIX, Settings
 
-    names = [PREFIX + field.name.upper() for field in dataclasses.fields(Settings)]
+    names = [PREFIX + name.upper() for name in Settings.model_fields]
     stray = [name for name in names if os.environ.get(name)]
     if stray:  # settings are read when the service module is imported: defaults only here
         pytest.fail(f"unset {stray} to run the in-process tests (they test the defaults)")
