@@ -63,6 +63,12 @@ class KindSpec:
     dynamic_axes: dict[str, dict[int, str]]
     dynamic_shapes: dict[str, dict[int, Any]]
     timing_feeds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # the timing case that picks among valid ONNX candidates: the load the service sees most
+    choose_on: str = ""
+
+    def __post_init__(self) -> None:
+        if self.timing_feeds and self.choose_on not in self.timing_feeds:
+            raise ValueError(f"choose_on {self.choose_on!r} is not a timing case")
 
 
 def classifier_spec(model: SequenceClassifier) -> KindSpec:
@@ -82,6 +88,7 @@ def classifier_spec(model: SequenceClassifier) -> KindSpec:
             }
             for b in (1, 256)
         },
+        choose_on="batch 256",  # the batcher merges concurrent requests: throughput counts
     )
 
 
@@ -109,6 +116,7 @@ def charlm_spec(model: CharLM) -> KindSpec:
         },
         dynamic_shapes={"ids": {0: batch, 1: seq}, "state": {1: batch}},
         timing_feeds={"step batch 1": feeds(1, 1), "batch 8 x 128": feeds(8, 128)},
+        choose_on="step batch 1",  # generation steps one character at a time
     )
 
 
@@ -576,9 +584,7 @@ def export_run(
         if not valid:
             reasons = "; ".join(f"{c.exporter}: {c.error}" for c, _ in candidates)
             raise ExportError(f"no usable ONNX export for {run_dir}: {reasons}")
-        timing_key = next(iter(spec.timing_feeds))
-        if isinstance(model, SequenceClassifier):
-            timing_key = "batch 256"
+        timing_key = spec.choose_on
         chosen, chosen_path = min(valid, key=lambda cp: cp[0].latency_ms[timing_key])
         for stale in (out_dir / ONNX_FILE, out_dir / TORCHSCRIPT_FILE):
             stale.unlink(missing_ok=True)
