@@ -142,9 +142,16 @@ class DecodeLoop:
     # ------------------------------------------------------------------ event-loop side
 
     def submit(self, request: GenerationRequest, client_left: Callable[[], bool]) -> Sequence:
-        if len(self.pending) + len(self.active) >= self.max_active + self.max_waiting:
+        limit = self.max_active + self.max_waiting
+        if len(self.pending) + len(self.active) >= limit:
+            # sequences whose client gave up (a timeout, a disconnect) stay queued until the
+            # decode thread reaches them: they hold no place (copy(): the thread pops meanwhile)
+            waiting = sum(not (s.abandoned or s.client_left()) for s in self.pending.copy())
+        else:
+            waiting = len(self.pending)
+        if waiting + len(self.active) >= limit:
             raise Overloaded(
-                f"{len(self.active)} generations are running and {len(self.pending)} waiting "
+                f"{len(self.active)} generations are running and {waiting} waiting "
                 f"(limits RNNSERVE_MAX_ACTIVE_GENERATIONS={self.max_active}, "
                 f"RNNSERVE_MAX_QUEUED_GENERATIONS={self.max_waiting}); retry shortly"
             )

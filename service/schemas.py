@@ -218,3 +218,7 @@ PromptText = Annotated[
 ]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
 GenerateLength = Annotated[int, Field(ge=1, le=SETTINGS.max_generate_chars, strict=True)]
+# What a request that names no k or length gets: the usual value, or the deployment's limit if
+# that is lower (RNNSERVE_MAX_TOP_K=3 must not turn a request that names no k into a 400)
+DEFAULT_K = min(5, SETTINGS.max_top_k)
+DEFAULT_LENGTH = min(200, SETTINGS.max_generate_chars)

@@ -46,6 +46,8 @@ from service.pipeline import Pipelines, ServingState
 from service.runtime import DeviceError
 from service.schemas import (
     DEFAULT_DIGIT_MODEL,
+    DEFAULT_K,
+    DEFAULT_LENGTH,
     SETTINGS,
     CharCandidate,
     DigitModelName,
@@ -192,7 +194,7 @@ class RnnServe:
     @bentoml.api
     @answers_errors
     async def next_char(
-        self, text: PromptText, k: TopK = 5, temperature: SoftmaxTemperature = 1.0
+        self, text: PromptText, k: TopK = DEFAULT_K, temperature: SoftmaxTemperature = 1.0
     ) -> NextCharResponse:
         """The k most probable next characters after `text`, with their probabilities."""
         model, candidates = await self.pipelines.next_chars(text, k, temperature)
@@ -208,7 +210,7 @@ class RnnServe:
     async def generate(
         self,
         prompt: PromptText,
-        length: GenerateLength = 200,
+        length: GenerateLength = DEFAULT_LENGTH,
         temperature: Temperature = 0.8,
         top_k: TopK | None = None,
         seed: Seed | None = None,

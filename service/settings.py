@@ -10,12 +10,13 @@ default.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PREFIX = "RNNSERVE_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -135,14 +136,37 @@ class Settings(BaseSettings):
         try:
             if env is None:
                 return cls()
-            values = {
+            values: dict[str, Any] = {  # strings: pydantic converts them as from os.environ
                 name: env[PREFIX + name.upper()]
                 for name in cls.model_fields
                 if env.get(PREFIX + name.upper(), "") != ""
             }
-            return cls.model_validate(values)
+            explicit = _FROM_GIVEN_VALUES.set(True)
+            try:
+                return cls(**values)
+            finally:
+                _FROM_GIVEN_VALUES.reset(explicit)
         except ValidationError as exc:
             raise SettingsError(readable(exc)) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The process environment, unless `from_env` was given the values (then those
+        alone). No .env or secrets files: the environment is the one place settings live."""
+        if _FROM_GIVEN_VALUES.get():
+            return (init_settings,)
+        return (init_settings, env_settings)
+
+
+# Set while `from_env` builds settings from a mapping it was given: the sources skip os.environ.
+_FROM_GIVEN_VALUES: ContextVar[bool] = ContextVar("rnnserve_settings_given", default=False)
 
 
 def readable(exc: ValidationError) -> str:

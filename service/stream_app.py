@@ -33,6 +33,7 @@ from service.asgi import log_refusal, read_body, send_bytes
 from service.errors import BadInput, ClientGone, ServiceError, UnsupportedMedia
 from service.metrics import observe_lean_request
 from service.pipeline import ServingState
+from service.schemas import DEFAULT_LENGTH
 
 ROUTE = "/v1/generate/stream"
 # After an event, a stream waits this long before the next one: the first character still
@@ -75,7 +76,7 @@ def parse_generation(body: bytes) -> dict[str, Any]:
     seed = _number(data, "seed", None, (int,))
     return {
         "prompt": prompt,
-        "length": _number(data, "length", 200, (int,)),
+        "length": _number(data, "length", DEFAULT_LENGTH, (int,)),
         "temperature": float(_number(data, "temperature", 0.8, (int, float))),
         "k": _number(data, "top_k", None, (int,)),
         "seed": secrets.randbelow(2**31) if seed is None else seed,

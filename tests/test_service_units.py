@@ -239,3 +239,14 @@ def test_a_model_file_changed_after_the_check_is_refused_at_load(tmp_path: Path)
     onnx_file.write_bytes(bytes(blob))
     with pytest.raises(CardError, match="sha256"):
         load_backend(checked[0][0], settings, checked[1])
+
+
+def test_settings_from_given_values_ignore_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """from_env(mapping) is what tests and scripts use to say exactly what they want: a
+    variable in the process must not leak in (pydantic-settings reads os.environ by default)."""
+    monkeypatch.setenv("RNNSERVE_MAX_TOP_K", "4")
+    assert Settings.from_env({}).max_top_k == Settings.model_fields["max_top_k"].default
+    assert Settings.from_env({"RNNSERVE_MAX_TOP_K": "7"}).max_top_k == 7
+    assert Settings.from_env().max_top_k == 4  # the process's own settings: its environment
