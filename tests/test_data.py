@@ -51,7 +51,7 @@ def test_validation_split_is_fixed_disjoint_and_complete(mnist_root: Path) -> No
     assert {i.tobytes() for i in train_a.images} | {i.tobytes() for i in val_a.images} == flat
     _, val_other = D.train_val_split(full, 60, seed=1)
     assert not np.array_equal(val_a.images, val_other.images)
-    with pytest.raises(ValueError):
+    with pytest.raises(D.DataError, match="--val-size 600"):
         D.train_val_split(full, 600)
 
 

@@ -141,7 +141,10 @@ def train_val_split(
 ) -> tuple[MnistArrays, MnistArrays]:
     """Carve a fixed, seeded validation split out of the training set."""
     if not 0 < val_size < len(arrays):
-        raise ValueError(f"val_size must be in 1..{len(arrays) - 1}, got {val_size}")
+        raise DataError(
+            f"--val-size {val_size}: the training set has {len(arrays)} images, so the "
+            f"validation split must hold 1..{len(arrays) - 1} of them"
+        )
     order = np.random.default_rng(seed).permutation(len(arrays))
     val_idx, train_idx = np.sort(order[:val_size]), np.sort(order[val_size:])
     return (

@@ -144,7 +144,7 @@ def follow(process: subprocess.Popen[bytes], log_path: Path, run_name: str, star
 
 
 def latest_epoch_line(log_path: Path) -> str:
-    """The last 'epoch N ...' line a training wrote (train.py prints one per epoch)."""
+    """The last 'epoch N ...' line a training wrote (loop.py's fit prints one per epoch)."""
     try:
         lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
@@ -182,7 +182,7 @@ def warm_photo_cache(runs: Path, data_dir: str | None) -> None:
     photos = float(PHOTO_FINE_TUNE[PHOTO_FINE_TUNE.index("--photos") + 1])
     root = D.resolve_data_dir(data_dir)
     full = D.load_mnist_split(root, train=True)
-    train, val = D.train_val_split(full, min(5000, len(full) // 10))  # train.py's default
+    train, val = D.train_val_split(full, min(5000, len(full) // 10))  # mnist_run.py's default
     started = time.perf_counter()
     print("[photos] rendering the photo training set ...", file=sys.stderr, flush=True)
     cached_photo_digits(train.images, train.labels, photos, 0, runs / "photo-cache")

@@ -34,8 +34,8 @@ import torch
 
 from service.cards import CARD_FILE, SCHEMA_VERSION, describe_file, load_card, sha256_file
 from training import data as D
+from training.checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.nets import CharLM, SequenceClassifier
-from training.train import load_checkpoint, model_from_checkpoint
 
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.ts"
@@ -541,6 +541,11 @@ def export_run(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Export one run directory into `out_dir` and return the card written there."""
+    if not run_dir.is_dir():
+        raise ExportError(
+            f"{run_dir} is not a run directory: give the folder training.train wrote "
+            "(it holds best.pt and metrics.json)"
+        )
     ckpt = load_checkpoint(run_dir / "best.pt")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     model = model_from_checkpoint(ckpt)
@@ -676,7 +681,7 @@ def main(argv: list[str] | None = None) -> None:
             args.name,
             args.data_dir,
         )
-    except (ExportError, FileNotFoundError) as exc:
+    except (ExportError, CheckpointError, FileNotFoundError) as exc:
         raise SystemExit(f"export failed: {exc}") from None
     onnx_info = card["export"]["onnx"]
     print(

@@ -121,7 +121,7 @@ def cost_of_big_photos(models: list[DigitModel], digits: D.MnistArrays, count: i
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     root = D.resolve_data_dir(args.data_dir)
     full = D.load_mnist_split(root, train=True)
-    _, val = D.train_val_split(full, min(5000, len(full) // 10))  # train.py's default split
+    _, val = D.train_val_split(full, min(5000, len(full) // 10))  # mnist_run.py's default split
     test = D.load_mnist_split(root, train=False)
     models = load_models(Path(args.models))
     default = os.environ.get("RNNSERVE_DEFAULT_DIGIT_MODEL", "mnist-bigru")
