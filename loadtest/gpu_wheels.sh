@@ -18,7 +18,8 @@ PIP=(python3 -m pip download -q --only-binary=:all: --python-version 3.12 --impl
      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl/all)
 # the service's serving dependencies (bentofile-gpu.yaml) and what the check's clients use
-"${PIP[@]}" "onnxruntime-gpu==1.31.1" "bentoml==1.4.39" orjson httptools uvloop aiohttp psutil
+"${PIP[@]}" "onnxruntime-gpu==1.31.1" "bentoml==1.4.39" orjson httptools uvloop aiohttp psutil \
+  pydantic-settings
 # already on the GPU machine (its image, as listed in the device tool's KINDS.md): left out
 for have in numpy pillow nvidia_ protobuf typing_extensions packaging certifi idna urllib3 \
             requests jinja2 markupsafe pyyaml sympy mpmath filelock fsspec networkx; do

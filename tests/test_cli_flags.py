@@ -51,6 +51,12 @@ def mnist(out: Path | None, *extra: str, data_dir: Path | None = None) -> dict[s
     return train.main([*argv, *extra])
 
 
+def export_legacy(run: Path, out: Path, data_dir: Path, *extra: str) -> None:
+    """`python -m training.export` with the legacy exporter alone and real parity digits."""
+    flags = ["--out", str(out), "--onnx-exporter", "legacy", "--data-dir", str(data_dir)]
+    export.main([str(run), *flags, *extra])
+
+
 def charlm(out: Path, corpus: Path, *extra: str) -> dict[str, Any]:
     """A tiny char-model dry run; later flags in `extra` override these."""
     return train.main(
@@ -128,6 +134,10 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path
     return out
 
 
+# the char runs' shared flags, each away from its default
+CHAR_ARCHITECTURE = ("--cell", "gru", "--layers", "1", "--embed", "8", "--batch-size", "4")
+
+
 @pytest.fixture(scope="module")
 def char_run(
     tmp_path_factory: pytest.TempPathFactory, corpus_path: Path
@@ -143,14 +153,7 @@ def char_run(
             corpus_path,
             "--data-dir",
             str(base / "empty"),
-            "--cell",
-            "gru",
-            "--layers",
-            "1",
-            "--embed",
-            "8",
-            "--batch-size",
-            "4",
+            *CHAR_ARCHITECTURE,
             "--seed",
             "0",
         )
@@ -173,23 +176,10 @@ def legacy_export(
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(export, "classifier_parity", parity)
-        export.main(
-            [
-                str(base_run),
-                "--out",
-                str(out),
-                "--onnx-exporter",
-                "legacy",
-                "--tolerance",
-                "1e-3",
-                "--version",
-                "2.3.4",
-                "--name",
-                "custom-name",
-                "--data-dir",
-                str(mnist_root),
-            ]
-        )
+        export_legacy(
+            base_run, out, mnist_root, "--tolerance", "1e-3", "--version", "2.3.4", "--name",
+            "custom-name",
+        )  # fmt: skip
     return out, json.loads((out / "card.json").read_text()), inputs
 
 
@@ -570,22 +560,7 @@ def test_charlm_dropout_applies_even_with_one_layer(
 ) -> None:
     """The char model drops out around its embedding and head, whatever the layer count."""
     _, plain, _ = char_run
-    dropped = charlm(
-        tmp_path,
-        corpus_path,
-        "--cell",
-        "gru",
-        "--layers",
-        "1",
-        "--embed",
-        "8",
-        "--batch-size",
-        "4",
-        "--seed",
-        "0",
-        "--dropout",
-        "0.5",
-    )
+    dropped = charlm(tmp_path, corpus_path, *CHAR_ARCHITECTURE, "--seed", "0", "--dropout", "0.5")
     assert train.load_checkpoint(tmp_path / "best.pt")["config"]["dropout"] == 0.5
     assert dropped["history"][0]["train_loss"] != plain["history"][0]["train_loss"]
 
@@ -594,20 +569,7 @@ def test_charlm_seed_changes_training_and_samples(
     char_run: tuple[Path, dict[str, Any], Calls], corpus_path: Path, tmp_path: Path
 ) -> None:
     _, seed0, _ = char_run
-    seed1 = charlm(
-        tmp_path,
-        corpus_path,
-        "--cell",
-        "gru",
-        "--layers",
-        "1",
-        "--embed",
-        "8",
-        "--batch-size",
-        "4",
-        "--seed",
-        "1",
-    )
+    seed1 = charlm(tmp_path, corpus_path, *CHAR_ARCHITECTURE, "--seed", "1")
     assert seed1["seed"] == 1 and seed0["seed"] == 0
     assert seed1["history"][0]["train_loss"] != seed0["history"][0]["train_loss"]
     assert [s["text"] for s in seed1["samples"]] != [s["text"] for s in seed0["samples"]]
@@ -804,19 +766,7 @@ def test_export_tolerance_zero_is_refused_and_writes_no_model(
     the last bit in onnxruntime: --tolerance 0 rejects it, and nothing usable is left."""
     out = tmp_path / "m"
     with pytest.raises(SystemExit) as err:
-        export.main(
-            [
-                str(base_run),
-                "--out",
-                str(out),
-                "--onnx-exporter",
-                "legacy",
-                "--tolerance",
-                "0",
-                "--data-dir",
-                str(mnist_root),
-            ]
-        )
+        export_legacy(base_run, out, mnist_root, "--tolerance", "0")
     message = str(err.value)
     assert message.startswith("export failed:") and "exceeds tolerance 0.0" in message
     assert not (out / "card.json").exists() and not (out / "model.onnx").exists()

@@ -59,6 +59,7 @@ def test_defaults_all_trains_exports_and_summarizes(
     calibration = ["--per-kind", "2", "--blanks", "4", "--big-photos", "0"]
     monkeypatch.setattr(defaults, "CALIBRATION", calibration)
     monkeypatch.setattr(defaults, "PROGRESS_EVERY_S", 0.1)
+    monkeypatch.setattr(defaults, "ONNX_EXPORTER", "legacy")  # auto's choice: test_export.py
     code = make_models(tmp_path, mnist_root)
     assert code == 0
     cards = discover_cards(tmp_path / "models")
@@ -73,6 +74,7 @@ def test_defaults_all_trains_exports_and_summarizes(
         assert hyper["init_from"] == str(tmp_path / "runs" / name / "best.pt")
         assert hyper["photos"] == 0.05 and "photo/scan renders" in card.data["metrics"]["val_split"]
         assert 0 < card.data["calibration"]["confidence_threshold"] <= 1
+    assert {c.data["export"]["onnx"]["exporter"] for c in cards} == {"legacy"}
     captured = capsys.readouterr()
     assert "every file matches its card's sha256" in captured.out
     # progress while a training runs: its latest epoch line, not only start and end

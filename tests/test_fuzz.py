@@ -34,7 +34,7 @@ from loadtest.servers import Server
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES_PER_OPERATION = 100
+EXAMPLES_PER_OPERATION = 70
 # a generation of up to 1,000 characters takes up to ~0.3 s: fewer examples keep the run short
 FEWER_EXAMPLES = {"/generate": 60, "/v1/generate/stream": 60}
 MIN_REQUESTS = 1_000
