@@ -13,15 +13,19 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.datasets import load_digits  # a declared dev dependency: no skip if it is missing
 
 from service.inference import ModelRegistry
 from service.photo import read_digit
 from service.preprocess import ImageLimits, decode_image
 from service.settings import Settings
 
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
-
 COUNT = 400
+# Accuracy on these 400 digits measured with the committed models (2026-11-26): bigru 91.5%,
+# birnn 89.2%, rnn 89.0%. A model or a reading change that costs more than 2 points (8 of the
+# 400 digits) fails here; one that gains should raise these figures.
+MEASURED = {"mnist-bigru": 0.915, "mnist-birnn": 0.8925, "mnist-rnn": 0.89}
+MARGIN = 0.02
 LIMITS = ImageLimits(max_pixels=10**7, max_side=16384, max_aspect=20)
 
 
@@ -35,7 +39,7 @@ def uci_digit_as_scan(image_8x8: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def uci() -> tuple[np.ndarray, np.ndarray]:
-    digits = sklearn_datasets.load_digits()
+    digits = load_digits()
     pixels = np.stack(
         [
             read_digit(decode_image(uci_digit_as_scan(img), LIMITS)).pixels
@@ -50,6 +54,8 @@ def test_committed_classifiers_read_other_writers_digits(
 ) -> None:
     pixels, labels = uci
     registry = ModelRegistry.load(Settings(device="cpu"))
+    assert set(registry.digits) == set(MEASURED)
     for name, model in registry.digits.items():
         accuracy = float((model.predict(pixels).argmax(1) == labels).mean())
-        assert accuracy >= 0.80, f"{name}: {accuracy:.1%} on UCI digits"
+        floor = MEASURED[name] - MARGIN
+        assert accuracy >= floor, f"{name}: {accuracy:.1%} on UCI digits, under {floor:.1%}"
