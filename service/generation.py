@@ -131,7 +131,11 @@ class DecodeLoop:
         self.max_waiting = max_waiting
         self.joins_per_step = joins_per_step
         self.pending: collections.deque[Sequence] = collections.deque()
+        # taken by both threads around every change to `pending` (appends, pops, the pruning
+        # of departed waiters), held only for those few deque operations
+        self.pending_lock = threading.Lock()
         self.active: list[Sequence] = []
+        self.joining = 0  # taken from `pending`, prompts being read: not yet in `active`
         self.wakeup = threading.Event()
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -143,28 +147,43 @@ class DecodeLoop:
 
     def submit(self, request: GenerationRequest, client_left: Callable[[], bool]) -> Sequence:
         limit = self.max_active + self.max_waiting
-        if len(self.pending) + len(self.active) >= limit:
-            # sequences whose client gave up (a timeout, a disconnect) stay queued until the
-            # decode thread reaches them: they hold no place (copy(): the thread pops meanwhile)
-            waiting = sum(not (s.abandoned or s.client_left()) for s in self.pending.copy())
-        else:
+        with self.pending_lock:
+            running = len(self.active) + self.joining
+            if len(self.pending) + running >= limit:
+                self._drop_departed()  # a waiter whose client gave up holds no place
             waiting = len(self.pending)
-        if waiting + len(self.active) >= limit:
-            raise Overloaded(
-                f"{len(self.active)} generations are running and {waiting} waiting "
-                f"(limits RNNSERVE_MAX_ACTIVE_GENERATIONS={self.max_active}, "
-                f"RNNSERVE_MAX_QUEUED_GENERATIONS={self.max_waiting}); retry shortly"
-            )
+            if waiting + running >= limit:
+                raise Overloaded(
+                    f"{len(self.active)} generations are running and {waiting} waiting "
+                    f"(limits RNNSERVE_MAX_ACTIVE_GENERATIONS={self.max_active}, "
+                    f"RNNSERVE_MAX_QUEUED_GENERATIONS={self.max_waiting}); retry shortly"
+                )
+            sequence = Sequence(request, client_left)
+            self.pending.append(sequence)
         if self.thread is None:
             self.loop = asyncio.get_running_loop()
             self.thread = threading.Thread(
                 target=self._run, name=f"decode-{self.model.name}", daemon=True
             )
             self.thread.start()
-        sequence = Sequence(request, client_left)
-        self.pending.append(sequence)
         self.wakeup.set()
         return sequence
+
+    def _drop_departed(self) -> None:
+        """Take waiters whose client timed out or left out of `pending` (lock held, on the
+        event loop): otherwise they keep their places until the decode thread reaches them,
+        which it does not while every active place is taken by long generations."""
+        staying: collections.deque[Sequence] = collections.deque()
+        told: list[Delivery] = []
+        for sequence in self.pending:
+            if sequence.abandoned:
+                continue  # nobody reads it any more
+            if sequence.client_left():
+                told.append((sequence, ClientGone("the client left before its turn")))
+                continue
+            staying.append(sequence)
+        self.pending = staying
+        self._deliver(told)
 
     async def chunks_of(self, sequence: Sequence) -> AsyncIterator[str]:
         """A submitted sequence's text in chunks until it ends; stopping early (a closed
@@ -201,17 +220,19 @@ class DecodeLoop:
         prompt length (prompts of equal length are read together, exactly as alone)."""
         taken: list[Sequence] = []
         failed: list[Delivery] = []
-        while (
-            self.pending
-            and len(taken) < self.joins_per_step
-            and len(self.active) + len(taken) < self.max_active
-        ):
-            sequence = self.pending.popleft()
-            if sequence.abandoned or sequence.client_left():
-                if not sequence.abandoned:
-                    failed.append((sequence, ClientGone("the client left before its turn")))
-                continue
-            taken.append(sequence)
+        with self.pending_lock:
+            while (
+                self.pending
+                and len(taken) < self.joins_per_step
+                and len(self.active) + len(taken) < self.max_active
+            ):
+                sequence = self.pending.popleft()
+                if sequence.abandoned or sequence.client_left():
+                    if not sequence.abandoned:
+                        failed.append((sequence, ClientGone("the client left before its turn")))
+                    continue
+                taken.append(sequence)
+            self.joining = len(taken)  # counted by admission until they are active
         by_length: dict[int, list[Sequence]] = {}
         for sequence in taken:
             by_length.setdefault(len(sequence.request.prompt_ids), []).append(sequence)
@@ -243,8 +264,11 @@ class DecodeLoop:
                 self.wakeup.clear()
                 continue
             joined, new_logits, new_states = self._join()
+            if not joined:
+                self.joining = 0  # whatever was taken failed or left
             if joined:
                 self.active += joined
+                self.joining = 0
                 logits = np.concatenate([logits, *new_logits])
                 state = np.concatenate([state, *new_states], axis=1)
                 temperature = np.array([s.request.temperature for s in self.active])

@@ -14,7 +14,7 @@ from service.asgi import error_response
 from service.errors import ServiceError
 from service.lean_digits import LeanDigitsApp
 from service.pipeline import ServingState
-from service.schemas import CARDS, ROW_SCHEMA, SETTINGS, text_schema
+from service.schemas import CARDS, DEFAULT_LENGTH, ROW_SCHEMA, SETTINGS, text_schema
 from service.stream_app import GenerationStreamApp
 
 MOUNT_PATH = "/v1"
@@ -174,7 +174,12 @@ STREAM_DOC = {
                             },
                         },
                     },
-                    "example": {"prompt": "ROMEO:\n", "length": 200, "temperature": 0.8, "seed": 7},
+                    "example": {
+                        "prompt": "ROMEO:\n",
+                        "length": DEFAULT_LENGTH,
+                        "temperature": 0.8,
+                        "seed": 7,
+                    },
                 }
             },
         },
@@ -240,6 +245,12 @@ META_PATHS: dict[str, Any] = {
                                     "version": {"type": "string"},
                                     "device": {"type": "string"},
                                     "models": {"type": "array", "items": {"type": "object"}},
+                                    "limits": {
+                                        "type": "object",
+                                        "description": "the largest values a request may "
+                                        "use (RNNSERVE_MAX_* settings)",
+                                        "additionalProperties": {"type": "integer"},
+                                    },
                                 },
                             }
                         }

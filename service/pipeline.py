@@ -207,6 +207,14 @@ class Pipelines:
             "digit_model_names": registry.digit_model_names(),
             "vocabulary": registry.char.vocab if registry.char else None,
             "models": registry.describe(),
+            # what a client may ask for: the demo page sizes its inputs from these
+            "limits": {
+                "max_images_per_request": self.settings.max_images_per_request,
+                "max_text_chars": self.settings.max_text_chars,
+                "max_generate_chars": self.settings.max_generate_chars,
+                "max_top_k": self.settings.max_top_k,
+                "max_request_bytes": self.settings.max_request_bytes,
+            },
         }
 
 

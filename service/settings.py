@@ -35,6 +35,7 @@ class SettingsError(ValueError):
     """An environment variable with a value the service cannot use."""
 
 
+ON_OFF = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
 # A count or size: at least 1 (0 would refuse everything, or mean "unbounded" by accident)
 Count = Annotated[int, Field(ge=1)]
 
@@ -90,6 +91,23 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("batching", "tracing", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        """The six spellings the docs give, with spaces and any case (pydantic alone would
+        also take yes/no/y/n/t/f, and refuse " on ")."""
+        if not isinstance(value, str):
+            return value
+        word = value.strip().lower()
+        if word not in ON_OFF:
+            raise ValueError("expected on/off (or true/false, 1/0)")
+        return ON_OFF[word]
+
+    @field_validator("model_dir", mode="before")
+    @classmethod
+    def _home(cls, value: object) -> object:
+        return Path(value).expanduser() if isinstance(value, str) else value
 
     @property
     def tokens(self) -> tuple[str, ...]:

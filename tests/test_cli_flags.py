@@ -673,8 +673,17 @@ def test_train_refuses_bad_or_misplaced_flags(
         (["--photos", "1.5"], "--photos is a fraction"),
         (["--init-from", "no-such-run/best.pt"], "--init-from no-such-run/best.pt: no such file"),
         (["--hidden", "12", "--init-from", "BASE"], "its weights do not fit the architecture"),
+        (["--init-from", "GARBAGE.ts"], "not a readable TorchScript model"),
     ],
-    ids=["dropout-one-layer", "no-epochs", "val-size", "photos", "init-missing", "init-shape"],
+    ids=[
+        "dropout-one-layer",
+        "no-epochs",
+        "val-size",
+        "photos",
+        "init-missing",
+        "init-shape",
+        "init-garbage",
+    ],
 )
 def test_unusable_settings_are_one_line_errors_naming_the_flag(
     flags: list[str], message: str, base_run: Path, mnist_root: Path, tmp_path: Path
@@ -682,7 +691,9 @@ def test_unusable_settings_are_one_line_errors_naming_the_flag(
     """Flags no run can use stop before any training with `error: ...` (the CLI prints it,
     exit 1), never a traceback and never a run that records a setting it did not apply (one
     layer with dropout did, until this was refused)."""
-    flags = [str(base_run / "best.pt") if f == "BASE" else f for f in flags]
+    (tmp_path / "GARBAGE.ts").write_bytes(b"not a TorchScript archive")
+    swap = {"BASE": str(base_run / "best.pt"), "GARBAGE.ts": str(tmp_path / "GARBAGE.ts")}
+    flags = [swap.get(f, f) for f in flags]
     with pytest.raises(SystemExit) as err:
         mnist(tmp_path / "run", "--dry-run", *flags, data_dir=mnist_root)
     assert str(err.value).startswith("error: ") and message in str(err.value), err.value

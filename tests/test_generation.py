@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from loadtest.servers import Server
-from service.errors import Overloaded
+from service.errors import ClientGone, Overloaded
 from service.generation import DecodeLoop, GenerationRequest
 from service.inference import CharModel, ModelRegistry, sample
 from service.settings import Settings
@@ -136,6 +136,48 @@ def test_a_full_decode_loop_refuses_at_once(model: CharModel) -> None:
     assert not any(isinstance(r, Overloaded) for r in results[:3])
 
 
+def test_waiters_that_gave_up_give_back_their_places_while_the_loop_is_full(
+    model: CharModel,
+) -> None:
+    """One long generation holds the only active place; a waiter that timed out (abandoned)
+    and one whose client left must not hold the waiting places, and must not pile up: the
+    next submissions are admitted, the departed one is told, the queue holds only live ones."""
+    left = {"b": False}
+
+    async def run() -> tuple[list[object], type[BaseException] | None, int]:
+        loop = DecodeLoop(model, max_active=1, max_waiting=2, joins_per_step=1)
+        long_one = loop.submit(request_for(model, "A", 100_000, 1.0, None, 1), lambda: False)
+        while not loop.active:  # the long one has taken the active place
+            await asyncio.sleep(0.01)
+        timed_out = loop.submit(request_for(model, "A", 5, 1.0, None, 2), lambda: False)
+        departed = loop.submit(request_for(model, "A", 5, 1.0, None, 3), lambda: left["b"])
+        timed_out.abandoned = True
+        left["b"] = True
+        admitted: list[object] = []
+        for seed in (4, 5, 6):  # two places free again; the third is one too many
+            try:
+                admitted.append(
+                    loop.submit(request_for(model, "A", 5, 1.0, None, seed), lambda: False)
+                )
+            except Overloaded as exc:
+                admitted.append(exc)
+        told: type[BaseException] | None = None
+        try:
+            async for _ in loop.chunks_of(departed):
+                pass
+        except Exception as exc:
+            told = type(exc)
+        waiting = len(loop.pending)
+        for sequence in (long_one, *admitted):
+            if not isinstance(sequence, Overloaded):
+                sequence.abandoned = True  # type: ignore[attr-defined]
+        return admitted, told, waiting
+
+    admitted, told, waiting = asyncio.run(run())
+    assert [isinstance(a, Overloaded) for a in admitted] == [False, False, True]
+    assert told is ClientGone and waiting == 2
+
+
 def test_a_departed_client_ends_its_sequence(model: CharModel) -> None:
     gone = {"left": False}
 
@@ -148,8 +190,6 @@ def test_a_departed_client_ends_its_sequence(model: CharModel) -> None:
         except Exception as exc:
             return type(exc)
         return None
-
-    from service.errors import ClientGone
 
     assert asyncio.run(run()) is ClientGone
 

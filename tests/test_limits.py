@@ -589,6 +589,19 @@ def test_defaults_stay_within_lowered_limits(
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.slow
+def test_metadata_tells_clients_the_lowered_limits(limits_server: Server) -> None:
+    """The demo page sizes its inputs from these: they must be the server's own values."""
+    limits = httpx.get(f"{limits_server.url}/v1/metadata", timeout=30).json()["limits"]
+    assert limits == {
+        "max_images_per_request": MAX_IMAGES,
+        "max_text_chars": MAX_TEXT,
+        "max_generate_chars": MAX_GENERATE,
+        "max_top_k": MAX_TOP_K,
+        "max_request_bytes": MAX_REQUEST_BYTES,
+    }
+
+
 def char_request(rows: int, steps: int) -> dict[str, Any]:
     ids = {"name": "ids", "shape": [rows, steps], "datatype": "INT64", "data": [1] * (rows * steps)}
     return {"inputs": [ids], "outputs": [{"name": "state_out"}]}

@@ -53,7 +53,7 @@ def test_committed_classifiers_read_other_writers_digits(
     uci: tuple[np.ndarray, np.ndarray],
 ) -> None:
     pixels, labels = uci
-    registry = ModelRegistry.load(Settings(device="cpu"))
+    registry = ModelRegistry.load(Settings.from_env({"RNNSERVE_DEVICE": "cpu"}))
     assert set(registry.digits) == set(MEASURED)
     for name, model in registry.digits.items():
         accuracy = float((model.predict(pixels).argmax(1) == labels).mean())

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from loadtest.servers import Server, start_server
+from service.settings import Settings
 from tests.conftest import ROOT, expected_provider, metric_value
 from tests.images import as_user_photo, big_blank_png, mnist_test_digits, png_bytes
 
@@ -216,6 +217,9 @@ def test_metadata_get_and_post(client: httpx.Client) -> None:
     for m in meta["models"]:
         assert m["provider"] == expected_provider(meta["device"]) and m["metrics"]
     assert meta["vocabulary"] and "rnn" in meta["digit_model_names"]
+    defaults = Settings.model_fields
+    assert meta["limits"] == {name: defaults[name].default for name in meta["limits"]}
+    assert {"max_text_chars", "max_generate_chars", "max_top_k"} <= set(meta["limits"])
 
 
 def test_metrics_count_exactly_the_requests_sent(client: httpx.Client, provider: str) -> None:

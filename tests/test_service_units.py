@@ -22,6 +22,12 @@ from tests.conftest import ROOT
 def test_settings_from_env_and_errors() -> None:
     s = Settings.from_env({"RNNSERVE_BACKEND": "TorchScript", "RNNSERVE_MAX_BATCH_SIZE": "64"})
     assert s.backend == "torchscript" and s.max_batch_size == 64
+    spaced = Settings.from_env({"RNNSERVE_BATCHING": " OFF ", "RNNSERVE_TRACING": "1"})
+    assert spaced.batching is False and spaced.tracing is True
+    home = Settings.from_env({"RNNSERVE_MODEL_DIR": "~/models"}).model_dir
+    assert home == Path.home() / "models"
+    with pytest.raises(SettingsError, match=r"RNNSERVE_BATCHING='yes': expected on/off"):
+        Settings.from_env({"RNNSERVE_BATCHING": "yes"})  # the docs' six spellings only
     assert Settings.from_env({}).model_dir == ROOT / "models"
     with pytest.raises(SettingsError, match="RNNSERVE_WORKERS='two'"):
         Settings.from_env({"RNNSERVE_WORKERS": "two"})
@@ -115,7 +121,7 @@ def test_error_bodies_are_normalized(status: int, body: bytes, message: str) -> 
 
 
 def test_registry_on_committed_models() -> None:
-    registry = ModelRegistry.load(Settings(device="cpu"))
+    registry = ModelRegistry.load(Settings.from_env({"RNNSERVE_DEVICE": "cpu"}))
     assert registry.digit_model("rnn").name == "mnist-rnn"
     assert registry.digit_model(None).name == registry.settings.default_digit_model
     char = registry.char_model()

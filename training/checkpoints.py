@@ -77,7 +77,13 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
     """Weights to start from (fine-tuning): an rnnserve checkpoint (best.pt) or an exported
     TorchScript model (models/<name>/model.ts). The architecture flags must match it."""
     if path.suffix == ".ts":
-        scripted = torch.jit.load(str(path), map_location="cpu")
+        try:
+            scripted = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # a truncated or foreign file: torch's message names neither
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(
+                f"{path}: not a readable TorchScript model ({first_line})"
+            ) from exc
         return {k: v.detach().clone() for k, v in scripted.state_dict().items()}
     state: dict[str, torch.Tensor] = load_checkpoint(path)["state_dict"]
     return state

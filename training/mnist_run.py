@@ -133,8 +133,9 @@ def train_mnist(config: MnistRunConfig, rt: Runtime, run_dir: Path) -> RunReport
     )
     model = SequenceClassifier(model_config)
     if config.init_from:
+        weights = initial_weights(Path(config.init_from))  # CheckpointError: not a model file
         try:
-            model.load_state_dict(initial_weights(Path(config.init_from)))
+            model.load_state_dict(weights)
         except RuntimeError as exc:  # torch lists every mismatched tensor: keep the first
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             raise CheckpointError(

@@ -1,7 +1,9 @@
 // rnnserve demo page: plain JavaScript, no build step, no requests beyond this server.
 "use strict";
 
-const MAX_TEXT = 2000; // the API's text limit; longer prompts send their last 2000 characters
+// The server's limits (GET /v1/metadata `limits`, read at start; these are its defaults):
+// longer prompts send their last maxTextChars characters, the length input stops at the limit.
+let maxTextChars = 2000;
 const $ = (id) => document.getElementById(id);
 
 // ---------------------------------------------------------------- API
@@ -300,7 +302,7 @@ let textTimer = 0;
 let textRequest = 0;
 
 function promptText() {
-  return $("prompt").value.slice(-MAX_TEXT);
+  return $("prompt").value.slice(-maxTextChars);
 }
 
 function scheduleCandidates() {
@@ -317,7 +319,7 @@ async function updateCandidates() {
     return;
   }
   try {
-    const answer = await api("/next_char", { text, k: 5 });
+    const answer = await api("/next_char", { text }); // k: the server's default (<= its limit)
     if (request !== textRequest) return; // a newer keystroke already asked
     $("text-error").textContent = "";
     renderCandidates(answer.candidates);
@@ -387,7 +389,7 @@ async function* serverEvents(response) {
 async function generate() {
   const body = {
     prompt: promptText(),
-    length: Number($("length").value) || 200,
+    length: Number($("length").value) || Number($("length").max),
     temperature: Number($("temperature").value),
   };
   if ($("seed").value !== "") body.seed = Number($("seed").value);
@@ -434,11 +436,20 @@ $("continue").addEventListener("click", generate);
 $("stop").addEventListener("click", () => generation && generation.abort());
 
 // ---------------------------------------------------------------- start
+function applyLimits(limits) {
+  if (!limits) return;
+  maxTextChars = limits.max_text_chars;
+  const length = $("length");
+  length.max = String(limits.max_generate_chars);
+  if (Number(length.value) > limits.max_generate_chars) length.value = length.max;
+}
+
 async function start() {
   clearPad();
   renderPreview(null);
   try {
     const meta = await api("/v1/metadata");
+    applyLimits(meta.limits);
     const classifiers = meta.models.filter((m) => m.task === "digit-classification");
     const preferred = meta.default_digit_model;
     digitModels = classifiers.map((m) => m.name)
