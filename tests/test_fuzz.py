@@ -34,9 +34,9 @@ from loadtest.servers import Server
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES_PER_OPERATION = 70
+EXAMPLES_PER_OPERATION = 60
 # a generation of up to 1,000 characters takes up to ~0.3 s: fewer examples keep the run short
-FEWER_EXAMPLES = {"/generate": 60, "/v1/generate/stream": 60}
+FEWER_EXAMPLES = {"/generate": 40, "/v1/generate/stream": 40}
 MIN_REQUESTS = 1_000
 SEMANTIC_REFUSALS = {
     "/classify_image",
