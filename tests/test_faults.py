@@ -50,7 +50,7 @@ def test_killed_worker_is_replaced_and_few_requests_fail(tmp_path: Path) -> None
                 await asyncio.sleep(2)
                 worker_processes(server.process.pid)[0].kill()
 
-            results = await asyncio.gather(load(server.url, 12, 8), kill_one())
+            results = await asyncio.gather(load(server.url, 6, 8), kill_one())  # 6 s, 8 clients
             return results[0]
 
         ok, failed = asyncio.run(scenario())
