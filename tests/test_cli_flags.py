@@ -38,6 +38,8 @@ StateDict = dict[str, torch.Tensor]
 Calls = list[tuple[bool, tuple[int, ...]]]  # (model.training, input shape) per forward
 
 
+pytestmark = pytest.mark.slow  # every test trains or exports a tiny model (~17 s in all)
+
 # --------------------------------------------------------------------------- helpers
 
 

@@ -18,6 +18,8 @@ from training import export, train
 from training.nets import SequenceClassifier
 from training.retrace import baked_devices, retrace
 
+pytestmark = pytest.mark.slow  # each case trains and exports a tiny model first (~13 s in all)
+
 CASES = {
     # name: (train args, exporter)
     "mnist-rnn": (["mnist", "--cell", "rnn"], "auto"),

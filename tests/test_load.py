@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_short_locust_mix_has_no_failures(tmp_path: Path) -> None:
     server = start_server(tmp_path / "server", model_dir=str(ROOT / "models"))
     try:
-        rows = run_locust(server.url, 8, 6, tmp_path / "step-8")  # 8 users, 6 s
+        rows = run_locust(server.url, 8, 5, tmp_path / "step-8")  # 8 users, 5 s
     finally:
         server.stop()
     by_name = {r.name: r for r in rows}
