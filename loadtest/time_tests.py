@@ -4,7 +4,8 @@
 
 Runs `pytest -m "not slow"` (the fast layer: units and the in-process service) and then the
 whole suite, each in a fresh interpreter from the repository root, and records the wall time
-and the counts pytest reports. A layer that fails is recorded as failed and the script exits
+and the counts pytest reports. pyproject.toml's addopts apply (two xdist workers), as
+they do for `make test`. A layer that fails is recorded as failed and the script exits
 non-zero: a timing of a broken suite is no figure to quote.
 """
 

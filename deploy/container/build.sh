@@ -36,7 +36,10 @@ fi
 
 tag=$(cd "$root" && "$BENTOML" build -f "$bentofile" --output tag . 2> /dev/null | sed -n 's/^__tag__://p')
 [ -n "$tag" ] || { echo "bentoml build failed:" >&2; (cd "$root" && "$BENTOML" build -f "$bentofile" .) >&2; exit 1; }
-bento=$("$BENTOML" get "$tag" -o path)
+# BentoML prints through rich, which wraps a long path at the terminal's width (80 when
+# not a terminal): ask for a wide one and join what is left
+bento=$(COLUMNS=4096 "$BENTOML" get "$tag" -o path | tr -d '\n')
+[ -d "$bento" ] || { echo "bentoml get $tag -o path gave no folder: $bento" >&2; exit 1; }
 echo "bento: $tag ($bento)"
 started=$(date +%s)
 log=$(mktemp "${TMPDIR:-/tmp}/rnnserve-image.XXXXXX")
