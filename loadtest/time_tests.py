@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,12 @@ def run_layer(layer: str, extra: list[str]) -> Timing:
     return Timing(layer, shown, seconds, summary, done.returncode == 0)
 
 
+def pytest_addopts() -> str:
+    """The options pyproject.toml adds to every pytest run (the worker count among them)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return str(config["tool"]["pytest"]["ini_options"].get("addopts", ""))
+
+
 def render(timings: list[Timing]) -> str:
     lines = [
         "# Test suite timings",
@@ -55,7 +62,8 @@ def render(timings: list[Timing]) -> str:
         "Command: `python -m loadtest.time_tests`  ",
         f"Date: {dt.date.today().isoformat()}  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, no other job running",
+        f"{platform.python_version()}, no other job running  ",
+        f"pytest options from pyproject.toml: `{pytest_addopts()}`",
         "",
         "| layer | command | wall time s | result |",
         "| --- | --- | ---: | --- |",

@@ -21,5 +21,6 @@ def test_a_failed_layer_is_marked_in_the_table() -> None:
         ]
     )
     assert "Command: `python -m loadtest.time_tests`" in table
+    assert "pytest options from pyproject.toml: `-ra --strict-markers -n 2" in table
     assert '| fast layer | `pytest -m "not slow"` | 42 | 240 passed |' in table
     assert "| whole suite | `pytest` | 290 | FAILED: 2 failed, 430 passed |" in table
