@@ -188,6 +188,26 @@ def test_thin_pen_strokes_are_widened_to_mnist_width() -> None:
     assert photo.stroke_width(reading.pixels > 128) >= 1.8
 
 
+def test_the_renderer_keeps_a_filled_loop_filled_and_thins_strokes_to_the_pen() -> None:
+    """A '9' whose head its writer filled in: the pen follows the stem's centre line at its
+    own width, and the head stays a filled blob (a centre line alone made it a spur: a 'J')."""
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    ys, xs = np.indices(digit.shape)
+    digit[(ys - 9) ** 2 + (xs - 14) ** 2 <= 25] = 255  # the head: a disk 11 pixels across
+    digit[9:25, 17:20] = 255  # the stem: 3 pixels wide
+    alpha = pen_stroke(digit, 200, 4.0)
+    ink = alpha > 0.5
+    scale = 200 / 21  # the digit's box (rows 4..24, columns 9..19) drawn 200 pixels tall
+    pad = (alpha.shape[0] - 200) // 2
+    hy, hx = pad + round((9 - 4) * scale), pad + round((14 - 9) * scale)
+    radius = round(5 * scale)
+    yy, xx = np.indices(alpha.shape)
+    inside_head = (yy - hy) ** 2 + (xx - hx) ** 2 <= (radius // 2) ** 2
+    assert ink[inside_head].mean() > 0.9  # the blob stays filled
+    stem_rows = ink[pad + round(18 * scale) - 4 : pad + round(18 * scale) + 4]
+    assert 3 <= stem_rows.sum(axis=1).mean() <= 7  # the stem drawn at the pen's 4 pixels
+
+
 def test_fit_to_field_centres_by_mass_inside_20_by_20() -> None:
     ink = np.zeros((50, 30), dtype=np.float32)
     ink[:, 10:20] = 1.0
