@@ -55,6 +55,10 @@ MARGIN_LINE_SPAN = 0.75
 # line; a digit's stroke drawn with a marker is wider).
 LINE_THICKNESS = 5  # (at half resolution, thickened by 3)
 BRIDGE = 11  # a stroke is bridged across a removed line this many pixels wide
+# A line wider than its median width by this much (half-resolution pixels) over at least
+# WIDE_STRETCH positions has a stroke running on it there: those pixels stay.
+LINE_WIDENING = 1
+WIDE_STRETCH = 4
 INK_OVER_LINE = 2.0  # a pixel on a line this many times darker than the line's median is ink
 # The digit: its longest side is at least this fraction of the picture's shorter side.
 MIN_DIGIT_SIDE = 0.04
@@ -317,7 +321,33 @@ def _long_lines(mask: np.ndarray, axis: int) -> np.ndarray:
             extent = span[axis].stop - span[axis].start
             thin = areas[index] / extent <= LINE_THICKNESS + 0.01 * side
             long[index] = extent >= span_needed and thin
-    return long[labels]
+    lines = long[labels]
+    return lines & ~_widened(labels, lines, axis) if lines.any() else lines
+
+
+def _widened(labels: np.ndarray, lines: np.ndarray, axis: int) -> np.ndarray:
+    """Where a line is clearly wider than it is along most of its length: a stroke runs on
+    it there (the side of a '0' along the margin line, the bar of a '7' on a ruled line),
+    and those pixels are the digit's. A line found by `_long_lines` takes in the straight
+    parts of strokes lying on it; left in, they would be removed with it.
+
+    Per position along each line, its width across; positions wider than the line's median
+    width by more than LINE_WIDENING, over a stretch longer than a bump of noise, are
+    returned (as a mask of the line pixels there)."""
+    along = np.indices(labels.shape)[axis]
+    size = labels.shape[axis]
+    ids = labels[lines]
+    count = int(labels.max()) + 1
+    widths = np.bincount(ids * size + along[lines], minlength=count * size)
+    widths = widths.reshape(-1, size)
+    wide = np.zeros_like(widths, dtype=bool)
+    for label in np.unique(ids):
+        row = widths[label]
+        typical = float(np.median(row[row > 0]))
+        stretch = (row > typical + LINE_WIDENING).astype(np.uint8)
+        opened = ndi.maximum_filter1d(ndi.minimum_filter1d(stretch, WIDE_STRETCH), WIDE_STRETCH)
+        wide[label] = opened.astype(bool)
+    return lines & wide[labels, along]
 
 
 def _half(mask: np.ndarray) -> np.ndarray:

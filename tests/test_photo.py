@@ -141,6 +141,23 @@ def test_a_margin_line_goes_but_a_tall_one_stays() -> None:
     assert not kept[:, 40:42].any() and kept[60:240, 200:203].all()
 
 
+def test_a_stroke_running_along_a_line_stays_with_the_digit() -> None:
+    """The side of a '0' written on the margin line, the bar of a '7' on a ruled line: the
+    line goes, the stroke lying on it stays (it makes the line wider there)."""
+    mask = np.zeros((300, 400), dtype=bool)
+    mask[:, 40:42] = True  # the margin line
+    mask[100:180, 38:46] = True  # a stroke 8 pixels wide running down it
+    mask[100:180, 46:90] |= np.eye(80, 44, dtype=bool)  # the rest of the digit, off the line
+    for y in range(20, 300, 30):  # ruled lines
+        mask[y : y + 2, :] = True
+    mask[138:144, 220:300] = True  # a bar 6 pixels thick lying on the line at rows 140-141
+    kept = photo.remove_ruled_lines(mask, mask)
+    assert kept[104:176, 38:46].mean() > 0.9  # the stroke along the margin
+    assert kept[138:144, 224:296].mean() > 0.9  # the bar along the ruled line
+    assert not kept[:90, 40:42].any() and not kept[200:, 40:42].any()  # the margin elsewhere
+    assert not kept[140:142, 320:].any() and not kept[140:142, 100:200].any()  # the line too
+
+
 def test_specks_are_not_a_digit() -> None:
     gray = paper()
     rng = np.random.default_rng(0)
