@@ -38,6 +38,7 @@ MIN_SIDE = 112  # smaller pictures (a 28x28 MNIST digit) are enlarged to this fi
 EVEN_GROUND = 0.06  # gray levels between the border's quartiles
 SHADOW_DEPTH = 0.37  # a dark region this deep (fraction of the shorter side) is a shadow
 STROKE_CONTRAST = 0.2  # gray levels: on an even ground, strokes differ from it by this much
+MOST_OF_PICTURE = 0.5  # light strokes on a dark ground (MNIST, dark mode) never cover this much
 DIM_PAPER = 0.15  # gray level: paper in the deepest shadow we still read
 CLOSING = 9  # cells: wider than a bold stroke (MNIST's are 7 cells at this grid)
 # Ink is at least this much darker than the paper around it (fractions of the paper's level).
@@ -228,13 +229,23 @@ def ink_on_paper(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     level (a photo: shadows, uneven light)."""
     ground = even_ground(gray)
     if ground is not None:
+        toned, level = gray, ground
         darker = int((gray < ground - STROKE_CONTRAST).sum())
         lighter = int((gray > ground + STROKE_CONTRAST).sum())
-        if lighter > darker:
-            gray, ground = 1.0 - gray, 1.0 - ground
-        if ground > DIM_PAPER:
-            return darkness(gray, np.float32(ground)), False
-    elif not light_ground(gray):
+        inverted = lighter > darker
+        if inverted:
+            toned, level = 1.0 - gray, 1.0 - ground
+        if level <= DIM_PAPER:
+            gray = toned
+        else:
+            dark = darkness(toned, np.float32(level))
+            page = inverted and lighter > MOST_OF_PICTURE * gray.size
+            if not (page or _has_shadow(dark)):
+                return dark, False
+            # What departs from the even border is a region, not strokes: the page on a
+            # dark table, or a shadow over the border and light on part of the page.
+            ground = None
+    if ground is None and not light_ground(gray):
         gray = 1.0 - gray
     paper = even_paper(gray)
     if paper is not None:

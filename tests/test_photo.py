@@ -158,6 +158,19 @@ def test_a_stroke_running_along_a_line_stays_with_the_digit() -> None:
     assert not kept[140:142, 320:].any() and not kept[140:142, 100:200].any()  # the line too
 
 
+def test_a_page_on_a_dark_table_is_not_read_inverted() -> None:
+    """The picture's border is evenly toned, as a scan's is, but it is the table (or a shadow)
+    around the page: the page is not a light stroke on a dark ground, it is paper."""
+    plain = paper()
+    a_seven(plain, 90, 120, 110, 6, 0.1)
+    expected = photo.read_digit(Image.fromarray((plain * 255).astype(np.uint8))).pixels
+    on_table = np.full_like(plain, 0.35)
+    on_table[14:-14, 14:-14] = plain[14:-14, 14:-14]
+    assert photo.even_ground(on_table) == pytest.approx(0.35, abs=0.01)  # looks like a scan's
+    seen = photo.read_digit(Image.fromarray((on_table * 255).astype(np.uint8))).pixels
+    assert np.corrcoef(seen.ravel(), expected.ravel())[0, 1] > 0.9
+
+
 def test_specks_are_not_a_digit() -> None:
     gray = paper()
     rng = np.random.default_rng(0)
