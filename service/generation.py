@@ -264,15 +264,13 @@ class DecodeLoop:
                 self.wakeup.clear()
                 continue
             joined, new_logits, new_states = self._join()
-            if not joined:
-                self.joining = 0  # whatever was taken failed or left
             if joined:
                 self.active += joined
-                self.joining = 0
                 logits = np.concatenate([logits, *new_logits])
                 state = np.concatenate([state, *new_states], axis=1)
                 temperature = np.array([s.request.temperature for s in self.active])
                 top_k = np.array([s.request.top_k or len(vocab) for s in self.active])
+            self.joining = 0  # after `active` counts them (or they failed or left)
             if not self.active:
                 continue
             uniform = np.array([s.rng.random() for s in self.active])

@@ -345,8 +345,9 @@ def _widened(labels: np.ndarray, lines: np.ndarray, axis: int) -> np.ndarray:
     Per position along each line, its width across; positions wider than the line's median
     width by more than LINE_WIDENING, over a stretch longer than a bump of noise, are
     returned (as a mask of the line pixels there)."""
-    along = np.indices(labels.shape)[axis]
     size = labels.shape[axis]
+    shape = (1, size) if axis == 1 else (size, 1)
+    along = np.broadcast_to(np.arange(size).reshape(shape), labels.shape)
     ids = labels[lines]
     count = int(labels.max()) + 1
     widths = np.bincount(ids * size + along[lines], minlength=count * size)
