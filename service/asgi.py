@@ -10,16 +10,21 @@ from starlette.types import Message, Receive, Send
 
 from service import errors
 from service.errors import ClientGone, ServiceError, error_body, retry_headers
+from service.log_bounds import refusal_log
+from service.metrics import REFUSALS
 
 JSON = b"application/json"
 logger = logging.getLogger("rnnserve")
 
 
 def log_refusal(route: str, status: int, message: str) -> None:
-    """A client error as one warning line (no traceback). 503s are not logged one by one: under
-    a flood that would be thousands of lines; rnnserve_queue_refused counts them."""
+    """A client error as one warning line (no traceback), at most RNNSERVE_REFUSAL_LOG_PER_S of
+    them a second (rnnserve_refusals counts every one). 503s are counted, never logged one by
+    one: under a flood that would be thousands of lines; rnnserve_queue_refused says why."""
     if status < 500:
-        logger.warning("%s: %s %s", route, status, message[:300])
+        refusal_log().refused(logger, status, "%s: %s %s", route, status, message)
+    else:
+        REFUSALS.labels(status=str(status)).inc()
 
 
 async def send_bytes(
@@ -44,9 +49,21 @@ async def send_bytes(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, status: int, message: str, detail: Any = None) -> None:
-    """Our error shape, with Retry-After on a 503."""
-    await send_bytes(send, status, error_body(message, detail), retry_headers(status))
+async def send_error(
+    send: Send, status: int, message: str, detail: Any = None, close: bool = False
+) -> None:
+    """Our error shape, with Retry-After on a 503; `close` asks the server to close the
+    connection after it (a request body left unread)."""
+    headers = retry_headers(status) + ([(b"connection", b"close")] if close else [])
+    await send_bytes(send, status, error_body(message, detail), headers)
+
+
+def media_type(value: bytes | str) -> str:
+    """A Content-Type's media type, lower case, without parameters ("" when there is none):
+    media types are case-insensitive (RFC 9110 section 8.3.1), and every route compares them
+    this way."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return text.partition(";")[0].strip().lower()
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:

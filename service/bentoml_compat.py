@@ -13,13 +13,24 @@ workaround here should go.
    every attribute read, twice per request. -> `bind_api_methods`.
 3. An API's response media type is derived from the output's JSON schema on every response.
    -> `declare_json_outputs`.
-4. A malformed multipart body (no boundary, broken parts) answers 500. -> `MultipartGuard`.
+4. A malformed multipart body (no boundary, broken parts) answers 500; a file field's text
+   value (or a JSON body for a route whose input is one file) is downloaded as a URL by the
+   server, whose private-address guard is process-wide and removed by the first request that
+   ends; media types are compared case-sensitively, unknown ones read as JSON, and undeclared
+   fields ignored. -> `service.route_inputs` (`InputGuard`, `forbid_unknown_fields`).
 5. A 4xx `BentoMLException` is answered as a one-element JSON array. -> `unwrap_error_array`
    (used by the error-shape middleware).
 6. Every 4xx from input validation is logged as an error with a ~25-line traceback.
    -> `quiet_client_errors`.
 7. The tracing and access-log middleware cost a worker CPU on every request even when no trace
    is sampled. -> `skipped_paths` feeds their skip lists in the service's decorator.
+8. The HTTP metrics are labelled by the raw request path, before authentication: every
+   distinct path is a new series for good. -> `service.route_labels` (labels by route
+   template).
+9. uvicorn (under BentoML) bounds no header block, request line, header phase or idle
+   connection, lets trailer fields join the headers, and keeps every connection it accepts.
+   -> `service.connections` (tests/test_connections.py reproduces those on uvicorn itself).
+10. Log records quote request values (paths, content types) whole. -> `service.log_bounds`.
 """
 
 from __future__ import annotations
@@ -30,14 +41,12 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.admission import CLIENT_LEFT
-from service.asgi import read_body, replay_body, send_error
+from service.asgi import send_error
 from service.errors import ClientGone
+from service.log_bounds import refusal_log
 
 logger = logging.getLogger("rnnserve")
 
@@ -219,37 +228,6 @@ def declare_json_outputs(service: Any) -> None:
         api.output_spec.media_type = "application/json"
 
 
-# ----------------------------------------------------------------------- 4. multipart bodies
-
-
-class MultipartGuard:
-    """Answers a malformed multipart body with 400 instead of BentoML's 500.
-
-    BentoML 1.4 catches Starlette's `HTTPException(400)` for a multipart body without a
-    boundary or with broken parts and answers 500 "unexpected error". This parses such bodies
-    first, in a throwaway request (they are already capped by BodyLimitMiddleware), and
-    replays them to the application when they parse.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
-        if not headers.get(b"content-type", b"").lower().startswith(b"multipart/"):
-            await self.app(scope, receive, send)
-            return
-        body = await read_body(receive)
-        try:
-            form = await Request(scope, replay_body(body, receive)).form()
-            await form.close()
-        except (HTTPException, MultiPartException) as exc:
-            reason = exc.detail if isinstance(exc, HTTPException) else exc.message
-            await send_error(send, 400, f"malformed multipart body: {reason}")
-            return
-        await self.app(scope, replay_body(body, receive), send)
-
-
 # ----------------------------------------------------------------------- 5. error arrays
 
 
@@ -268,20 +246,23 @@ BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"
 
 class ClientErrorsWithoutTraceback(logging.Filter):
     """Turns BentoML's "Exception on PATH [METHOD]" error, logged with a traceback for every
-    request its input validation refuses, into one warning line with the reason; real 5xx keep
-    their traceback."""
+    request its input validation refuses, into one warning line with the reason, written
+    through the rate-limited refusal log; real 5xx keep their traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and _is_client_error(exc):
-            reason = str(exc).strip().splitlines()
-            record.msg = "client error on %s [%s]: %s"
-            where = record.args if isinstance(record.args, tuple) else ("?", "?")
-            record.args = (*where, reason[0][:200] if reason else "")
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+        if exc is None or not _is_client_error(exc):
+            return True
+        reason = str(exc).strip().splitlines()
+        where = record.args if isinstance(record.args, tuple) else ("?", "?")
+        refusal_log().refused(
+            logging.getLogger(record.name),
+            _client_status(exc),
+            "client error on %s [%s]: %s",
+            *where,
+            reason[0][:200] if reason else "",
+        )
+        return False  # written (or counted) above, as one line without the traceback
 
 
 def _is_client_error(exc: BaseException) -> bool:
@@ -291,6 +272,11 @@ def _is_client_error(exc: BaseException) -> bool:
     if isinstance(exc, ValidationError):
         return True
     return isinstance(exc, BentoMLException) and int(exc.error_code) < 500
+
+
+def _client_status(exc: BaseException) -> int:
+    code = getattr(exc, "error_code", 400)
+    return int(code) if int(code) < 500 else 400
 
 
 def quiet_client_errors() -> None:

@@ -30,7 +30,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from service import errors
-from service.asgi import log_refusal, read_body, send_bytes
+from service.asgi import log_refusal, media_type, read_body, send_bytes
 from service.errors import BadInput, ClientGone, ServiceError, UnsupportedMedia
 from service.metrics import observe_lean_request
 from service.pipeline import LARGE_BODY_BYTES, Classified, ServingState
@@ -116,13 +116,13 @@ class LeanDigitsApp:
         pipelines = self.state.require()
         body = await read_body(receive)  # BodyLimitMiddleware (outside) caps the size
         headers = dict(scope.get("headers", []))
-        content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
+        content_type = media_type(headers.get(b"content-type", b"")) or "application/json"
         query = parse_qs(scope.get("query_string", b"").decode("utf-8", "replace"))
         query_model = query.get("model", [None])[0]
         datatype = headers.get(b"x-tensor-datatype", b"UINT8").decode("latin-1").upper()
         if datatype not in DATATYPES:  # checked whatever the body, so no typo goes unseen
             raise BadInput(f"X-Tensor-Datatype must be one of {sorted(DATATYPES)}")
-        if content_type == b"application/json":
+        if content_type == "application/json":
             images, model_name = (
                 parse_json(body)  # inline when small: the hot path
                 if len(body) <= LARGE_BODY_BYTES
@@ -131,7 +131,7 @@ class LeanDigitsApp:
             if model_name is not None and query_model not in (None, model_name):
                 raise BadInput("the model is named twice (query and body), differently")
             model_name = model_name or query_model
-        elif content_type == b"application/octet-stream":
+        elif content_type == "application/octet-stream":
             images = parse_binary(body, headers, datatype)
             model_name = query_model
         else:

@@ -86,6 +86,42 @@ GENERATION_FIRST_CHAR = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
 )
 
+# The network layer (service/connections.py, the body budget) and the refusal log.
+CONNECTIONS_OPEN = Gauge(
+    name="rnnserve_connections_open",
+    documentation="Open client connections, summed over the workers",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_CLOSED = Counter(
+    name="rnnserve_connections_closed",
+    documentation="Connections the server closed on its own, by reason (idle, header_timeout, "
+    "headers_too_large, too_many_headers, url_too_long, request_too_large, evicted, full)",
+    labelnames=["reason"],
+)
+BODY_BYTES_HELD = Gauge(
+    name="rnnserve_body_bytes_held",
+    documentation="Request-body bytes the workers hold now (the RNNSERVE_MAX_BUFFERED_BYTES "
+    "budget, per worker)",
+    multiprocess_mode="livesum",
+)
+BODIES_REFUSED = Counter(
+    name="rnnserve_bodies_refused",
+    documentation="Request bodies refused before the application saw them: over the budget "
+    "(budget), too slow (timeout) or too large (too_large)",
+    labelnames=["reason"],
+)
+REFUSALS = Counter(
+    name="rnnserve_refusals",
+    documentation="Requests refused with a client error or a 503, by status; every one is "
+    "counted, while the refusal log lines are limited to RNNSERVE_REFUSAL_LOG_PER_S",
+    labelnames=["status"],
+)
+REFUSAL_LOG_SUPPRESSED = Counter(
+    name="rnnserve_refusal_log_suppressed",
+    documentation="Refusal log lines not written because more than RNNSERVE_REFUSAL_LOG_PER_S "
+    "came in one second",
+)
+
 
 def observe_inference(model: str, seconds: float, batch: int) -> None:
     INFERENCE_SECONDS.labels(model=model).observe(seconds)

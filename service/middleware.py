@@ -7,6 +7,7 @@ from Starlette for 404/405). Clients should parse one: `{"error": str, "detail":
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from http import HTTPStatus
@@ -16,7 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.asgi import replay_body, send_error
 from service.bentoml_compat import unwrap_error_array
-from service.errors import error_body
+from service.errors import ClientGone, error_body
+from service.metrics import BODIES_REFUSED, BODY_BYTES_HELD
+from service.validation import parse_count
 
 
 def _describe_validation(errors: list[dict[str, Any]]) -> str:
@@ -25,6 +28,8 @@ def _describe_validation(errors: list[dict[str, Any]]) -> str:
     for err in errors[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field (not an input of this route)"
         parts.append(f"{loc}: {msg}" if loc else msg)
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return "invalid input: " + "; ".join(parts) + more
@@ -109,7 +114,11 @@ class BearerAuthMiddleware:
     """Optional bearer-token authentication (off when no tokens are configured).
 
     Tokens are compared in constant time (`hmac.compare_digest`) against every configured
-    token, so neither a match nor its position leaks through timing. Exempt paths (health,
+    token, so neither a match nor its position leaks through timing. A request must carry one
+    Authorization header (two are refused: proxies and frameworks disagree on which counts),
+    read from the header block only (the server drops trailer fields). WebSocket scopes are
+    authenticated like requests (none is served today; a future route starts closed). Exempt
+    paths (health,
     metrics by default) stay open for probes and scrapers; an entry ending in `*` exempts a
     prefix (the demo page's static files, `/ui/*`: they hold no data, the page sends the token).
     """
@@ -130,15 +139,18 @@ class BearerAuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if (
-            scope["type"] != "http"
+            scope["type"] not in ("http", "websocket")
             or not self.tokens
             or path in self.exempt
             or path.startswith(self.exempt_prefixes)
         ):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers", []))
-        if not self._authorized(headers.get(b"authorization")):
+        offered = [v for k, v in scope.get("headers", ()) if k == b"authorization"]
+        if len(offered) != 1 or not self._authorized(offered[0]):
+            if scope["type"] == "websocket":  # refused before the handshake: the server's 403
+                await send({"type": "websocket.close", "code": 1008})
+                return
             body = error_body(
                 "missing or invalid bearer token: send 'Authorization: Bearer <token>'"
             )
@@ -159,70 +171,130 @@ class BearerAuthMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Bounds what request bodies cost before the application reads them.
+    """One budget for every request body, counted as the bytes arrive, before the application
+    sees any of them.
 
-    One body: a declared Content-Length over `max_bytes` is refused at once (413); a body
-    without one (chunked) is read up to the limit and replayed to the application, or refused
-    when it goes over. All bodies together: the bytes of the requests a worker holds at once
-    may not pass `max_buffered`; a request that would is refused with 503 + Retry-After before
-    its body is read, so a flood of large requests costs bounded memory.
+    One body: a declared Content-Length over `max_bytes` is refused at once (413), and so is a
+    body (declared or chunked) whose bytes pass it while they arrive. All bodies together: the
+    bytes a worker holds for requests in progress may not pass `max_buffered`: a request
+    declaring more than is left is refused before its body is read (503 + Retry-After), and a
+    body whose next bytes would pass the budget is refused then. Time: a body may pause for at
+    most `timeout_s`, and once it has taken longer than that it must have come at `min_rate`
+    bytes/s on average; a body that stalls or trickles is answered 408 and gives its bytes
+    back. Every refusal of a body
+    not read to its end closes the connection (the rest of it would only be read to be thrown
+    away). The application gets the whole body in one message.
+
+    Readiness does not follow the budget: a budget held by a few slow clients would otherwise
+    take the worker out of every load balancer, an outage of all replicas bought with a few
+    connections; the budget frees itself within the body timeout, and
+    `rnnserve_body_bytes_held` shows it to operators.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_buffered: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        max_buffered: int,
+        timeout_s: float = 10.0,
+        min_rate: int = 16 * 1024,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_buffered = max_buffered
-        self.buffered = 0  # bytes reserved by requests in progress (one event loop: no lock)
+        self.timeout_s = timeout_s
+        self.min_rate = min_rate
+        self.held = 0  # bytes held by requests in progress (one event loop: no lock)
 
     def _too_large(self) -> str:
         return f"request body over the limit of {self.max_bytes} bytes (RNNSERVE_MAX_REQUEST_BYTES)"
+
+    def _too_slow(self, received: int, elapsed: float) -> str:
+        return (
+            f"request body too slow: {received} bytes in {elapsed:.1f} s (a pause of at most "
+            f"RNNSERVE_BODY_TIMEOUT_S={self.timeout_s:g} s, and past that at least "
+            f"RNNSERVE_MIN_BODY_RATE={self.min_rate} bytes/s)"
+        )
+
+    def _over_budget(self) -> str:
+        return (
+            f"the server holds too many request bodies ({self.held} bytes; limit "
+            f"RNNSERVE_MAX_BUFFERED_BYTES={self.max_buffered}); retry shortly"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers", []))
-        declared = headers.get(b"content-length")
-        if declared is None and scope.get("method") in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
+        declared: bytes | None = None
+        chunked = False
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared is None and not chunked:
+            await self.app(scope, receive, send)  # no body (uvicorn refuses one without either)
             return
         if declared is not None:
-            length = int(declared) if declared.isdigit() else -1
-            if length < 0:
-                await send_error(send, 400, "invalid Content-Length header")
+            length = parse_count(declared)
+            if length is None:
+                await self._refuse(send, 400, "invalid", "invalid Content-Length header")
                 return
             if length > self.max_bytes:
-                await send_error(send, 413, self._too_large())
+                await self._refuse(send, 413, "too_large", self._too_large())
                 return
-            await self._within_budget(length, scope, receive, send)
-            return
+            if length == 0:
+                await self.app(scope, receive, send)
+                return
+            if self.held + length > self.max_buffered:
+                await self._refuse(send, 503, "budget", self._over_budget())
+                return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await send_error(send, 413, self._too_large())
-                return
-            if not message.get("more_body"):
-                break
-        await self._within_budget(len(body), scope, replay_body(bytes(body), receive), send)
-
-    async def _within_budget(self, size: int, scope: Scope, receive: Receive, send: Send) -> None:
-        if size and self.buffered + size > self.max_buffered:
-            await send_error(
-                send,
-                503,
-                f"the server holds too many request bodies ({self.buffered} bytes; limit "
-                f"RNNSERVE_MAX_BUFFERED_BYTES={self.max_buffered}); retry shortly",
-            )
-            return
-        self.buffered += size
         try:
-            await self.app(scope, receive, send)
+            try:
+                refused = await self._read(receive, body)
+            except ClientGone:
+                return  # nobody to answer; its bytes are given back below
+            if refused is not None:
+                await self._refuse(send, *refused)
+                return
+            BODY_BYTES_HELD.set(self.held)
+            await self.app(scope, replay_body(bytes(body), receive), send)
         finally:
-            self.buffered -= size
+            self.held -= len(body)
+            BODY_BYTES_HELD.set(self.held)
+
+    async def _read(self, receive: Receive, body: bytearray) -> tuple[int, str, str] | None:
+        """Read the body into `body` (its bytes counted in `held` as they come); a refusal
+        (status, reason, message) when it breaks a bound. ClientGone when the client left."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                return 408, "timeout", self._too_slow(len(body), loop.time() - started)
+            elapsed = loop.time() - started
+            if elapsed > self.timeout_s and len(body) < self.min_rate * elapsed:
+                return 408, "timeout", self._too_slow(len(body), elapsed)
+            if message["type"] == "http.disconnect":
+                raise ClientGone("the client disconnected while sending its body")
+            chunk = message.get("body", b"")
+            if len(body) + len(chunk) > self.max_bytes:
+                return 413, "too_large", self._too_large()
+            if self.held + len(chunk) > self.max_buffered:
+                return 503, "budget", self._over_budget()
+            self.held += len(chunk)
+            body += chunk
+            if not message.get("more_body"):
+                return None
+
+    @staticmethod
+    async def _refuse(send: Send, status: int, reason: str, message: str) -> None:
+        BODIES_REFUSED.labels(reason=reason).inc()
+        await send_error(send, status, message, close=True)
 
 
 class WholeBodyMiddleware:

@@ -23,7 +23,6 @@ from starlette.responses import Response
 
 from service.asgi import error_response, log_refusal
 from service.bentoml_compat import (
-    MultipartGuard,
     bind_api_methods,
     declare_json_outputs,
     install_request_lifetime,
@@ -31,8 +30,10 @@ from service.bentoml_compat import (
     skipped_paths,
 )
 from service.cards import CardError
+from service.connections import ConnectionLimits, install_connection_limits
 from service.errors import ClientGone, ServiceError
 from service.inference import DigitClassifier, ModelRegistry, preflight
+from service.log_bounds import install_bounded_logs
 from service.meta_app import LEAN_PATH, META_PATHS, MOUNT_PATH, STREAM_PATH, meta_app
 from service.metrics import MODEL_INFO, observe_inference
 from service.middleware import (
@@ -43,6 +44,8 @@ from service.middleware import (
 )
 from service.openapi import OpenApiMiddleware, document_errors
 from service.pipeline import Pipelines, ServingState
+from service.route_inputs import InputGuard, declared_inputs, forbid_unknown_fields
+from service.route_labels import install_templated_metrics
 from service.runtime import DeviceError
 from service.schemas import (
     DEFAULT_DIGIT_MODEL,
@@ -83,6 +86,18 @@ except (CardError, DeviceError, FileNotFoundError) as exc:
 
 install_request_lifetime()
 quiet_client_errors()
+install_bounded_logs(SETTINGS.max_log_field_chars, SETTINGS.refusal_log_per_s)
+install_connection_limits(
+    ConnectionLimits(
+        max_header_bytes=SETTINGS.max_header_bytes,
+        max_header_count=SETTINGS.max_header_count,
+        max_url_bytes=SETTINGS.max_url_bytes,
+        header_timeout_s=SETTINGS.header_timeout_s,
+        keep_alive_s=SETTINGS.keep_alive_s,
+        max_connections=SETTINGS.max_connections,
+        max_request_bytes=SETTINGS.max_request_bytes,
+    )
+)
 # What the mounted apps use to reach this worker's models, filled in by RnnServe.__init__.
 STATE = ServingState()
 
@@ -250,12 +265,14 @@ def prediction(model: DigitClassifier, probs: np.ndarray) -> DigitPrediction:
 
 
 # Outermost first: every error gets the one shape; a request without a valid token is refused
-# before its body is read; then the body limits; then a guard for malformed multipart bodies;
+# before its body is read; then the body budget; then what the BentoML routes accept (one
+# content-type rule, known fields, uploads that are files: service/route_inputs.py);
 # then /docs.json, which documents the one error shape and every status (service/openapi.py);
 # innermost, BentoML's three-piece answers become one sized body (WholeBodyMiddleware).
 # (The decorator turned the class into a bentoml Service, which mypy cannot see.)
 _service = cast(Any, RnnServe)
 declare_json_outputs(_service)
+forbid_unknown_fields(_service.apis.values())
 _service.add_asgi_middleware(V2RootMiddleware)
 _service.add_asgi_middleware(ErrorShapeMiddleware, v2_prefix=V2_PATH)  # V2: {"error"}
 _service.add_asgi_middleware(
@@ -265,8 +282,10 @@ _service.add_asgi_middleware(
     BodyLimitMiddleware,
     max_bytes=SETTINGS.max_request_bytes,
     max_buffered=SETTINGS.max_buffered_bytes,
+    timeout_s=SETTINGS.body_timeout_s,
+    min_rate=SETTINGS.min_body_rate,
 )
-_service.add_asgi_middleware(MultipartGuard)
+_service.add_asgi_middleware(InputGuard, routes=declared_inputs(_service.apis.values()))
 _service.add_asgi_middleware(
     OpenApiMiddleware,
     build=lambda: document_errors(
@@ -275,3 +294,13 @@ _service.add_asgi_middleware(
     ),
 )
 _service.add_asgi_middleware(WholeBodyMiddleware)
+# BentoML's HTTP metrics labelled by route template, never by the raw path (the templates are
+# read on the first request)
+install_templated_metrics(
+    lambda: [
+        *(api.route for api in _service.apis.values()),
+        *META_PATHS,
+        *v2_paths({}),
+        *("/", "/docs", "/docs.json", "/livez", "/readyz", "/healthz", "/ui", "/ui/*"),
+    ]
+)

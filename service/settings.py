@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     max_queue_wait_ms: Count = 1000
     max_request_bytes: Count = 4 * 1024 * 1024
     max_buffered_bytes: Count = 64 * 1024 * 1024
+    min_body_rate: Count = 16 * 1024
+    body_timeout_s: Count = 10
+    max_header_bytes: Count = 32 * 1024
+    max_header_count: Count = 100
+    max_url_bytes: Count = 8 * 1024
+    header_timeout_s: Count = 10
+    keep_alive_s: Count = 5
+    max_connections: Count = 4096
+    max_log_field_chars: Count = 512
+    refusal_log_per_s: Count = 10
     max_images_per_request: Count = 256
     max_image_pixels: Count = 4096 * 4096
     max_image_side: Count = 16384
@@ -222,8 +232,27 @@ SETTINGS_DOC: dict[str, str] = {
     "max_queued_images": "images that may wait for one digit model; a request beyond gets 503",
     "max_queue_wait_ms": "longest a digit request may wait for its model call (503 beyond)",
     "max_request_bytes": "largest request body accepted (413 beyond), chunked bodies included",
-    "max_buffered_bytes": "request bodies one worker holds at once, all requests together "
-    "(503 beyond)",
+    "max_buffered_bytes": "request-body bytes one worker holds at once, all requests together, "
+    "counted as they arrive (503 beyond; readiness is not affected)",
+    "min_body_rate": "slowest average rate, in bytes/s, of a request body that has taken longer "
+    "than `body_timeout_s` (408 and the connection closed beyond)",
+    "body_timeout_s": "longest pause within a request body, and the time before "
+    "`min_body_rate` applies (a body that stalls is answered 408 and gives its bytes back)",
+    "max_header_bytes": "largest header block of one request (431 and the connection closed "
+    "beyond), trailers included",
+    "max_header_count": "most header fields in one request (431 beyond)",
+    "max_url_bytes": "longest request target, path and query (414 beyond)",
+    "header_timeout_s": "seconds from a request's first byte to the end of its headers (408 and "
+    "the connection closed beyond)",
+    "keep_alive_s": "seconds an open connection may sit idle, new or between requests, before "
+    "the server closes it",
+    "max_connections": "open connections per worker (at most the process's file limit less a "
+    "reserve); beyond, the longest-idle connection is closed to make room, or the new one is "
+    "answered 503 when none is idle",
+    "max_log_field_chars": "longest value a log line quotes (a path, a header, a reason); longer "
+    "values are cut, control characters escaped",
+    "refusal_log_per_s": "refusal log lines (4xx, refused connections) one worker writes per "
+    "second; the rest are counted (rnnserve_refusals) and summed up in the next line written",
     "max_images_per_request": "most 28x28 arrays in one pixel request (400 beyond)",
     "max_image_pixels": "largest width x height of an uploaded image as decoded (JPEGs are "
     "decoded reduced, so a 12-megapixel photo counts ~0.2 MP); 413 beyond",

@@ -29,7 +29,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from service import errors
-from service.asgi import log_refusal, read_body, send_bytes
+from service.asgi import log_refusal, media_type, read_body, send_bytes
 from service.errors import BadInput, ClientGone, ServiceError, UnsupportedMedia
 from service.metrics import observe_lean_request
 from service.pipeline import ServingState
@@ -99,7 +99,7 @@ class GenerationStreamApp:
         try:
             pipelines = self.state.require()
             content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
-            if content_type.split(b";")[0].strip() not in (b"application/json", b""):
+            if media_type(content_type) not in ("application/json", ""):
                 raise UnsupportedMedia("Content-Type must be application/json")
             params = parse_generation(await read_body(receive))
             model, chunks = pipelines.generation(**params)

@@ -35,7 +35,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__, errors
-from service.asgi import error_response, log_refusal
+from service.asgi import error_response, log_refusal, media_type
 from service.errors import BadInput, ServiceError, UnknownModel, UnsupportedMedia, short
 from service.inference import CharModel, DigitClassifier, LoadedModel
 from service.metrics import observe_lean_request
@@ -223,7 +223,7 @@ async def get_model_ready(_: Request, pipelines: Pipelines, model: LoadedModel) 
 
 
 async def post_infer(request: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    content_type = media_type(request.headers.get("content-type", ""))
     if content_type not in ("application/json", "application/octet-stream", ""):
         raise UnsupportedMedia(
             "Content-Type must be application/json, or application/octet-stream with "

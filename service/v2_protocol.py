@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from service.errors import BadInput, short
-from service.validation import MAX_TENSOR_DIMS
+from service.validation import MAX_TENSOR_DIMS, parse_count
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -113,9 +113,9 @@ def _from_json_data(data: Any, dtype: np.dtype, shape: tuple[int, ...], name: st
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     """Decode a V2 inference request body (JSON, or JSON header + binary tensors)."""
     if header_length is not None:
-        if not header_length.strip().isdigit():
+        size = parse_count(header_length.strip())
+        if size is None:
             raise BadInput("Inference-Header-Content-Length must be a non-negative integer")
-        size = int(header_length)
         if not 0 < size <= len(body):
             raise BadInput(
                 f"Inference-Header-Content-Length is {size} but the body has {len(body)} bytes"

@@ -18,6 +18,19 @@ from service.errors import BadInput, UnusableInput
 MAX_TENSOR_DIMS = 8  # more than any input of ours has: a longer shape is a malformed request
 
 
+def parse_count(text: bytes | str) -> int | None:
+    """A non-negative whole number written in ASCII digits, or None. (`str.isdigit` is true
+    for '²' and other digits `int` refuses, and `int` takes '+1', ' 1', '1_0' and non-ASCII
+    digits: none of them belongs in an HTTP header.)"""
+    if isinstance(text, bytes):
+        if not text or len(text) > 19 or not text.isdigit():  # bytes.isdigit: ASCII only
+            return None
+        return int(text)
+    if not text or len(text) > 19 or not (text.isascii() and text.isdecimal()):
+        return None
+    return int(text)
+
+
 def parse_shape(text: str, what: str) -> tuple[int, ...]:
     """A shape like "N,28,28" (a header or a query value) as non-negative ints, refusing
     what numpy could not hold (too many dimensions, sizes beyond int64) before using it."""

@@ -28,7 +28,6 @@ from service.admission import CLIENT_LEFT
 from service.asgi import send_error
 from service.bentoml_compat import (
     BENTOML_HTTP_LOGGER,
-    MultipartGuard,
     RequestLifetimeMiddleware,
     bentoml_timeout_middleware,
     bind_api_methods,
@@ -38,6 +37,7 @@ from service.bentoml_compat import (
     quiet_client_errors,
     unwrap_error_array,
 )
+from service.route_inputs import InputGuard, declared_inputs
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests httpx2 for its TestClient
@@ -340,7 +340,9 @@ class GuardedTiny:
         return len(upload.read_bytes())
 
 
-cast(Any, GuardedTiny).add_asgi_middleware(MultipartGuard)
+cast(Any, GuardedTiny).add_asgi_middleware(
+    InputGuard, routes=declared_inputs(cast(Any, GuardedTiny).apis.values())
+)
 
 
 @pytest.fixture(scope="module")
@@ -366,6 +368,61 @@ def test_the_guard_answers_it_with_400_and_lets_good_uploads_through(guarded: Te
     r = guarded.post("/size", content=b"abc", headers=NO_BOUNDARY)
     assert r.status_code == 400 and "malformed multipart body" in r.json()["error"]
     assert guarded.post("/size", files={"upload": ("a.bin", b"12345")}).json() == 5
+
+
+def test_bentoml_takes_a_file_fields_text_for_a_url_and_downloads_it(tiny: TestClient) -> None:
+    """The server-side fetch (MultipartSerde.ensure_file): a text value in a file field is
+    fetched (refused here only by the private-address guard, see the next test), and text
+    that is no URL is a 500 with a traceback in the log."""
+    r = tiny.post("/size", files={"upload": (None, "http://127.0.0.1:9/x")})
+    assert r.status_code == 400 and "insecure input URL" in r.text  # it tried to connect
+    r = tiny.post("/size", data={"upload": "http://127.0.0.1:9/x"})  # urlencoded: the same
+    assert r.status_code == 400 and "insecure input URL" in r.text
+    assert tiny.post("/size", files={"upload": (None, "hello")}).status_code == 500
+
+
+def test_bentoml_private_address_guard_is_gone_once_any_request_ends() -> None:
+    """make_safe_connect patches the event loop class for the whole process and restores it on
+    exit: a fetch that finishes unguards every other fetch still in flight."""
+    from bentoml._internal.utils import uri
+    from uvloop import Loop
+
+    unguarded = Loop.create_connection
+    with uri.make_safe_connect():  # request A starts its download
+        assert Loop.create_connection is not unguarded
+        with uri.make_safe_connect():  # request B's download
+            pass
+        assert Loop.create_connection is unguarded  # A's download now reaches anything
+
+
+def test_bentoml_ignores_undeclared_fields_and_reads_unknown_types_as_json(
+    tiny: TestClient,
+) -> None:
+    r = tiny.post("/double", content=b'{"x": 2, "max_tokens": 9}')
+    assert r.status_code == 200 and r.json() == 4
+    r = tiny.post("/double", content=b'{"x": 2}', headers={"content-type": "text/plain"})
+    assert r.status_code == 200 and r.json() == 4
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="upload"; filename="a"\r\n\r\n12\r\n--b--\r\n'
+    )
+    r = tiny.post(
+        "/size", content=body, headers={"content-type": "MULTIPART/FORM-DATA; boundary=b"}
+    )
+    assert r.status_code != 200  # an upper-case media type is read as JSON
+
+
+def test_the_guard_refuses_what_bentoml_would_fetch_or_ignore(guarded: TestClient) -> None:
+    r = guarded.post("/size", files={"upload": (None, "http://127.0.0.1:9/x")})
+    assert r.status_code == 400 and "'upload' must be an uploaded file" in r.json()["error"]
+    r = guarded.post("/size", data={"upload": "http://127.0.0.1:9/x"})
+    assert r.status_code == 415
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="upload"; filename="a"\r\n\r\n12\r\n--b--\r\n'
+    )
+    r = guarded.post(
+        "/size", content=body, headers={"content-type": "MULTIPART/FORM-DATA; boundary=b"}
+    )
+    assert r.status_code == 200 and r.json() == 2
 
 
 def test_bentoml_answers_a_4xx_exception_as_a_one_element_array(tiny: TestClient) -> None:

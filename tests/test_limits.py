@@ -793,13 +793,15 @@ def test_decoding_queue_refuses_beyond_its_limit(
 def test_buffered_bodies_limit_and_timeout_of_a_stalled_body(
     queues_server: Server, pool: tuple[Digit, ...]
 ) -> None:
-    """A request that declares 1.9 MB and stalls holds that much of RNNSERVE_MAX_BUFFERED_BYTES
-    (2 MB): a 200 KB request meanwhile is refused with 503 before its body is read. The stalled
-    one gets 504 once its response has not started within RNNSERVE_TIMEOUT_S=2; that frees its
+    """RNNSERVE_MAX_BUFFERED_BYTES (2 MB) counts the bytes bodies have sent, not what they
+    declare: a request that declares 1.9 MB and stalls after 1,000 bytes holds 1,000 bytes, and a
+    200 KB request is served meanwhile. One that has sent 1.85 MB before it stalls holds that
+    much: a 200 KB request meanwhile is refused with 503 before its body is read. The stalled one
+    gets 504 once its response has not started within RNNSERVE_TIMEOUT_S=2; that frees its
     share, and the 200 KB request is then served right."""
     chosen = [pool[i % len(pool)] for i in range(255)]
     body, headers = binary_digits(uint8(chosen))
-    assert len(body) + 1_900_000 > 2_000_000
+    assert len(body) + 1_850_000 > 2_000_000
     url = f"{queues_server.url}/v1/digits?model=rnn"
     stalled_head = post_head(
         "/v1/digits",
@@ -807,11 +809,16 @@ def test_buffered_bodies_limit_and_timeout_of_a_stalled_body(
         b"X-Tensor-Shape: 1,28,28",
         b"Content-Length: 1900000",
     )
+    with connect(queues_server.url) as declared_only:
+        declared_only.sendall(stalled_head + b"\0" * 1000)
+        time.sleep(0.3)
+        r = httpx.post(url, content=body, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
     with connect(queues_server.url) as stalled:
         started = time.monotonic()
-        stalled.sendall(stalled_head + b"\0" * 1000)
+        stalled.sendall(stalled_head + b"\0" * 1_850_000)
         deadline = started + 1.0
-        while True:  # the stalled request reaches the middleware in a moment
+        while True:  # the stalled request's bytes reach the middleware in a moment
             r = httpx.post(url, content=body, headers=headers, timeout=30)
             if r.status_code != 200 or time.monotonic() > deadline:
                 break
