@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import platform
 import random
 import resource
 import socket
@@ -293,6 +295,16 @@ def family_headers(target: Target, megabytes: float, count: int) -> list[Row]:
     ]
 
 
+def metric_sum(target: Target, name: str, labels: str = "") -> float:
+    """The sum of one metric's samples on /metrics (label sets containing `labels`)."""
+    text = httpx.get(f"{target.url}/metrics", timeout=30).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")) and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def series_count(target: Target) -> tuple[int, int]:
     text = httpx.get(f"{target.url}/metrics", timeout=30).text
     return sum(1 for line in text.splitlines() if line and not line.startswith("#")), len(text)
@@ -381,13 +393,19 @@ def family_chunked(target: Target, connections: int, chunk_mb: float) -> list[Ro
                 refused_at_once += 1
             socks.append(sock)
         try:
+            time.sleep(0.3)
+            held = metric_sum(target, "rnnserve_body_bytes_held")
+            ready = still_fast(target)  # readiness does not follow the budget (documented)
             answers = [read_answer(s, target.body_timeout_s + 15) for s in socks]
         finally:
             for sock in socks:
                 sock.close()
         statuses = sorted({a[0] or 0 for a in answers})  # 0: closed before an answer was read
-        ok = set(statuses) <= {0, 408, 413, 503} and all(a[2] for a in answers)
-        return ok, f"{connections} unfinished: {statuses}, all closed"
+        ok = set(statuses) <= {0, 408, 413, 503} and all(a[2] for a in answers) and ready is None
+        return ok, (
+            f"{connections} unfinished: {statuses}, all closed; while held "
+            f"({held / 2**20:.1f} MiB): {ready or 'ready and fast'}"
+        )
 
     return [
         measured("chunked", f"{connections} x {chunk_mb:g} MiB chunked, unfinished", target, run)
@@ -459,7 +477,9 @@ def family_idle(target: Target, count: int) -> list[Row]:
     ]
 
 
-def family_logs(target: Target, log_limit: int) -> list[Row]:
+def family_logs(
+    target: Target, log_limit: int, refusals: int, per_second: int, workers: int
+) -> list[Row]:
     """Long values reach the log cut: a content type and a path just under the header and
     target limits, and control characters."""
 
@@ -481,7 +501,38 @@ def family_logs(target: Target, log_limit: int) -> list[Row]:
         ok = longest <= 4 * log_limit + 400
         return ok, f"longest log line {longest} characters (field limit {log_limit})"
 
-    return [measured("logs", "30 KB content type, 7 KB path", target, run)]
+    def flood() -> tuple[bool, str]:
+        if target.log is None:
+            return True, "no server log to read (skipped)"
+        marker = "client error on /next_char"
+        lines_before = target.log().count(marker)
+        counted_before = metric_sum(target, "rnnserve_refusals_total", 'status="400"')
+        started = time.monotonic()
+
+        async def refused() -> None:
+            async with httpx.AsyncClient(base_url=target.url, timeout=10) as client:
+                jobs = [
+                    client.post("/next_char", content=b"{", headers=target.headers())
+                    for _ in range(refusals)
+                ]
+                await asyncio.gather(*jobs)
+
+        asyncio.run(refused())
+        seconds = time.monotonic() - started
+        time.sleep(0.5)
+        lines = target.log().count(marker) - lines_before
+        counted = metric_sum(target, "rnnserve_refusals_total", 'status="400"') - counted_before
+        allowed = per_second * (seconds + 2) * workers
+        ok = lines <= allowed and counted >= refusals
+        return ok, (
+            f"{refusals} refusals in {seconds:.1f} s: {lines} log lines (at most {allowed:.0f}), "
+            f"{counted:.0f} counted"
+        )
+
+    return [
+        measured("logs", "30 KB content type, 7 KB path", target, run),
+        measured("logs", f"{refusals} refusals at once", target, flood),
+    ]
 
 
 def family_trailers(target: Target) -> list[Row]:
@@ -557,7 +608,7 @@ def run_all(target: Target, args: argparse.Namespace) -> list[Row]:
     rows += family_stalled(target, args.stalled, args.declared)
     rows += family_chunked(target, args.chunked, args.chunk_mb)
     rows += family_idle(target, args.idle)
-    rows += family_logs(target, args.log_limit)
+    rows += family_logs(target, args.log_limit, args.refusals, args.refusal_log_per_s, args.workers)
     rows += family_trailers(target)
     rows += family_small(target)
     return rows
@@ -609,10 +660,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-mb", type=float, default=3.5, help="MiB each sends (3.5)")
     p.add_argument("--idle", type=int, default=5000, help="idle sockets (5000)")
     p.add_argument("--log-limit", type=int, default=512, help="the server's field limit (512)")
+    p.add_argument("--refusals", type=int, default=300, help="refusals sent at once (300)")
+    p.add_argument(
+        "--refusal-log-per-s", type=int, default=10, help="the server's refusal log rate (10)"
+    )
     p.add_argument(
         "--timeouts-s", type=float, default=2.0, help="the server's body/header/idle timeouts"
     )
     p.add_argument("--fast-s", type=float, default=2.0, help="/readyz and a request within (2 s)")
+    p.add_argument("--out", type=Path, help="append the table to this markdown results file")
     return p
 
 
@@ -639,7 +695,33 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
     print(table(rows))
+    if args.out:
+        report(args.out, rows, argv if argv is not None else sys.argv[1:], args)
     return 0 if all(r.ok for r in rows) else 1
+
+
+def report(path: Path, rows: list[Row], argv: list[str], args: argparse.Namespace) -> None:
+    """Append one run to a results file, with its command, date and machine."""
+    command = " ".join(["python -m loadtest.socket_hostile", *argv])
+    auth = "auth on" if args.token else "auth off"
+    lines = [
+        f"## {args.workers} worker(s), {auth}",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {time.strftime('%Y-%m-%d')}  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, client and server on the same machine",
+        "",
+        table(rows),
+        "",
+    ]
+    new = not path.exists()
+    with path.open("a") as out:
+        if new:
+            out.write(
+                "# Socket-level hostile traffic\n\n" + (__doc__ or "").split("\n\n")[0] + "\n\n"
+            )
+        out.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ ALLOWED = {
     "5 ms": "the decode loop hands characters over every POST_EVERY_S (service/generation.py)",
     "2 s": "the hostile-input run's bound per answer, MAX_SECONDS (loadtest/hostile.py)",
     "65%": "the HorizontalPodAutoscaler's CPU target (deploy/k8s/hpa.yaml)",
+    "32 KiB": "RNNSERVE_MAX_HEADER_BYTES default (service/settings.py)",
+    "8 KiB": "RNNSERVE_MAX_URL_BYTES default (service/settings.py)",
+    "16 KiB": "RNNSERVE_MIN_BODY_RATE default, per second (service/settings.py)",
 }
 
 

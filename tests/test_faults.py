@@ -17,26 +17,29 @@ from tests.conftest import ROOT, metric_value
 pytestmark = pytest.mark.slow
 
 
-async def load(url: str, seconds: float, clients: int) -> tuple[int, int]:
-    """Closed-loop pixel requests for `seconds`; returns (ok, failed)."""
+async def load(url: str, seconds: float, clients: int) -> tuple[int, list[int]]:
+    """Closed-loop pixel requests for `seconds` from `clients` clients, each on one connection
+    of its own (a request at a time); returns (ok, failures per client)."""
     payloads = [{"images": [{"pixels": d.pixels}]} for d in digits()]
-    ok = failed = 0
+    ok = 0
+    failed = [0] * clients
     stop = time.perf_counter() + seconds
-    async with httpx.AsyncClient(timeout=30) as client:
 
-        async def one_client(offset: int) -> None:
-            nonlocal ok, failed
-            i = offset
+    async def one_client(number: int) -> None:
+        nonlocal ok
+        i = number
+        one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(timeout=30, limits=one_connection) as client:
             while time.perf_counter() < stop:
                 try:
                     r = await client.post(f"{url}/classify_pixels", json=payloads[i % 64])
                     ok += r.status_code == 200
-                    failed += r.status_code != 200
+                    failed[number] += r.status_code != 200
                 except httpx.HTTPError:
-                    failed += 1
+                    failed[number] += 1
                 i += 1
 
-        await asyncio.gather(*(one_client(c) for c in range(clients)))
+    await asyncio.gather(*(one_client(c) for c in range(clients)))
     return ok, failed
 
 
@@ -45,7 +48,7 @@ def test_killed_worker_is_replaced_and_few_requests_fail(tmp_path: Path) -> None
     try:
         assert len(worker_processes(server.process.pid)) == 2
 
-        async def scenario() -> tuple[int, int]:
+        async def scenario() -> tuple[int, list[int]]:
             async def kill_one() -> None:
                 await asyncio.sleep(2)
                 worker_processes(server.process.pid)[0].kill()
@@ -54,15 +57,17 @@ def test_killed_worker_is_replaced_and_few_requests_fail(tmp_path: Path) -> None
             return results[0]
 
         ok, failed = asyncio.run(scenario())
-        fraction = failed / (ok + failed)
-        print(f"killed one of 2 workers under load: {ok} ok, {failed} failed ({fraction:.2%})")
-        assert ok > 200 and fraction < 0.01
+        print(f"killed one of 2 workers under load: {ok} ok, failures per client {failed}")
+        # what holds on any machine: a client loses at most the one request it had in flight
+        # on the worker that died (its connection goes with it; the next one reaches a live
+        # worker), and the service goes on serving
+        assert ok > 0 and max(failed) <= 1, failed
         wait_ready(server, 30)
         deadline = time.time() + 30
         while len(worker_processes(server.process.pid)) < 2 and time.time() < deadline:
             time.sleep(0.5)
         assert len(worker_processes(server.process.pid)) == 2  # the arbiter started a new worker
-        assert asyncio.run(load(server.url, 1, 2))[1] == 0
+        assert asyncio.run(load(server.url, 1, 2))[1] == [0, 0]
     finally:
         server.stop()
 

@@ -48,7 +48,9 @@ def target(
 
 def test_every_family_is_bounded(target: tuple[socket_hostile.Target, Server]) -> None:
     hostile, server = target
-    args = socket_hostile.parser().parse_args(CI_SIZES)
+    args = socket_hostile.parser().parse_args(
+        [*CI_SIZES, "--workers", str(len(socket_hostile.workers(hostile)))]
+    )
     rss_before = socket_hostile.rss_mb(hostile)
     fds_before = socket_hostile.fd_count(hostile)
     rows = socket_hostile.run_all(hostile, args)
