@@ -17,8 +17,8 @@ import onnxruntime as ort
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from service.cards import load_card
-from service.preprocess import normalize, softmax
+from service.model.cards import load_card
+from service.model.numerics import normalize, softmax
 
 MODEL_DIR = Path(os.environ.get("BASELINE_MODEL_DIR", Path(__file__).parent.parent / "models"))
 CARD = load_card(MODEL_DIR / os.environ.get("BASELINE_MODEL", "mnist-birnn"))

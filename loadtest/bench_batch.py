@@ -35,7 +35,7 @@ import numpy as np
 from loadtest.compare import tree_cpu_seconds
 from loadtest.payloads import digits
 from loadtest.servers import start_server
-from service.inference import ModelRegistry
+from service.model.inference import ModelRegistry
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from loadtest.servers import start_server, worker_rss_mb
-from service.inference import ModelRegistry
+from service.model.inference import ModelRegistry
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from service.cards import ModelCard, discover_cards
+from service.model.cards import ModelCard, discover_cards
 from training.nets import build_model
 
 BATCHES = (1, 256)

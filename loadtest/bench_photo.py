@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 
 from loadtest.servers import start_server, worker_processes
-from service.photo import read_digit
-from service.preprocess import ImageLimits, decode_image
+from service.imaging.photo import read_digit
+from service.imaging.uploads import ImageLimits, decode_image
 from training import data as D
 from training import photos as P
 

@@ -94,7 +94,7 @@ def environment() -> dict[str, Any]:
 
 def real_inputs(card: Any, batch: int) -> dict[str, np.ndarray]:
     """Real test digits (normalized as the card says) or real text ids, `batch` rows."""
-    from service.preprocess import normalize
+    from service.model.numerics import normalize
     from training.data import load_mnist_split
 
     if card.task == "digit-classification":
@@ -115,7 +115,7 @@ def session(card: Any, provider: str, tf32: bool = False) -> Any:
     to show what full float32 buys in parity and costs in speed)."""
     import onnxruntime as ort
 
-    from service.runtime import CUDA_PROVIDER_OPTIONS, preload_cuda_libraries
+    from service.model.runtime import CUDA_PROVIDER_OPTIONS, preload_cuda_libraries
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -143,7 +143,7 @@ def per_second(run: Callable[[], Any], rows: int, seconds: float = 2.0) -> float
 
 
 def onnxruntime_check(cpu_only: bool, seconds: float = 2.0) -> dict[str, Any]:
-    from service.cards import discover_cards
+    from service.model.cards import discover_cards
 
     results: dict[str, Any] = {}
     for card in discover_cards(ROOT / "models"):
@@ -182,7 +182,7 @@ def onnxruntime_check(cpu_only: bool, seconds: float = 2.0) -> dict[str, Any]:
 def torchscript_check(cpu_only: bool) -> dict[str, Any]:
     import torch
 
-    from service.cards import discover_cards
+    from service.model.cards import discover_cards
 
     device = "cpu" if cpu_only else "cuda"
     torch.backends.cudnn.allow_tf32 = False  # as the service's TorchScript backend does

@@ -86,7 +86,7 @@ GENERATION_FIRST_CHAR = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
 )
 
-# The network layer (service/connections.py, the body budget) and the refusal log.
+# The network layer (service/http/connections.py, the body budget) and the refusal log.
 CONNECTIONS_OPEN = Gauge(
     name="rnnserve_connections_open",
     documentation="Open client connections, summed over the workers",

@@ -1,4 +1,4 @@
-"""Admission control (service/admission.py): the continuous batcher and the work queues, with
+"""Admission control (service/engine/admission.py): the continuous batcher and the work queues, with
 real models where a model runs, driven by asyncio without a server."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from loadtest.payloads import digits
-from service.admission import CLIENT_LEFT, ContinuousBatcher, WorkQueue
+from service.engine.admission import CLIENT_LEFT, ContinuousBatcher, WorkQueue
 from service.errors import ClientGone, Overloaded
-from service.inference import ModelRegistry
+from service.model.inference import ModelRegistry
 from service.settings import Settings
 from tests.conftest import ROOT
 

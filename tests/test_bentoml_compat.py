@@ -1,4 +1,4 @@
-"""The BentoML workarounds (service/bentoml_compat.py), each beside a test that reproduces the
+"""The BentoML workarounds (service/http/bentoml_compat.py), each beside a test that reproduces the
 defect on BentoML itself: when one of those `test_bentoml_*` tests fails after an upgrade, the
 defect is fixed upstream and the workaround should go.
 
@@ -24,9 +24,9 @@ import bentoml
 import pytest
 from bentoml.exceptions import BentoMLException
 
-from service.admission import CLIENT_LEFT
-from service.asgi import send_error
-from service.bentoml_compat import (
+from service.engine.admission import CLIENT_LEFT
+from service.http.asgi import send_error
+from service.http.bentoml_compat import (
     BENTOML_HTTP_LOGGER,
     RequestLifetimeMiddleware,
     bentoml_timeout_middleware,
@@ -37,7 +37,7 @@ from service.bentoml_compat import (
     quiet_client_errors,
     unwrap_error_array,
 )
-from service.route_inputs import InputGuard, declared_inputs
+from service.http.route_inputs import InputGuard, declared_inputs
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests httpx2 for its TestClient
@@ -456,7 +456,7 @@ def test_bentoml_logs_a_traceback_for_every_refused_input(
 
 
 def test_a_server_error_keeps_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
-    from service.bentoml_compat import ClientErrorsWithoutTraceback
+    from service.http.bentoml_compat import ClientErrorsWithoutTraceback
 
     try:
         raise RuntimeError("boom")

@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.cards import CardError, discover_cards, load_card
-from service.preprocess import normalize
+from service.model.cards import CardError, discover_cards, load_card
+from service.model.numerics import normalize
 from tests.conftest import ROOT
 from training.data import load_mnist_split
 from training.retrace import baked_devices

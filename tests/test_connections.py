@@ -1,4 +1,4 @@
-"""The connection limits (service/connections.py) on a real uvicorn server and raw sockets.
+"""The connection limits (service/http/connections.py) on a real uvicorn server and raw sockets.
 
 Each limit is tested twice: on uvicorn's own httptools protocol, which shows the upstream
 behaviour the guard exists for (when one of those tests fails, uvicorn changed and the guard
@@ -24,7 +24,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.connections import ConnectionLimits, LimitedHttpToolsProtocol
+from service.http.connections import ConnectionLimits, LimitedHttpToolsProtocol
 
 LIMITS = ConnectionLimits(
     max_header_bytes=4096,
@@ -366,7 +366,7 @@ def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(limited: int) 
 def test_the_cap_follows_the_file_limit() -> None:
     import resource
 
-    from service.connections import FD_RESERVE, connection_cap
+    from service.http.connections import FD_RESERVE, connection_cap
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert connection_cap(10) == 10

@@ -52,7 +52,9 @@ def test_bento_carries_code_and_verified_models_only(built_bento: tuple[Path, Pa
         for f in ("card.json", "model.onnx", "model.ts"):
             assert (src / "models" / name / f).is_file(), f"{name}/{f}"
     assert not (src / "training").exists() and not (src / "tests").exists()
-    assert (src / "service" / "web" / "index.html").is_file()
+    assert (src / "service" / "http" / "web" / "index.html").is_file()
+    assert (src / "service" / "http" / "service.py").is_file()
+    assert (src / "service" / "imaging" / "photo.py").is_file()
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in requirements and "torch" not in requirements
     for fast in ("orjson", "httptools", "uvloop"):

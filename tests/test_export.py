@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.cards import CardError, load_card
+from service.model.cards import CardError, load_card
 from training import export, train
 from training.nets import SequenceClassifier
 from training.retrace import baked_devices, retrace

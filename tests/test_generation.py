@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from loadtest.servers import Server
+from service.engine.generation import DecodeLoop, GenerationRequest
 from service.errors import ClientGone, Overloaded
-from service.generation import DecodeLoop, GenerationRequest
-from service.inference import CharModel, ModelRegistry, sample
+from service.model.inference import CharModel, ModelRegistry, sample
 from service.settings import Settings
 from tests.conftest import ROOT
 

@@ -43,10 +43,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from loadtest.payloads import PROMPTS, Digit, digits
 from loadtest.servers import Server, start_server
-from service.meta_app import meta_app
-from service.middleware import BodyLimitMiddleware
-from service.pipeline import ServingState
-from service.v2_app import v2_app
+from service.engine.pipeline import ServingState
+from service.http.meta_app import meta_app
+from service.http.middleware import BodyLimitMiddleware
+from service.http.v2_app import v2_app
 from tests.conftest import ROOT, metric_value
 
 MODELS = ROOT / "models"

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits  # a declared dev dependency: no skip if it is missing
 
-from service.inference import ModelRegistry
-from service.photo import read_digit
-from service.preprocess import ImageLimits, decode_image
+from service.imaging.photo import read_digit
+from service.imaging.uploads import ImageLimits, decode_image
+from service.model.inference import ModelRegistry
 from service.settings import Settings
 
 COUNT = 400

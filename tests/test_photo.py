@@ -1,4 +1,4 @@
-"""The photo reading (service/photo.py), step by step on synthetic pictures, then whole.
+"""The photo reading (service/imaging/photo.py), step by step on synthetic pictures, then whole.
 
 Each step is a pure function; each test builds the smallest picture that shows what the step
 is for (a shadow, a ruled line through a stroke, a speck, a stain, a thin pen) and checks
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import photo
 from service.errors import UnusableInput
-from service.preprocess import ImageLimits, decode_image
+from service.imaging import photo
+from service.imaging.uploads import ImageLimits, decode_image
 from tests.images import mnist_test_digits
 from training.photos import Style, pen_stroke, pictures, render
 

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia, UnusableInput
-from service.photo import ANALYSIS_SIDE, center_of_mass_shift, read_digit
-from service.preprocess import ImageLimits, decode_image, encode_text, softmax, top_k
+from service.imaging.photo import ANALYSIS_SIDE, center_of_mass_shift, read_digit
+from service.imaging.uploads import ImageLimits, decode_image
+from service.model.numerics import encode_text, softmax, top_k
 from tests.images import as_user_photo, mnist_test_digits, png_bytes
 
 LIMIT = ImageLimits(max_pixels=4096 * 4096, max_side=16384, max_aspect=20)

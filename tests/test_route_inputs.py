@@ -1,6 +1,6 @@
-"""What every route accepts (service/route_inputs.py and the hand-made routes): uploads that are
-files and nothing else (the server never fetches a URL), one content-type rule, known fields
-only; in the service in this process."""
+"""What every route accepts (service/http/route_inputs.py and the hand-made routes): uploads that
+are files and nothing else (the server never fetches a URL), one content-type rule, known
+fields only; in the service in this process."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
-from service.middleware import BearerAuthMiddleware
-from service.route_inputs import FormError, RouteInputs, check_form
+from service.http.middleware import BearerAuthMiddleware
+from service.http.route_inputs import FormError, RouteInputs, check_form
 from tests.images import png_bytes
 
 DIGIT = png_bytes(np.pad(np.full((12, 4), 255, np.uint8), ((8, 8), (12, 12))))

@@ -1,4 +1,4 @@
-"""Bounded metric labels (service/route_labels.py), beside a test that reproduces the defect on
+"""Bounded metric labels (service/http/route_labels.py), beside a test that reproduces the defect on
 BentoML itself: when `test_bentoml_labels_metrics_by_raw_path` fails after an upgrade, BentoML
 labels its metrics by route on its own and the workaround should go.
 
@@ -32,8 +32,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import route_labels
-from service.route_labels import (
+from service.http import route_labels
+from service.http.route_labels import (
     MAX_PATH_LENGTH,
     UNMATCHED,
     RouteTemplates,

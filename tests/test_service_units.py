@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.cards import CardError
-from service.inference import ModelRegistry, preflight
-from service.middleware import normalize_error
-from service.runtime import DeviceError, choose_device, cuda_device_count, load_backend
+from service.http.middleware import normalize_error
+from service.model.cards import CardError
+from service.model.inference import ModelRegistry, preflight
+from service.model.runtime import DeviceError, choose_device, cuda_device_count, load_backend
 from service.settings import Settings, SettingsError
 from tests.conftest import ROOT
 
@@ -143,7 +143,7 @@ def test_registry_on_committed_models() -> None:
 
 
 def test_openapi30_spells_nullable_and_exclusive_bounds_the_30_way() -> None:
-    from service.openapi import openapi30
+    from service.http.openapi import openapi30
 
     node = {
         "properties": {
@@ -159,7 +159,7 @@ def test_openapi30_spells_nullable_and_exclusive_bounds_the_30_way() -> None:
 
 
 def test_document_errors_replaces_bentoml_error_schemas_on_every_api() -> None:
-    from service.openapi import document_errors
+    from service.http.openapi import document_errors
 
     spec: dict[str, Any] = {
         "components": {"schemas": {"InvalidArgument": {}, "x__Input": {"required": ["a"]}}},
@@ -197,7 +197,7 @@ def test_document_errors_replaces_bentoml_error_schemas_on_every_api() -> None:
 def test_vocabulary_pattern_accepts_exactly_the_vocabulary() -> None:
     import re
 
-    from service.schemas import vocabulary_pattern
+    from service.http.schemas import vocabulary_pattern
 
     pattern = re.compile(vocabulary_pattern(["a", "-", "]", "\\", "^", "\n", " "]))
     assert pattern.fullmatch("a-]\\^\n a")
@@ -207,7 +207,7 @@ def test_vocabulary_pattern_accepts_exactly_the_vocabulary() -> None:
 
 
 def test_softmax_survives_a_tiny_temperature() -> None:
-    from service.preprocess import softmax
+    from service.model.numerics import softmax
 
     probs = softmax(np.array([1.0, 3.0, 2.0], dtype=np.float32), 1e-300)
     assert np.isfinite(probs).all() and probs.tolist() == [0.0, 1.0, 0.0]

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from loadtest.servers import start_server, wait_exit, wait_ready
-from service.runtime import cuda_device_count
+from service.model.runtime import cuda_device_count
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

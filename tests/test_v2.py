@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from loadtest.payloads import digits
 from loadtest.servers import Server
-from service.cards import discover_cards
+from service.model.cards import discover_cards
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

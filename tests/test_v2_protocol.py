@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.errors import BadInput
-from service.v2_protocol import encode_infer_response, parse_infer_request
+from service.http.v2_protocol import encode_infer_response, parse_infer_request
 
 
 def binary_request(header: dict, *blobs: bytes) -> tuple[bytes, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from service.middleware import WholeBodyMiddleware
+from service.http.middleware import WholeBodyMiddleware
 
 Message = dict[str, Any]
 

@@ -32,7 +32,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from service.cards import CARD_FILE, SCHEMA_VERSION, describe_file, load_card, sha256_file
+from service.model.cards import CARD_FILE, SCHEMA_VERSION, describe_file, load_card, sha256_file
 from training import data as D
 from training.checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.nets import CharLM, SequenceClassifier

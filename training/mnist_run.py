@@ -73,7 +73,7 @@ def with_photos(
     train: D.MnistArrays, val: D.MnistArrays, config: MnistRunConfig, run_dir: Path, rt: Runtime
 ) -> tuple[D.MnistArrays, D.MnistArrays, str]:
     """Training and validation digits plus the same digits rendered as photos and scans
-    and read back by the service's own steps (training/photos.py, service/photo.py): the
+    and read back by the service's own steps (training/photos.py, service/imaging/photo.py): the
     models learn what the service will show them. Cached next to the runs."""
     from training.photos import cached_photo_digits  # scipy and the service's reader: only here
 

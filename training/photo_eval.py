@@ -1,6 +1,6 @@
 """How well the digit models read photos and scans: an evaluation set rendered from MNIST
 validation digits (never trained on) by training/photos.py, read by the service's own steps
-(decode_image + service/photo.py), classified by every committed ONNX digit model.
+(decode_image + service/imaging/photo.py), classified by every committed ONNX digit model.
 
     python -m training.photo_eval                       # writes loadtest/results/photo_eval.md
     python -m training.photo_eval --per-kind 100 --out /tmp/quick.md
@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.cards import discover_cards
 from service.errors import UnusableInput
-from service.photo import read_digit
-from service.preprocess import ImageLimits, decode_image, normalize, softmax
+from service.imaging.photo import read_digit
+from service.imaging.uploads import ImageLimits, decode_image
+from service.model.cards import discover_cards
+from service.model.numerics import normalize, softmax
 from training import data as D
 from training import photos as P
 
@@ -219,8 +220,8 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         "",
         f"{result['per_kind']} pictures per kind rendered by training/photos.py from MNIST "
         "validation digits (held out of training), read by the service's own steps "
-        "(service/photo.py), classified by each committed ONNX model. 'photo': conditions at "
-        "random (ruled lines 60%, shadow 50%, ink black/blue/dark blue/pencil, tilt, blur, "
+        "(service/imaging/photo.py), classified by each committed ONNX model. 'photo': conditions "
+        "at random (ruled lines 60%, shadow 50%, ink black/blue/dark blue/pencil, tilt, blur, "
         "JPEG 60-95); the other rows force one condition on, strongly. A refused digit "
         "counts as wrong.",
         "",
@@ -250,7 +251,7 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
             f"{100 * result['blank_refused']:.1f}% refused with 422."
         )
     lines.append(
-        f"Reading a 1008x756 picture (decode + service/photo.py): p50 "
+        f"Reading a 1008x756 picture (decode + service/imaging/photo.py): p50 "
         f"{result['reading_ms']['p50']:.1f} ms, p99 {result['reading_ms']['p99']:.1f} ms CPU."
     )
     if "big_photo_ms" in result:

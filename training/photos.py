@@ -303,8 +303,8 @@ def _process_chunk(
     args: tuple[np.ndarray, np.ndarray, list[str], int, int, int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
     from service.errors import UnusableInput
-    from service.photo import read_digit
-    from service.preprocess import ImageLimits, decode_image
+    from service.imaging.photo import read_digit
+    from service.imaging.uploads import ImageLimits, decode_image
 
     images, labels, kinds, seed, start, width, height = args
     limits = ImageLimits(max_pixels=50_000_000, max_side=20_000, max_aspect=20.0)
@@ -329,7 +329,7 @@ def photo_digits(
     mix: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each digit rendered once as a picture of a kind drawn from `mix`, then read by the
-    service's own steps (service/photo.py): what the model will see for such a picture.
+    service's own steps (service/imaging/photo.py): what the model will see for such a picture.
     Returns (pixels uint8 (M, 28, 28), labels (M,)); digits the reading refused are left
     out (M <= N). Rendered at 504x378: what a phone photo is once decoded in draft mode."""
     from concurrent.futures import ProcessPoolExecutor
@@ -364,11 +364,11 @@ def reading_code_digest() -> str:
     only for the exact code that made it."""
     import hashlib
 
-    import service.photo
-    import service.preprocess
+    import service.imaging.photo
+    import service.imaging.uploads
 
     digest = hashlib.sha256()
-    for module in (service.photo, service.preprocess):
+    for module in (service.imaging.photo, service.imaging.uploads):
         digest.update(Path(str(module.__file__)).read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()[:16]

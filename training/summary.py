@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from service.cards import CardError, ModelCard, discover_cards
+from service.model.cards import CardError, ModelCard, discover_cards
 
 
 def headline(card: ModelCard) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.cards import ModelCard
+from service.model.cards import ModelCard
 from service.settings import Settings
 
 logger = logging.getLogger("rnnserve")

@@ -97,7 +97,7 @@ $("clear").addEventListener("click", () => {
 });
 
 // ---------------------------------------------------------------- MNIST-style 28x28
-// As the service does for uploads (service/photo.py, fit_to_field): crop to the ink, fit it into a
+// As the service does for uploads (service/imaging/photo.py, fit_to_field): crop to the ink, fit it into a
 // 20x20 box keeping the aspect ratio (area averaging), centre the box in 28x28, then shift so
 // the centre of mass sits at (14, 14). Returns 28 rows of 0..255 values, or null when blank.
 function toMnist(canvas) {
@@ -248,7 +248,7 @@ function renderModels(answers) {
 }
 
 // ---------------------------------------------------------------- photos
-// The service reads the digit out of the photo (service/photo.py); the first answer also
+// The service reads the digit out of the photo (service/imaging/photo.py); the first answer also
 // carries the 28x28 it saw, shown in the preview. A picture without a digit is a 422.
 let photoRequest = 0;
 

@@ -29,11 +29,11 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from service import errors
-from service.asgi import log_refusal, media_type, read_body, send_bytes
+from service.engine.pipeline import ServingState
 from service.errors import BadInput, ClientGone, ServiceError, UnsupportedMedia
+from service.http.asgi import log_refusal, media_type, read_body, send_bytes
+from service.http.schemas import DEFAULT_LENGTH
 from service.metrics import observe_lean_request
-from service.pipeline import ServingState
-from service.schemas import DEFAULT_LENGTH
 
 ROUTE = "/v1/generate/stream"
 # After an event, a stream waits this long before the next one: the first character still

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from service.cards import ModelCard, discover_cards, short_name
 from service.errors import NoCharModel, UnknownModel, short
-from service.preprocess import encode_text, normalize, softmax, top_k
-from service.runtime import Backend, DeviceChoice, choose_device, load_backend
+from service.model.cards import ModelCard, discover_cards, short_name
+from service.model.numerics import encode_text, normalize, softmax, top_k
+from service.model.runtime import Backend, DeviceChoice, choose_device, load_backend
 from service.settings import Settings
 
 logger = logging.getLogger("bentoml.rnnserve")
@@ -152,7 +152,7 @@ class CharModel(LoadedModel):
     ) -> str:
         """One sequence alone, one step at a time with carried state (no re-reading of the
         prefix); temperature 0 means greedy decoding. The reference the batched decode loop
-        (service/generation.py) must match for the same seed: both draw with `sample`."""
+        (service/engine/generation.py) must match for the same seed: both draw with `sample`."""
         rng = np.random.default_rng(seed)
         last, state = self.read_prompt(self.encode(prompt))
         temperatures = np.array([temperature])

@@ -15,11 +15,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.asgi import replay_body, send_error
-from service.bentoml_compat import unwrap_error_array
+from service.engine.validation import parse_count
 from service.errors import ClientGone, error_body
+from service.http.asgi import replay_body, send_error
+from service.http.bentoml_compat import unwrap_error_array
 from service.metrics import BODIES_REFUSED, BODY_BYTES_HELD
-from service.validation import parse_count
 
 
 def _describe_validation(errors: list[dict[str, Any]]) -> str:

@@ -1,6 +1,6 @@
-"""The OpenAPI description of the Open Inference Protocol routes (service/v2_app.py).
+"""The OpenAPI description of the Open Inference Protocol routes (service/http/v2_app.py).
 
-BentoML documents only its own APIs; /docs.json gets these paths added (service/openapi.py), so
+BentoML documents only its own APIs; /docs.json gets these paths added (service/http/openapi.py), so
 that the Swagger page shows them and the fuzzer (tests/test_fuzz.py) reaches them. The model
 names and versions are the served ones, read from the cards.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.v2_protocol import DATATYPES
+from service.http.v2_protocol import DATATYPES
 
 V2_ERROR: dict[str, Any] = {
     "type": "object",

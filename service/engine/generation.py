@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import ClientGone, Overloaded
-from service.inference import CharModel, sample
 from service.metrics import (
     GENERATION_ACTIVE,
     GENERATION_BATCH,
     GENERATION_FIRST_CHAR,
     GENERATION_STEPS,
 )
+from service.model.inference import CharModel, sample
 
 # How long characters may wait in the decode thread before going to the event loop together.
 POST_EVERY_S = 0.005

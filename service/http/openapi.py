@@ -19,8 +19,8 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
-from service.asgi import send_bytes
-from service.v2_openapi import V2_ERROR
+from service.http.asgi import send_bytes
+from service.http.v2_openapi import V2_ERROR
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -11,7 +11,7 @@ full instead of letting waits, memory and latency grow without limit:
 
 Either way, a request whose task is cancelled while it waits (its deadline passed) leaves the
 queue at once, and one whose client disconnected (`CLIENT_LEFT`, set per request by the
-protocol layer: see service/bentoml_compat.py) is dropped when its turn comes: neither reaches
+protocol layer: see service/http/bentoml_compat.py) is dropped when its turn comes: neither reaches
 the model.
 """
 

@@ -20,14 +20,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service import __version__
-from service.admission import CLIENT_LEFT, ContinuousBatcher, WorkQueue
+from service.engine.admission import CLIENT_LEFT, ContinuousBatcher, WorkQueue
+from service.engine.generation import DecodeLoop, GenerationRequest
+from service.engine.validation import char_ids, char_state, digit_images, text_length
 from service.errors import BadInput, NotReady
-from service.generation import DecodeLoop, GenerationRequest
-from service.inference import CharModel, DigitClassifier, ModelRegistry
-from service.photo import read_digit
-from service.preprocess import ImageLimits, decode_image
+from service.imaging.photo import read_digit
+from service.imaging.uploads import ImageLimits, decode_image
+from service.model.inference import CharModel, DigitClassifier, ModelRegistry
 from service.settings import Settings
-from service.validation import char_ids, char_state, digit_images, text_length
 
 T = TypeVar("T")
 # Bodies above this size are parsed on the decoding thread, not on the event loop, so that

@@ -15,7 +15,7 @@ Inputs (values are raw pixels, white ink on black, as in MNIST):
   `X-Tensor-Shape: N,28,28` (or `28,28`) and `X-Tensor-Datatype: UINT8` (default) or `FP32`,
   model in the query (`?model=rnn`). In the spirit of Triton's binary tensor extension.
 Answer: `{"model", "provider", "digits": [N ints], "confident": [N bools],
-"probabilities": [[10 floats] x N]}` (confident: see DigitPrediction in service/schemas.py).
+"probabilities": [[10 floats] x N]}` (confident: see DigitPrediction in service/http/schemas.py).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from service import errors
-from service.asgi import log_refusal, media_type, read_body, send_bytes
+from service.engine.pipeline import LARGE_BODY_BYTES, Classified, ServingState
+from service.engine.validation import parse_shape
 from service.errors import BadInput, ClientGone, ServiceError, UnsupportedMedia
+from service.http.asgi import log_refusal, media_type, read_body, send_bytes
+from service.http.v2_protocol import DATATYPES as V2_DATATYPES
 from service.metrics import observe_lean_request
-from service.pipeline import LARGE_BODY_BYTES, Classified, ServingState
-from service.v2_protocol import DATATYPES as V2_DATATYPES
-from service.validation import parse_shape
 
 # the binary body's datatypes: a subset of the V2 protocol's names and byte layouts
 DATATYPES: dict[str, np.dtype[Any]] = {name: V2_DATATYPES[name] for name in ("UINT8", "FP32")}

@@ -1,5 +1,6 @@
 """GET routes mounted on the service (BentoML's own routes are POST only), and their OpenAPI
-description (BentoML documents only the FastAPI apps it mounts; service/openapi.py adds this)."""
+description (BentoML documents only the FastAPI apps it mounts; service/http/openapi.py adds
+this)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.asgi import error_response
+from service.engine.pipeline import ServingState
 from service.errors import ServiceError
-from service.lean_digits import LeanDigitsApp
-from service.pipeline import ServingState
-from service.schemas import CARDS, DEFAULT_LENGTH, ROW_SCHEMA, SETTINGS, text_schema
-from service.stream_app import GenerationStreamApp
+from service.http.asgi import error_response
+from service.http.lean_digits import LeanDigitsApp
+from service.http.schemas import CARDS, DEFAULT_LENGTH, ROW_SCHEMA, SETTINGS, text_schema
+from service.http.stream_app import GenerationStreamApp
 
 MOUNT_PATH = "/v1"
 LEAN_PATH = f"{MOUNT_PATH}/digits"

@@ -33,8 +33,8 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.asgi import media_type, read_body, replay_body, send_error
 from service.errors import ClientGone
+from service.http.asgi import media_type, read_body, replay_body, send_error
 
 
 @dataclass(frozen=True)

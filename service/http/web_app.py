@@ -1,4 +1,4 @@
-"""The demo page (service/web: plain HTML, CSS and JavaScript, no build step), at /ui/."""
+"""The demo page (service/http/web: plain HTML, CSS and JavaScript, no build step), at /ui/."""
 
 from __future__ import annotations
 

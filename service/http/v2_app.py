@@ -13,7 +13,7 @@ INT64 [-1, -1] (vocabulary indices) and optionally `state` FP32 [rows, -1, hidde
 absent), and answers `logits` FP32 [-1, -1, vocab] and `state_out`, to be fed back as `state`.
 Errors are `{"error": "..."}` with 400 (bad request), 404 (unknown model or version), 415, or
 503 + Retry-After (not ready, or overloaded); the status comes from the one table in
-service/errors.py. Everything after decoding is the shared pipeline (service/pipeline.py).
+service/errors.py. Everything after decoding is the shared pipeline (service/engine/pipeline.py).
 Health answers carry bodies as well as statuses (`{"live": true}`, `{"ready": true}`): Triton's
 client reads the status, KServe's reads the body.
 """
@@ -35,18 +35,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__, errors
-from service.asgi import error_response, log_refusal, media_type
+from service.engine.pipeline import Pipelines, ServingState
 from service.errors import BadInput, ServiceError, UnknownModel, UnsupportedMedia, short
-from service.inference import CharModel, DigitClassifier, LoadedModel
-from service.metrics import observe_lean_request
-from service.pipeline import Pipelines, ServingState
-from service.v2_protocol import (
+from service.http.asgi import error_response, log_refusal, media_type
+from service.http.v2_protocol import (
     HEADER_LENGTH,
     InferRequest,
     check_outputs,
     encode_infer_response,
     parse_infer_request,
 )
+from service.metrics import observe_lean_request
+from service.model.inference import CharModel, DigitClassifier, LoadedModel
 
 MOUNT_PATH = "/v2"
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_torchscript"}

@@ -17,7 +17,7 @@ workaround here should go.
    value (or a JSON body for a route whose input is one file) is downloaded as a URL by the
    server, whose private-address guard is process-wide and removed by the first request that
    ends; media types are compared case-sensitively, unknown ones read as JSON, and undeclared
-   fields ignored. -> `service.route_inputs` (`InputGuard`, `forbid_unknown_fields`).
+   fields ignored. -> `service.http.route_inputs` (`InputGuard`, `forbid_unknown_fields`).
 5. A 4xx `BentoMLException` is answered as a one-element JSON array. -> `unwrap_error_array`
    (used by the error-shape middleware).
 6. Every 4xx from input validation is logged as an error with a ~25-line traceback.
@@ -25,11 +25,11 @@ workaround here should go.
 7. The tracing and access-log middleware cost a worker CPU on every request even when no trace
    is sampled. -> `skipped_paths` feeds their skip lists in the service's decorator.
 8. The HTTP metrics are labelled by the raw request path, before authentication: every
-   distinct path is a new series for good. -> `service.route_labels` (labels by route
+   distinct path is a new series for good. -> `service.http.route_labels` (labels by route
    template).
 9. uvicorn (under BentoML) bounds no header block, request line, header phase or idle
    connection, lets trailer fields join the headers, and keeps every connection it accepts.
-   -> `service.connections` (tests/test_connections.py reproduces those on uvicorn itself).
+   -> `service.http.connections` (tests/test_connections.py reproduces those on uvicorn itself).
 10. Log records quote request values (paths, content types) whole. -> `service.log_bounds`.
 """
 
@@ -43,9 +43,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.admission import CLIENT_LEFT
-from service.asgi import send_error
+from service.engine.admission import CLIENT_LEFT
 from service.errors import ClientGone
+from service.http.asgi import send_error
 from service.log_bounds import refusal_log
 
 logger = logging.getLogger("rnnserve")
@@ -115,8 +115,8 @@ class RequestLifetimeMiddleware:
     """Ends a request's work when nobody will read its answer: when its response has not
     started within `timeout` seconds (the task is cancelled and answered 504, in the service's
     error shape), or when its client disconnects first (nothing is sent). A departed client
-    is noticed by the queues through `CLIENT_LEFT` (service/admission.py), which drop its work
-    before it reaches a model; where the server offers no probe, a listener task notices the
+    is noticed by the queues through `CLIENT_LEFT` (service/engine/admission.py), which drop its
+    work before it reaches a model; where the server offers no probe, a listener task notices the
     disconnect and cancels the request's task instead.
 
     Unlike BentoML's TimeoutMiddleware, the timer is cancelled as soon as the response starts

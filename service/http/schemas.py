@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, cast
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from service.cards import CardError, ModelCard, discover_cards, short_name
 from service.errors import short
+from service.model.cards import CardError, ModelCard, discover_cards, short_name
 from service.settings import get_settings
 
 SETTINGS = get_settings()

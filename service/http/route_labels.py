@@ -12,7 +12,7 @@ copy of the scope whose path is the route template the request matched
 (`/v2/models/{name}/infer`) or the one label `unmatched`, so the number of series is bounded by
 the routes the service has, whatever is sent. The application behind it still gets the
 original scope. `install_templated_metrics` makes BentoML build it in place of its own (the
-way `service.bentoml_compat.install_request_lifetime` replaces the timeout middleware), and
+way `service.http.bentoml_compat.install_request_lifetime` replaces the timeout middleware), and
 `tests/test_route_labels.py::test_bentoml_labels_metrics_by_raw_path` reproduces the defect on
 BentoML itself: when it fails after an upgrade, this workaround should go.
 """

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.engine.validation import MAX_TENSOR_DIMS, parse_count
 from service.errors import BadInput, short
-from service.validation import MAX_TENSOR_DIMS, parse_count
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),

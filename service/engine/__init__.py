@@ -1,0 +1,2 @@
+"""The request pipeline: validation and cost, admission, batching, the decode loop. Knows
+nothing of HTTP; imports model/ and imaging/."""

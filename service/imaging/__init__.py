@@ -1,0 +1,2 @@
+"""Uploads -> pixels: decoding within limits, reading a digit from a photo. training/ may
+import it."""
