@@ -569,7 +569,7 @@ def test_top_k_limit(limits_server: Server) -> None:
     r = httpx.post(
         f"{url}/v1/generate/stream", json={"prompt": PROMPT, "length": 5, "top_k": over}, timeout=30
     )
-    refusal(r, 400, f"k must lie in 1..{MAX_TOP_K} (RNNSERVE_MAX_TOP_K)")
+    refusal(r, 400, f"top_k must lie in 1..{MAX_TOP_K} (RNNSERVE_MAX_TOP_K)")
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ and plain values, which they encode. Nothing here knows HTTP: problems are domai
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ import numpy as np
 from service import __version__
 from service.engine.admission import CLIENT_LEFT, ContinuousBatcher, WorkQueue
 from service.engine.generation import DecodeLoop, GenerationRequest
+from service.engine.parameters import text_parameters
 from service.engine.validation import char_ids, char_state, digit_images, text_length
-from service.errors import BadInput, NotReady
+from service.errors import NotReady
 from service.imaging.photo import read_digit
 from service.imaging.uploads import ImageLimits, decode_image
 from service.model.inference import CharModel, DigitClassifier, ModelRegistry
@@ -47,6 +47,7 @@ class Pipelines:
     def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
+        self.parameters = text_parameters(settings)
         rows = settings.max_batch_size if settings.batching else 1  # off: one request a call
         self.batchers = {
             name: ContinuousBatcher(
@@ -131,20 +132,13 @@ class Pipelines:
     def char_model(self) -> CharModel:
         return self.registry.char_model()
 
-    def _check_sampling(self, k: int | None, temperature: float) -> None:
-        if k is not None and not 1 <= k <= self.settings.max_top_k:
-            raise BadInput(f"k must lie in 1..{self.settings.max_top_k} (RNNSERVE_MAX_TOP_K)")
-        if not (math.isfinite(temperature) and 0 <= temperature <= 5):
-            raise BadInput("temperature must be a number in 0..5")
-
     async def next_chars(
         self, text: str, k: int, temperature: float
     ) -> tuple[CharModel, list[tuple[str, float]]]:
         model = self.char_model()
         text_length(text, self.settings.max_text_chars)
-        self._check_sampling(k, temperature)
-        if temperature == 0:
-            raise BadInput("temperature must be above 0 for probabilities")
+        self.parameters.k.check(k)
+        self.parameters.softmax_temperature.check(temperature)
         model.encode(text)  # unknown characters: 422 before queueing
         return model, await self.text.run(model.next_chars, text, k, temperature)
 
@@ -164,31 +158,27 @@ class Pipelines:
         return logits, state_out
 
     def generation(
-        self, prompt: str, length: int, temperature: float, k: int | None, seed: int
+        self, prompt: str, length: int, temperature: float, top_k: int | None, seed: int
     ) -> tuple[CharModel, AsyncIterator[str]]:
         """Validate a generation, then its text as it comes (chunks, from the decode loop).
         Every check happens here, before the first character, so a stream never starts for a
         request that would fail."""
         model = self.char_model()
         text_length(prompt, self.settings.max_text_chars, "prompt")
-        if not 1 <= length <= self.settings.max_generate_chars:
-            raise BadInput(
-                f"length must lie in 1..{self.settings.max_generate_chars} "
-                "(RNNSERVE_MAX_GENERATE_CHARS)"
-            )
-        self._check_sampling(k, temperature)
-        if not 0 <= seed < 2**63:
-            raise BadInput("seed must lie in 0..2^63-1")
-        request = GenerationRequest(model.encode(prompt), length, temperature, k, seed)
+        for parameter, value in zip(
+            self.parameters.generation(), (length, temperature, top_k, seed), strict=True
+        ):
+            parameter.check(value)
+        request = GenerationRequest(model.encode(prompt), length, temperature, top_k, seed)
         assert self.decoder is not None  # there is a char model
         sequence = self.decoder.submit(request, CLIENT_LEFT.get())  # 503 here when full
         return model, self.decoder.chunks_of(sequence)
 
     async def generate(
-        self, prompt: str, length: int, temperature: float, k: int | None, seed: int
+        self, prompt: str, length: int, temperature: float, top_k: int | None, seed: int
     ) -> tuple[CharModel, str]:
         """The whole text at once (the same decode loop as the stream)."""
-        model, chunks = self.generation(prompt, length, temperature, k, seed)
+        model, chunks = self.generation(prompt, length, temperature, top_k, seed)
         return model, "".join([chunk async for chunk in chunks])
 
     # ------------------------------------------------------------------ metadata

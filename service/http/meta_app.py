@@ -15,7 +15,7 @@ from service.engine.pipeline import ServingState
 from service.errors import ServiceError
 from service.http.asgi import error_response
 from service.http.lean_digits import LeanDigitsApp
-from service.http.schemas import CARDS, DEFAULT_LENGTH, ROW_SCHEMA, SETTINGS, text_schema
+from service.http.schemas import CARDS, DEFAULT_LENGTH, ROW_SCHEMA, TEXT, text_schema
 from service.http.stream_app import GenerationStreamApp
 
 MOUNT_PATH = "/v1"
@@ -152,33 +152,16 @@ STREAM_DOC = {
                             "prompt": {
                                 "type": "string",
                                 "minLength": 1,
-                                "maxLength": SETTINGS.max_text_chars,
+                                "maxLength": TEXT.max_text_chars,
                                 **(text_schema(CARDS) or {}),
                             },
-                            "length": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": SETTINGS.max_generate_chars,
-                            },
-                            "temperature": {"type": "number", "minimum": 0, "maximum": 5},
-                            "top_k": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": SETTINGS.max_top_k,
-                                "nullable": True,
-                            },
-                            "seed": {
-                                "type": "integer",
-                                "minimum": 0,
-                                "maximum": 2**63 - 1,
-                                "nullable": True,
-                            },
+                            **{p.name: p.schema() for p in TEXT.generation()},
                         },
                     },
                     "example": {
                         "prompt": "ROMEO:\n",
                         "length": DEFAULT_LENGTH,
-                        "temperature": 0.8,
+                        "temperature": TEXT.temperature.default,
                         "seed": 7,
                     },
                 }

@@ -12,11 +12,13 @@ from typing import Annotated, Any, Literal, cast
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from service.engine.parameters import text_parameters
 from service.errors import short
 from service.model.cards import CardError, ModelCard, discover_cards, short_name
 from service.settings import get_settings
 
 SETTINGS = get_settings()
+TEXT = text_parameters(SETTINGS)
 
 
 def _cards() -> list[ModelCard]:
@@ -187,38 +189,27 @@ def finite(value: float) -> float:
     return value
 
 
-Temperature = Annotated[
-    float,
-    # the bounds first, so that they reach the JSON schema as minimum/maximum
-    Field(ge=0.0, le=5.0, strict=True, description="sampling temperature; 0 means greedy"),
-    AfterValidator(finite),
-]
+# Bounds, defaults and descriptions: service/engine/parameters.py, the one place they live.
+# The bounds come first in each Field, so that they reach the JSON schema as minimum/maximum.
+Temperature = Annotated[float, Field(**TEXT.temperature.pydantic_bounds()), AfterValidator(finite)]
 SoftmaxTemperature = Annotated[
-    float,
-    Field(
-        gt=0.0,
-        le=5.0,
-        strict=True,
-        description="softmax temperature for the probabilities (above 0)",
-    ),
-    AfterValidator(finite),
+    float, Field(**TEXT.softmax_temperature.pydantic_bounds()), AfterValidator(finite)
 ]
-# strict: JSON numbers only, no true/false or "5" strings (pydantic's lax mode takes both,
-# which the schema does not allow; found by the schemathesis run)
-TopK = Annotated[int, Field(ge=1, le=SETTINGS.max_top_k, strict=True)]
+TopK = Annotated[int, Field(**TEXT.k.pydantic_bounds())]
+SamplingTopK = Annotated[int, Field(**TEXT.top_k.pydantic_bounds())]
 PromptText = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=SETTINGS.max_text_chars,
+        max_length=TEXT.max_text_chars,
         examples=["ROMEO:\n"],
         description="text in the model's vocabulary (GET /v1/metadata lists it)",
         json_schema_extra=text_schema(CARDS),
     ),
 ]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
-GenerateLength = Annotated[int, Field(ge=1, le=SETTINGS.max_generate_chars, strict=True)]
-# What a request that names no k or length gets: the usual value, or the deployment's limit if
-# that is lower (RNNSERVE_MAX_TOP_K=3 must not turn a request that names no k into a 400)
-DEFAULT_K = min(5, SETTINGS.max_top_k)
-DEFAULT_LENGTH = min(200, SETTINGS.max_generate_chars)
+Seed = Annotated[int, Field(**TEXT.seed.pydantic_bounds())]
+GenerateLength = Annotated[int, Field(**TEXT.length.pydantic_bounds())]
+DEFAULT_K = int(TEXT.k.default or 1)
+DEFAULT_LENGTH = int(TEXT.length.default or 1)
+DEFAULT_TEMPERATURE = float(TEXT.temperature.default or 0.0)
+DEFAULT_SOFTMAX_TEMPERATURE = float(TEXT.softmax_temperature.default or 1.0)

@@ -46,6 +46,8 @@ from service.http.schemas import (
     DEFAULT_DIGIT_MODEL,
     DEFAULT_K,
     DEFAULT_LENGTH,
+    DEFAULT_SOFTMAX_TEMPERATURE,
+    DEFAULT_TEMPERATURE,
     SETTINGS,
     CharCandidate,
     DigitModelName,
@@ -56,6 +58,7 @@ from service.http.schemas import (
     ImagePrediction,
     NextCharResponse,
     PromptText,
+    SamplingTopK,
     Seed,
     SoftmaxTemperature,
     Temperature,
@@ -209,7 +212,10 @@ class RnnServe:
     @bentoml.api
     @answers_errors
     async def next_char(
-        self, text: PromptText, k: TopK = DEFAULT_K, temperature: SoftmaxTemperature = 1.0
+        self,
+        text: PromptText,
+        k: TopK = DEFAULT_K,
+        temperature: SoftmaxTemperature = DEFAULT_SOFTMAX_TEMPERATURE,
     ) -> NextCharResponse:
         """The k most probable next characters after `text`, with their probabilities."""
         model, candidates = await self.pipelines.next_chars(text, k, temperature)
@@ -226,8 +232,8 @@ class RnnServe:
         self,
         prompt: PromptText,
         length: GenerateLength = DEFAULT_LENGTH,
-        temperature: Temperature = 0.8,
-        top_k: TopK | None = None,
+        temperature: Temperature = DEFAULT_TEMPERATURE,
+        top_k: SamplingTopK | None = None,
         seed: Seed | None = None,
     ) -> GenerateResponse:
         """Continue `prompt` by `length` characters, one step at a time with carried state.

@@ -32,7 +32,7 @@ from service import errors
 from service.engine.pipeline import ServingState
 from service.errors import BadInput, ClientGone, ServiceError, UnsupportedMedia
 from service.http.asgi import log_refusal, media_type, read_body, send_bytes
-from service.http.schemas import DEFAULT_LENGTH
+from service.http.schemas import TEXT
 from service.metrics import observe_lean_request
 
 ROUTE = "/v1/generate/stream"
@@ -42,7 +42,7 @@ ROUTE = "/v1/generate/stream"
 # 32 streams of 500 characters).
 FLUSH_S = 0.02
 logger = logging.getLogger("rnnserve")
-FIELDS = {"prompt", "length", "temperature", "top_k", "seed"}
+FIELDS = {"prompt", *(p.name for p in TEXT.generation())}
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -50,17 +50,9 @@ SSE_HEADERS = [
 ]
 
 
-def _number(data: dict[str, Any], key: str, default: Any, kinds: tuple[type, ...]) -> Any:
-    value = data.get(key, default)
-    if value is None and default is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise BadInput(f"'{key}' must be a {'whole ' if kinds == (int,) else ''}number")
-    return value
-
-
 def parse_generation(body: bytes) -> dict[str, Any]:
-    """The body of POST /generate, strictly typed (no true/false or "5" for numbers)."""
+    """The body of POST /generate, strictly typed and within the bounds of
+    service/engine/parameters.py (no true/false or "5" for numbers)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -73,12 +65,12 @@ def parse_generation(body: bytes) -> dict[str, Any]:
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
         raise BadInput("'prompt' must be a string")
-    seed = _number(data, "seed", None, (int,))
+    seed = TEXT.seed.read(data)
     return {
         "prompt": prompt,
-        "length": _number(data, "length", DEFAULT_LENGTH, (int,)),
-        "temperature": float(_number(data, "temperature", 0.8, (int, float))),
-        "k": _number(data, "top_k", None, (int,)),
+        "length": TEXT.length.read(data),
+        "temperature": TEXT.temperature.read(data),
+        "top_k": TEXT.top_k.read(data),
         "seed": secrets.randbelow(2**31) if seed is None else seed,
     }
 
@@ -139,7 +131,7 @@ class GenerationStreamApp:
             "chars": produced,
             "seed": params["seed"],
             "temperature": params["temperature"],
-            "top_k": params["k"],
+            "top_k": params["top_k"],
             "model": model.name,
             "provider": model.backend.provider,
             "seconds": round(seconds, 4),
