@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from loadtest.payloads import digits
-from service.engine.admission import CLIENT_LEFT, ContinuousBatcher, WorkQueue
+from service.engine.admission import CLIENT_LEFT, ContinuousBatcher, Lane
 from service.errors import ClientGone, Overloaded
 from service.model.inference import ModelRegistry
 from service.settings import Settings
@@ -150,7 +150,7 @@ def test_work_queue_runs_on_its_own_threads_and_refuses_beyond_capacity() -> Non
         return "done"
 
     async def run() -> list[object]:
-        lane = WorkQueue("lane", threads=1, max_waiting=2, setting="RNNSERVE_X")
+        lane = Lane("lane", threads=1, max_waiting=2, setting="RNNSERVE_X")
         results: list[object] = await asyncio.gather(
             *(lane.run(work, 0.05) for _ in range(5)), return_exceptions=True
         )
@@ -174,7 +174,7 @@ def test_work_queue_never_starts_work_whose_request_was_cancelled() -> None:
         return i
 
     async def run() -> int:
-        lane = WorkQueue("lane", threads=1, max_waiting=4, setting="RNNSERVE_X")
+        lane = Lane("lane", threads=1, max_waiting=4, setting="RNNSERVE_X")
         first = asyncio.create_task(lane.run(work, 1))
         await asyncio.sleep(0.01)
         second = asyncio.create_task(lane.run(work, 2))
@@ -205,7 +205,7 @@ def test_work_of_a_departed_client_is_dropped_when_its_turn_comes() -> None:
         except ClientGone as exc:
             return exc
 
-    async def lane_request(lane: WorkQueue, who: str) -> object:
+    async def lane_request(lane: Lane, who: str) -> object:
         CLIENT_LEFT.set(lambda: gone[who])
         try:
             return await lane.run(started.append, who)
@@ -221,7 +221,7 @@ def test_work_of_a_departed_client_is_dropped_when_its_turn_comes() -> None:
         gone["a"] = True  # a's client leaves while a waits
         results = await asyncio.gather(*queued)
         await first
-        lane = WorkQueue("lane", threads=1, max_waiting=4, setting="RNNSERVE_X")
+        lane = Lane("lane", threads=1, max_waiting=4, setting="RNNSERVE_X")
         blocker = asyncio.create_task(lane.run(time.sleep, 0.05))
         await asyncio.sleep(0.01)
         waiting = [asyncio.create_task(lane_request(lane, w)) for w in ("a", "b")]

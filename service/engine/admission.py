@@ -6,13 +6,14 @@ full instead of letting waits, memory and latency grow without limit:
 - `ContinuousBatcher`: one per digit model. Concurrent requests are merged into one model call
   with no added delay; the queue is bounded in images, and a request that waited longer than
   allowed is refused when its turn comes.
-- `WorkQueue`: a lane of worker threads for work that cannot be merged (next-character
-  predictions, generations, image decoding); bounded in requests.
+- `Lane`: worker threads for work that cannot be merged, bounded in requests: the text lane
+  (next-character predictions, V2 character steps) and the decoding lane (uploads decoded,
+  large JSON bodies parsed). Generations have a loop of their own (engine/generation.py).
 
 Either way, a request whose task is cancelled while it waits (its deadline passed) leaves the
 queue at once, and one whose client disconnected (`CLIENT_LEFT`, set per request by the
-protocol layer: see service/http/bentoml_compat.py) is dropped when its turn comes: neither reaches
-the model.
+front-end: see service/http/bentoml_compat.py) is dropped when its turn comes: neither
+reaches the model.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ class ContinuousBatcher:
             self._depth.set(self.queued_rows)
 
 
-class WorkQueue:
+class Lane:
     """A lane of `threads` worker threads with room for `max_waiting` more requests.
 
     `run` refuses at once (Overloaded) when the lane is full. A request cancelled while it

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service import __version__
-from service.engine.admission import CLIENT_LEFT, ContinuousBatcher, WorkQueue
+from service.engine.admission import CLIENT_LEFT, ContinuousBatcher, Lane
 from service.engine.generation import DecodeLoop, GenerationRequest
 from service.engine.parameters import text_parameters
 from service.engine.validation import char_ids, char_state, digit_images, text_length
@@ -59,11 +59,11 @@ class Pipelines:
             )
             for name, model in registry.digits.items()
         }
-        self.decoding = WorkQueue(
+        self.decoding = Lane(
             "decoding", 1, settings.max_queued_decodes, "RNNSERVE_MAX_QUEUED_DECODES"
         )
-        self.text = WorkQueue("text", 1, settings.max_queued_text, "RNNSERVE_MAX_QUEUED_TEXT")
-        self.decoder = (
+        self.text = Lane("text", 1, settings.max_queued_text, "RNNSERVE_MAX_QUEUED_TEXT")
+        self.decode_loop = (
             DecodeLoop(
                 registry.char,
                 settings.max_active_generations,
@@ -170,9 +170,9 @@ class Pipelines:
         ):
             parameter.check(value)
         request = GenerationRequest(model.encode(prompt), length, temperature, top_k, seed)
-        assert self.decoder is not None  # there is a char model
-        sequence = self.decoder.submit(request, CLIENT_LEFT.get())  # 503 here when full
-        return model, self.decoder.chunks_of(sequence)
+        assert self.decode_loop is not None  # there is a char model
+        sequence = self.decode_loop.submit(request, CLIENT_LEFT.get())  # 503 here when full
+        return model, self.decode_loop.chunks_of(sequence)
 
     async def generate(
         self, prompt: str, length: int, temperature: float, top_k: int | None, seed: int

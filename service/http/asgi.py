@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from starlette.responses import Response
 from starlette.types import Message, Receive, Send
 
-from service import errors
-from service.errors import ClientGone, ServiceError, error_body, retry_headers
+from service.errors import ClientGone, error_body, retry_headers
 from service.log_bounds import refusal_log
 from service.metrics import REFUSALS
 
@@ -92,10 +90,3 @@ async def read_body(receive: Receive) -> bytes:
         body += message.get("body", b"")
         if not message.get("more_body"):
             return bytes(body)
-
-
-def error_response(error: ServiceError, v2: bool = False) -> Response:
-    """A domain error as a Starlette response, in our shape or the V2 protocol's."""
-    status, headers, body = errors.v2(error) if v2 else errors.ours(error)
-    extra = {name.decode(): value.decode() for name, value in headers}
-    return Response(body, status, extra, media_type="application/json")

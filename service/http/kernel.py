@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 from starlette.types import Send
 
 from service import errors
@@ -52,14 +53,16 @@ def accepted_media_type(headers: Iterable[tuple[bytes, bytes]], accepted: Collec
     return kind
 
 
-def json_object(body: bytes, fields: Collection[str], usage: str) -> dict[str, Any]:
-    """`body` as a JSON object whose keys are all in `fields`; `usage` shows the shape the
-    route wants when the body is something else."""
+def json_object(
+    body: bytes, fields: Collection[str], usage: str, required: Collection[str] = ()
+) -> dict[str, Any]:
+    """`body` as a JSON object that has the `required` keys and no key outside `fields`;
+    `usage` shows the shape the route wants when the body is something else."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadInput(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or any(key not in data for key in required):
         raise BadInput(f"send {usage}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -72,6 +75,16 @@ def refusal(route: str, error: ServiceError, v2: bool = False) -> tuple[int, Hea
     status, headers, body = errors.v2(error) if v2 else errors.ours(error)
     log_refusal(route, status, error.message)
     return status, headers, body
+
+
+def as_response(status: int, headers: Headers, body: bytes) -> Response:
+    """(status, headers, body) as a Starlette response (for the routes that return one)."""
+    extra = {name.decode(): value.decode() for name, value in headers}
+    return Response(body, status, extra, media_type=JSON)
+
+
+def refusal_response(route: str, error: ServiceError, v2: bool = False) -> Response:
+    return as_response(*refusal(route, error, v2))
 
 
 def internal_error(route: str, v2: bool = False) -> tuple[int, Headers, bytes]:

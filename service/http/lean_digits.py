@@ -21,7 +21,6 @@ Answer: `{"model", "provider", "digits": [N ints], "confident": [N bools],
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -29,31 +28,31 @@ import numpy as np
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from service import errors
 from service.engine.pipeline import LARGE_BODY_BYTES, Classified, ServingState
 from service.engine.validation import parse_shape
-from service.errors import BadInput, ClientGone, ServiceError, UnsupportedMedia
-from service.http.asgi import log_refusal, media_type, read_body, send_bytes
+from service.errors import BadInput
+from service.http.asgi import read_body
+from service.http.kernel import (
+    JSON,
+    OCTET_STREAM,
+    Headers,
+    accepted_media_type,
+    answer,
+    json_object,
+)
 from service.http.v2_protocol import DATATYPES as V2_DATATYPES
-from service.metrics import observe_lean_request
 
 # the binary body's datatypes: a subset of the V2 protocol's names and byte layouts
 DATATYPES: dict[str, np.dtype[Any]] = {name: V2_DATATYPES[name] for name in ("UINT8", "FP32")}
 ROUTE = "/v1/digits"
+FIELDS = ("pixels", "model", "scale")
 
 
 def parse_json(body: bytes) -> tuple[np.ndarray, str | None]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadInput(f"the body is not valid JSON: {exc}") from None
+    usage = '{"pixels": <28x28 or Nx28x28 numbers>, "model": ...}'
+    data = json_object(body, FIELDS, usage, required=("pixels",))
     if b"true" in body or b"false" in body:  # no field is boolean; numpy would read 1 and 0
         raise BadInput("'pixels' must hold numbers only (no true/false)")
-    if not isinstance(data, dict) or "pixels" not in data:
-        raise BadInput('send {"pixels": <28x28 or Nx28x28 numbers>, "model": ...}')
-    unknown = sorted(set(data) - {"pixels", "model", "scale"})
-    if unknown:
-        raise BadInput(f"unknown field(s) {unknown}; use pixels, model, scale")
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise BadInput("'model' must be a string")
@@ -99,30 +98,19 @@ class LeanDigitsApp:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        headers: list[tuple[bytes, bytes]] = []
-        try:
-            status, payload = 200, await self._answer(scope, receive)
-        except ServiceError as exc:
-            status, headers, payload = errors.ours(exc)
-            log_refusal(ROUTE, status, exc.message)
-        except ClientGone:
-            observe_lean_request(ROUTE, 499, started)  # nobody to answer
-            return
-        await send_bytes(send, status, payload, headers)
-        observe_lean_request(ROUTE, status, started)
+        await answer(ROUTE, send, lambda: self._answer(scope, receive))
 
-    async def _answer(self, scope: Scope, receive: Receive) -> bytes:
+    async def _answer(self, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
         pipelines = self.state.require()
         body = await read_body(receive)  # BodyLimitMiddleware (outside) caps the size
+        content_type = accepted_media_type(scope.get("headers", ()), (JSON, OCTET_STREAM))
         headers = dict(scope.get("headers", []))
-        content_type = media_type(headers.get(b"content-type", b"")) or "application/json"
         query = parse_qs(scope.get("query_string", b"").decode("utf-8", "replace"))
         query_model = query.get("model", [None])[0]
         datatype = headers.get(b"x-tensor-datatype", b"UINT8").decode("latin-1").upper()
         if datatype not in DATATYPES:  # checked whatever the body, so no typo goes unseen
             raise BadInput(f"X-Tensor-Datatype must be one of {sorted(DATATYPES)}")
-        if content_type == "application/json":
+        if content_type == JSON:
             images, model_name = (
                 parse_json(body)  # inline when small: the hot path
                 if len(body) <= LARGE_BODY_BYTES
@@ -131,14 +119,10 @@ class LeanDigitsApp:
             if model_name is not None and query_model not in (None, model_name):
                 raise BadInput("the model is named twice (query and body), differently")
             model_name = model_name or query_model
-        elif content_type == "application/octet-stream":
+        else:
             images = parse_binary(body, headers, datatype)
             model_name = query_model
-        else:
-            raise UnsupportedMedia(
-                "Content-Type must be application/json or application/octet-stream"
-            )
-        return encode(await pipelines.classify(images, model_name))
+        return encode(await pipelines.classify(images, model_name)), []
 
 
 def encode(answer: Classified) -> bytes:

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from service.engine.pipeline import ServingState
 from service.errors import ServiceError
-from service.http.asgi import error_response
+from service.http.kernel import refusal_response
 from service.http.lean_digits import LeanDigitsApp
 from service.http.schemas import CARDS, DEFAULT_LENGTH, ROW_SCHEMA, TEXT, text_schema
 from service.http.stream_app import GenerationStreamApp
@@ -30,7 +30,7 @@ def meta_app(state: ServingState) -> Starlette:
         try:
             return JSONResponse(state.require().describe())
         except ServiceError as exc:
-            return error_response(exc)
+            return refusal_response("/v1/metadata", exc)
 
     return Starlette(
         routes=[

@@ -33,8 +33,11 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import ClientGone
-from service.http.asgi import media_type, read_body, replay_body, send_error
+from service.errors import ClientGone, ServiceError, UnsupportedMedia
+from service.http.asgi import media_type, read_body, replay_body, send_bytes, send_error
+from service.http.kernel import JSON, accepted_media_type, refusal
+
+MULTIPART = "multipart/form-data"
 
 
 @dataclass(frozen=True)
@@ -140,27 +143,24 @@ class InputGuard:
         if route is None or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        types = [value for name, value in scope.get("headers", ()) if name == b"content-type"]
-        if len(types) > 1:
-            await send_error(send, 400, "more than one Content-Type header; send one")
-            return
-        raw = types[0].decode("latin-1") if types else ""
+        headers = scope.get("headers", ())
+        types = [value for name, value in headers if name == b"content-type"]
+        raw = types[0].decode("latin-1") if len(types) == 1 else ""
         kind = media_type(raw)
-        if route.file_fields:
-            if kind != "multipart/form-data":
+        try:
+            if not route.file_fields:
+                accepted_media_type(headers, (JSON,))  # the one rule, as the lean routes'
+            elif len(types) > 1 or kind != MULTIPART:
+                accepted_media_type(headers, (MULTIPART,))
+        except ServiceError as exc:
+            if route.file_fields and isinstance(exc, UnsupportedMedia):
                 files = ", ".join(sorted(route.file_fields))
-                await send_error(
-                    send,
-                    415,
+                example = next(iter(sorted(route.file_fields)))
+                exc = UnsupportedMedia(
                     f"{route.path} takes multipart/form-data with the file in {files} "
-                    f"(curl -F {next(iter(sorted(route.file_fields)))}=@digit.png), "
-                    f"not {kind or 'a body without Content-Type'}",
+                    f"(curl -F {example}=@digit.png), not {kind or 'a body without Content-Type'}"
                 )
-                return
-        elif kind not in ("application/json", ""):
-            await send_error(
-                send, 415, f"Content-Type must be application/json (or none), not {kind[:100]}"
-            )
+            await send_bytes(send, *_status_body(route.path, exc))
             return
         normalised = _normalised(raw, kind)
         if raw and normalised != raw:
@@ -196,6 +196,11 @@ class InputGuard:
 
 async def _no_more() -> dict[str, Any]:
     return {"type": "http.disconnect"}
+
+
+def _status_body(route: str, error: ServiceError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    status, headers, body = refusal(route, error)
+    return status, body, headers
 
 
 def _normalised(raw: str, kind: str) -> str:

@@ -23,7 +23,6 @@ from starlette.responses import Response
 
 from service.engine.pipeline import Pipelines, ServingState
 from service.errors import ClientGone, ServiceError
-from service.http.asgi import error_response, log_refusal
 from service.http.bentoml_compat import (
     bind_api_methods,
     declare_json_outputs,
@@ -32,6 +31,7 @@ from service.http.bentoml_compat import (
     skipped_paths,
 )
 from service.http.connections import ConnectionLimits, install_connection_limits
+from service.http.kernel import refusal_response
 from service.http.meta_app import LEAN_PATH, META_PATHS, MOUNT_PATH, STREAM_PATH, meta_app
 from service.http.middleware import (
     BearerAuthMiddleware,
@@ -130,9 +130,7 @@ def answers_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
         try:
             return await method(*args, **kwargs)
         except ServiceError as exc:
-            response = error_response(exc)
-            log_refusal(method.__name__, response.status_code, exc.message)
-            return cast(R, response)
+            return cast(R, refusal_response(method.__name__, exc))
         except ClientGone:  # nobody will read it; BentoML would log a traceback and a 500
             logger.info("%s: the client disconnected; its work was dropped", method.__name__)
             return cast(R, Response(status_code=499))

@@ -23,17 +23,19 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from service import errors
 from service.engine.pipeline import ServingState
-from service.errors import BadInput, ClientGone, ServiceError, UnsupportedMedia
-from service.http.asgi import log_refusal, media_type, read_body, send_bytes
+from service.errors import BadInput, ClientGone, ServiceError
+from service.http.asgi import read_body, send_bytes
+from service.http.kernel import JSON, accepted_media_type, internal_error, json_object, refusal
 from service.http.schemas import TEXT
 from service.metrics import observe_lean_request
+from service.model.inference import CharModel
 
 ROUTE = "/v1/generate/stream"
 # After an event, a stream waits this long before the next one: the first character still
@@ -42,7 +44,7 @@ ROUTE = "/v1/generate/stream"
 # 32 streams of 500 characters).
 FLUSH_S = 0.02
 logger = logging.getLogger("rnnserve")
-FIELDS = {"prompt", *(p.name for p in TEXT.generation())}
+FIELDS = ("prompt", *(p.name for p in TEXT.generation()))
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -53,15 +55,7 @@ SSE_HEADERS = [
 def parse_generation(body: bytes) -> dict[str, Any]:
     """The body of POST /generate, strictly typed and within the bounds of
     service/engine/parameters.py (no true/false or "5" for numbers)."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadInput(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadInput('send {"prompt": "...", "length": 200, ...}')
-    unknown = sorted(set(data) - FIELDS)
-    if unknown:
-        raise BadInput(f"unknown field(s) {errors.short(unknown)}; use {sorted(FIELDS)}")
+    data = json_object(body, FIELDS, '{"prompt": "...", "length": 200, ...}')
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
         raise BadInput("'prompt' must be a string")
@@ -88,21 +82,31 @@ class GenerationStreamApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        try:
+        try:  # every check before the stream starts: a refusal is a plain answer
             pipelines = self.state.require()
-            content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
-            if media_type(content_type) not in ("application/json", ""):
-                raise UnsupportedMedia("Content-Type must be application/json")
+            accepted_media_type(scope.get("headers", ()), (JSON,))
             params = parse_generation(await read_body(receive))
             model, chunks = pipelines.generation(**params)
         except ServiceError as exc:
-            status, headers, payload = errors.ours(exc)
-            log_refusal(ROUTE, status, exc.message)
-            await send_bytes(send, status, payload, headers)
-            observe_lean_request(ROUTE, status, started)
-            return
+            status, headers, payload = refusal(ROUTE, exc)
         except ClientGone:
             return
+        except Exception:
+            status, headers, payload = internal_error(ROUTE)
+        else:
+            await self._stream(send, started, params, model, chunks)
+            return
+        await send_bytes(send, status, payload, headers)
+        observe_lean_request(ROUTE, status, started)
+
+    async def _stream(
+        self,
+        send: Send,
+        started: float,
+        params: dict[str, Any],
+        model: CharModel,
+        chunks: AsyncIterator[str],
+    ) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         produced = 0
         first_char_s: float | None = None

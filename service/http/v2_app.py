@@ -36,8 +36,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__, errors
 from service.engine.pipeline import Pipelines, ServingState
-from service.errors import BadInput, ServiceError, UnknownModel, UnsupportedMedia, short
-from service.http.asgi import error_response, log_refusal, media_type
+from service.errors import BadInput, ServiceError, UnknownModel, short
+from service.http.kernel import (
+    JSON,
+    OCTET_STREAM,
+    accepted_media_type,
+    as_response,
+    internal_error,
+    refusal_response,
+)
 from service.http.v2_protocol import (
     HEADER_LENGTH,
     InferRequest,
@@ -157,27 +164,24 @@ class V2Routes:
     def model_route(self, handler: Handler, label: str) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:
             started = time.perf_counter()
-            response = await self.guarded(request, handler)
+            response = await self.guarded(request, handler, label)
             observe_lean_request(label, response.status_code, started)
             return response
 
         return route
 
-    async def guarded(self, request: Request, handler: Handler) -> Response:
+    async def guarded(self, request: Request, handler: Handler, label: str) -> Response:
         try:
             pipelines = self.state.require()
             params = request.path_params
             model = find_model(pipelines, params["name"], params.get("version"))
             return await handler(request, pipelines, model)
         except ServiceError as exc:
-            response = error_response(exc, v2=True)
-            log_refusal(request.url.path, response.status_code, exc.message)
-            return response
+            return refusal_response(label, exc, v2=True)
         except (errors.ClientGone, ClientDisconnect):  # nobody reads this; Starlette would
             return Response(status_code=499)  # log a traceback
         except Exception:
-            logger.exception("V2 %s %s failed", request.method, request.url.path)
-            return json_response({"error": "internal error; see the server log"}, 500)
+            return as_response(*internal_error(f"{request.method} {label}", v2=True))
 
     async def server_metadata(self, _: Request) -> Response:
         return json_response(
@@ -223,12 +227,7 @@ async def get_model_ready(_: Request, pipelines: Pipelines, model: LoadedModel) 
 
 
 async def post_infer(request: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
-    content_type = media_type(request.headers.get("content-type", ""))
-    if content_type not in ("application/json", "application/octet-stream", ""):
-        raise UnsupportedMedia(
-            "Content-Type must be application/json, or application/octet-stream with "
-            "Inference-Header-Content-Length (binary tensor data)"
-        )
+    accepted_media_type(request.headers.raw, (JSON, OCTET_STREAM))
     body = await request.body()
     header_length = request.headers.get(HEADER_LENGTH)
     parsed = await pipelines.parse(lambda b: parse_infer_request(b, header_length), body)
