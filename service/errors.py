@@ -1,9 +1,10 @@
 """The one error model: what can go wrong with a request, and how each protocol says so.
 
-The pipeline (decoders excepted, everything after them knows nothing of HTTP) raises these
-domain errors; each protocol turns them into a status code and its own error body through the
-one table below. Our routes answer `{"error": str, "detail": any}`, the Open Inference Protocol
-routes `{"error": str}`. 503s carry `Retry-After`.
+The engine (which knows nothing of HTTP) and the front-ends' decoding raise these domain
+errors; each protocol turns them into a status code and its own error body through the one
+table below (service/http/kernel.py does it for every route). Our routes answer
+`{"error": str, "detail": any}`, the Open Inference Protocol routes `{"error": str}`. 503s
+carry `Retry-After`.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ MODEL_INFO = Gauge(
     documentation="Loaded models with their backend and execution provider (value 1)",
     labelnames=["model", "backend", "provider", "device"],
 )
-# The lean paths (/v1/digits, the V2 model routes) skip BentoML's per-request metrics and access
-# log (see service.py), so they count and time themselves.
+# The lean paths (/v1/digits, the stream, the V2 model routes) skip BentoML's access log and
+# tracing (see service/http/service.py); they count and time themselves here, by route.
 LEAN_REQUESTS = Counter(
     name="rnnserve_lean_requests",
     documentation="Requests to the lean paths (/v1/digits, /v2/models/...) by status code",

@@ -49,9 +49,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def served(image: str) -> Iterator[containers.Container]:
     container = containers.run(image, "rnnserve-test")
-    seconds = containers.wait_ready(container)
+    seconds = containers.wait_ready(container)  # fails if it never gets ready
+    # how fast it gets ready is a measurement (loadtest/results/container.md), not a test
     print(f"ready {seconds:.2f} s after podman run")
-    assert seconds <= 10
     yield container
     container.remove()
 

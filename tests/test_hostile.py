@@ -57,9 +57,13 @@ def test_a_flood_at_four_times_capacity_is_shed_cleanly(server: Server) -> None:
     assert statuses.get("503", 0) >= s["requests"] // 2  # most of a 4x excess is refused
     assert statuses.get("200", 0) >= s["capacity_rps"] * s["seconds"] * 0.5  # work still done
     assert s["wrong_answers"] == 0 and s["refused_without_retry_after"] == 0
-    assert s["refused_p99_ms"] < 100  # refused at once
-    # accepted: at most 1,024 queued images (4 requests) ahead, or refused after 1 s of waiting
-    assert s["accepted_p99_ms"] < 1500
+    # refused at once: faster than being served (bounds in this run's own terms, so that a
+    # slower machine does not fail what holds on it too)
+    served_ms = 1000 / s["capacity_rps"]  # one request's model time at this machine's pace
+    assert s["refused_p99_ms"] < max(100, s["accepted_p50_ms"]), s
+    # accepted: at most 1,024 queued images (4 requests) ahead, or refused after the queue wait
+    # (RNNSERVE_MAX_QUEUE_WAIT_MS, 1 s): never longer than that wait and a few model calls
+    assert s["accepted_p99_ms"] < 1000 + 6 * served_ms + 100, s
     assert s["after_first_ms"] < 3 * s["idle_p50_ms"] + 50  # recovered at once
     assert s["after_p50_ms"] < 2 * s["idle_p50_ms"] + 20
 

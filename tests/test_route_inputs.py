@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import socket
 import threading
+import warnings
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
-from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from service.http.middleware import BearerAuthMiddleware
 from service.http.route_inputs import FormError, RouteInputs, check_form
 from tests.images import png_bytes
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette suggests httpx2 for its TestClient
+    from starlette.testclient import TestClient
 
 DIGIT = png_bytes(np.pad(np.full((12, 4), 255, np.uint8), ((8, 8), (12, 12))))
 

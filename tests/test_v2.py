@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -19,6 +20,9 @@ from loadtest.payloads import digits
 from loadtest.servers import Server
 from service.model.cards import discover_cards
 from tests.conftest import ROOT
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
 
 pytestmark = pytest.mark.slow
 MODELS = ROOT / "models"
@@ -145,7 +149,13 @@ def test_errors_are_400_or_404_with_a_message(
         client.infer("nope", [tensor])
     with pytest.raises(InferenceServerException, match=r"\[404\].*no version"):
         client.infer("mnist-rnn", [tensor], model_version="7")
-    url = f"{default_server.url}/v2/models/mnist-rnn/infer"
+    # readiness is a status code only
+    assert httpx.get(f"{default_server.url}/v2/health/ready").status_code == 200
+    assert client.is_server_live()  # and the server still serves
+
+
+def test_malformed_inference_requests_are_400_with_a_message(app_client: TestClient) -> None:
+    """The protocol's JSON errors, on the service in this process (no socket needed)."""
     bad = [
         (b"{nope", "not valid JSON"),
         (
@@ -193,16 +203,15 @@ def test_errors_are_400_or_404_with_a_message(
         (json.dumps({"inputs": []}).encode(), "missing input"),
     ]
     for body, message in bad:
-        r = httpx.post(url, content=body, headers={"content-type": "application/json"})
+        r = app_client.post(
+            "/v2/models/mnist-rnn/infer", content=body, headers={"content-type": "application/json"}
+        )
         assert r.status_code == 400, r.text
         assert set(r.json()) == {"error"} and message in r.json()["error"], r.text
-    assert httpx.get(f"{default_server.url}/v2/models/nope").json() == {
+    assert app_client.get("/v2/models/nope").json() == {
         "error": "unknown model 'nope'; this server has "
         "['char-rnn', 'mnist-bigru', 'mnist-birnn', 'mnist-rnn']"
     }
-    # readiness is a status code only
-    assert httpx.get(f"{default_server.url}/v2/health/ready").status_code == 200
-    assert client.is_server_live()  # and the server still serves
 
 
 def test_kserve_client_reads_health_readiness_and_infers(

@@ -2,8 +2,9 @@
 
     validate + cost check -> admit (bounded queue) -> batch -> model -> result
 
-Decoders (service.py for the BentoML APIs, lean_digits.py, v2_app.py) turn their wire format
-into numpy arrays and plain values and call one method here; what comes back is numpy arrays
+The front-ends (service/http/: service.py for the BentoML APIs, lean_digits.py, stream_app.py,
+v2_app.py) decode their wire format into numpy arrays and plain values and call one method
+here; what comes back is numpy arrays
 and plain values, which they encode. Nothing here knows HTTP: problems are domain errors
 (service/errors.py), which each protocol maps to its status codes and error body.
 """

@@ -222,8 +222,8 @@ def bind_api_methods(instance: object, names: Iterable[str]) -> None:
 
 def declare_json_outputs(service: Any) -> None:
     """Every answer of these APIs is JSON: saying so up front spares BentoML from deriving the
-    media type from the output's JSON schema on every response (profiled: ~11% of a worker's
-    time under load)."""
+    media type from the output's JSON schema on every response (a visible share of a worker's
+    time under load: loadtest/profile_service.py)."""
     for api in service.apis.values():
         api.output_spec.media_type = "application/json"
 

@@ -37,6 +37,8 @@ JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 Headers = list[tuple[bytes, bytes]]
 INTERNAL = "internal error; see the server log"
+# Every error answer's OpenAPI content: the one error shape (service/http/openapi.py defines it)
+ERROR_CONTENT = {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}
 
 
 def accepted_media_type(headers: Iterable[tuple[bytes, bytes]], accepted: Collection[str]) -> str:

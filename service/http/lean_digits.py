@@ -5,8 +5,8 @@ worker's time outside the model, in BentoML's generic request path (pydantic val
 784 floats as nested models, the dispatcher, per-request metrics, tracing and access-log
 middleware, response schema handling). This route is a plain ASGI app mounted on the service:
 it parses the body straight into a numpy array, validates it with numpy, and hands it to a
-continuous batcher; BentoML's per-request middleware skips it (see service.py) and it keeps its
-own Prometheus metrics.
+continuous batcher; BentoML's access log and tracing skip it (see service/http/service.py) and
+it keeps its own Prometheus metrics.
 
 Inputs (values are raw pixels, white ink on black, as in MNIST):
 - `application/json`: `{"pixels": <28x28 or Nx28x28 numbers>, "model": "bigru", "scale":
@@ -33,6 +33,7 @@ from service.engine.validation import parse_shape
 from service.errors import BadInput
 from service.http.asgi import read_body
 from service.http.kernel import (
+    ERROR_CONTENT,
     JSON,
     OCTET_STREAM,
     Headers,
@@ -40,6 +41,7 @@ from service.http.kernel import (
     answer,
     json_object,
 )
+from service.http.schemas import ROW_SCHEMA
 from service.http.v2_protocol import DATATYPES as V2_DATATYPES
 
 # the binary body's datatypes: a subset of the V2 protocol's names and byte layouts
@@ -137,3 +139,95 @@ def encode(answer: Classified) -> bytes:
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
+
+
+# The route's OpenAPI fragment (service/http/openapi.py adds it to /docs.json)
+_IMAGE = {"type": "array", "minItems": 28, "maxItems": 28, "items": ROW_SCHEMA}
+_MODEL = {"type": "string", "description": "digit classifier (short or full name)"}
+LEAN_DOC = {
+    "post": {
+        "tags": ["Service APIs"],
+        "operationId": "rnnserve__lean_digits",
+        "description": "The lean digit route (the hot path): one or a few 28x28 digits as JSON "
+        "numbers (integers 0..255 are the compact form) or as a raw tensor body "
+        "(application/octet-stream with X-Tensor-Shape and X-Tensor-Datatype). Batched "
+        "continuously across clients. See docs/performance.md.",
+        "parameters": [
+            {"name": "model", "in": "query", "required": False, "schema": _MODEL},
+            {
+                "name": "X-Tensor-Shape",
+                "in": "header",
+                "required": False,
+                "description": "binary body only: N,28,28 or 28,28",
+                "schema": {"type": "string", "example": "1,28,28"},
+            },
+            {
+                "name": "X-Tensor-Datatype",
+                "in": "header",
+                "required": False,
+                "description": "binary body only (default UINT8)",
+                "schema": {"type": "string", "enum": ["UINT8", "FP32"]},
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["pixels"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "pixels": {
+                                "oneOf": [
+                                    _IMAGE,
+                                    {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": 256,
+                                        "items": _IMAGE,
+                                    },
+                                ]
+                            },
+                            "model": _MODEL,
+                            "scale": {"type": "string", "enum": ["0-255", "0-1"]},
+                        },
+                    }
+                },
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "One digit and ten probabilities per image",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["model", "provider", "digits", "probabilities"],
+                            "properties": {
+                                "model": {"type": "string"},
+                                "provider": {"type": "string"},
+                                "digits": {"type": "array", "items": {"type": "integer"}},
+                                "probabilities": {
+                                    "type": "array",
+                                    "items": {"type": "array", "items": {"type": "number"}},
+                                },
+                            },
+                        }
+                    }
+                },
+            },
+            **{
+                str(status): {"description": why, "content": ERROR_CONTENT}
+                for status, why in (
+                    (400, "Invalid input (the message says what to change)"),
+                    (401, "Missing or invalid bearer token"),
+                    (413, "Body over RNNSERVE_MAX_REQUEST_BYTES"),
+                    (415, "Neither JSON nor a binary tensor"),
+                    (503, "Not ready yet, or overloaded (see Retry-After)"),
+                )
+            },
+        },
+    }
+}

@@ -74,9 +74,10 @@ from service.model.cards import CardError
 from service.model.inference import DigitClassifier, ModelRegistry, preflight
 from service.model.runtime import DeviceError
 
-# The lean paths (the digit route, the V2 model routes) skip BentoML's per-request access log,
-# traffic metrics and tracing (prefix match; profiled: about a fifth of their cost); they count
-# and time themselves (rnnserve_lean_*).
+# The lean paths (the digit route, the stream, the V2 model routes) skip BentoML's access log and
+# tracing (prefix match: a visible share of their cost under load, loadtest/profile_service.py);
+# they count and time themselves (rnnserve_lean_*). BentoML's traffic metrics still see them,
+# labelled by route template (service/http/route_labels.py).
 LEAN_PATHS = [LEAN_PATH, STREAM_PATH, f"{V2_PATH}/models/"]
 logger = logging.getLogger("rnnserve")
 P = ParamSpec("P")
@@ -108,11 +109,11 @@ STATE = ServingState()
 def tune_garbage_collector() -> None:
     """Keep the collector off the tail latency.
 
-    Each pixel request allocates ~800 small objects, so with CPython's default thresholds
-    (700, 10, 10) a full collection ran every few dozen requests and walked everything the
-    process had ever loaded: p99 150-200 ms at 32 clients (GC off: 45 ms). Freezing what
-    start-up created takes it out of every collection, and a gen-0 threshold of 10,000
-    makes collections 14x rarer.
+    Each pixel request allocates hundreds of small objects, so with CPython's default
+    thresholds (700, 10, 10) a full collection ran every few dozen requests and walked
+    everything the process had ever loaded, a long pause in the p99 at 32 clients. Freezing
+    what start-up created takes it out of every collection, and a gen-0 threshold of 10,000
+    makes collections much rarer (loadtest/bench_service.py shows the tail either way).
     """
     gc.collect()
     gc.freeze()

@@ -32,16 +32,23 @@ from starlette.types import Receive, Scope, Send
 from service.engine.pipeline import ServingState
 from service.errors import BadInput, ClientGone, ServiceError
 from service.http.asgi import read_body, send_bytes
-from service.http.kernel import JSON, accepted_media_type, internal_error, json_object, refusal
-from service.http.schemas import TEXT
+from service.http.kernel import (
+    ERROR_CONTENT,
+    JSON,
+    accepted_media_type,
+    internal_error,
+    json_object,
+    refusal,
+)
+from service.http.schemas import CARDS, DEFAULT_LENGTH, TEXT, text_schema
 from service.metrics import observe_lean_request
 from service.model.inference import CharModel
 
 ROUTE = "/v1/generate/stream"
 # After an event, a stream waits this long before the next one: the first character still
 # leaves at once, and later ones go out in chunks of what the decode loop made meanwhile
-# (one event per step per stream cost more event-loop time than the model: 16,000 sends for
-# 32 streams of 500 characters).
+# (one event per step per stream cost more event-loop time than the model: one send per
+# character of every stream; loadtest/bench_generation.py measures the streams).
 FLUSH_S = 0.02
 logger = logging.getLogger("rnnserve")
 FIELDS = ("prompt", *(p.name for p in TEXT.generation()))
@@ -144,3 +151,82 @@ class GenerationStreamApp:
         }
         await send({"type": "http.response.body", "body": event(totals, "end")})
         observe_lean_request(ROUTE, 200, started)
+
+
+# The route's OpenAPI fragment (service/http/openapi.py adds it to /docs.json)
+STREAM_DOC = {
+    "post": {
+        "tags": ["Service APIs"],
+        "operationId": "rnnserve__generate_stream",
+        "description": "Generation streamed as Server-Sent Events (the same decode loop and the "
+        'same answer as POST /generate for the same seed): `data: {"text": ...}` events as '
+        "characters come, then `event: end` with the totals (chars, seed, seconds, first_char_ms, "
+        "chars_per_s). Every check runs before the stream starts; a client that disconnects "
+        "stops its sequence. Try it with `curl -N`.",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["prompt"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "prompt": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": TEXT.max_text_chars,
+                                **(text_schema(CARDS) or {}),
+                            },
+                            **{p.name: p.schema() for p in TEXT.generation()},
+                        },
+                    },
+                    "example": {
+                        "prompt": "ROMEO:\n",
+                        "length": DEFAULT_LENGTH,
+                        "temperature": TEXT.temperature.default,
+                        "seed": 7,
+                    },
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "the event stream",
+                "content": {
+                    "text/event-stream": {
+                        # each event's data: a chunk {"text"}, the totals (event: end), or
+                        # {"error"} (event: error)
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "text": {"type": "string"},
+                                "chars": {"type": "integer"},
+                                "seed": {"type": "integer"},
+                                "temperature": {"type": "number"},
+                                "top_k": {"type": "integer", "nullable": True},
+                                "model": {"type": "string"},
+                                "provider": {"type": "string"},
+                                "seconds": {"type": "number"},
+                                "first_char_ms": {"type": "number"},
+                                "chars_per_s": {"type": "number", "nullable": True},
+                                "error": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+            **{
+                str(status): {"description": why, "content": ERROR_CONTENT}
+                for status, why in (
+                    (400, "Invalid input (the message says what to change)"),
+                    (401, "Missing or invalid bearer token"),
+                    (413, "Body over RNNSERVE_MAX_REQUEST_BYTES"),
+                    (415, "Not JSON"),
+                    (422, "Characters outside the model's vocabulary"),
+                    (503, "Not ready, or the decode loop is full (see Retry-After)"),
+                )
+            },
+        },
+    }
+}

@@ -3,10 +3,11 @@
 Pure functions, no HTTP framework: parse an inference request (JSON tensors, or the binary
 tensor data extension: a JSON header of `Inference-Header-Content-Length` bytes followed by the
 raw little-endian tensors, which is what `tritonclient` sends by default), and encode a response
-the same two ways. Everything a client can get wrong raises V2Error with a message naming the
-tensor and what to change (a domain error, service/errors.py); the routes turn it into
-`{"error": ...}` with status 400. Every field is checked for its type before it is used, so no
-request shape can reach a Python error.
+the same two ways. Everything a client can get wrong raises a domain error (service/errors.py:
+BadInput, with a message naming the tensor and what to change); the routes turn it into
+`{"error": ...}` with its status (400) through the route kernel (service/http/kernel.py).
+Every field is checked for its type before it is used, so no request shape can reach a
+Python error.
 """
 
 from __future__ import annotations

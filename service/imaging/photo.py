@@ -27,8 +27,8 @@ from service.errors import UnusableInput
 
 # Analysis happens on at most this many pixels a side: a digit filling 15% of a frame is
 # still ~28 pixels tall there (the model sees 20), ruled lines fade below the ink thresholds,
-# and reading costs ~3 ms: a 12 MP phone JPEG's cost is then mostly its decoding
-# (loadtest/results/bench_photo.md). At 512 the accuracy on photos was the same.
+# and reading costs little next to decoding a phone JPEG (loadtest/results/bench_photo.md).
+# A larger side did not read photos better (python -m training.photo_eval).
 ANALYSIS_SIDE = 256
 # The paper's brightness is estimated on a grid this coarse: far larger than a pen stroke,
 # smaller than the gradients of a shadow.

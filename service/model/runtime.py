@@ -107,8 +107,8 @@ class OnnxBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # The CPU arena keeps peak-batch buffers for good: about 20 MB of worker RSS for no
-        # measurable speed (0.32 ms at batch 1, 11-12 ms at batch 64 either way, bigru).
+        # The CPU arena keeps peak-batch buffers for good (worker memory that never comes
+        # back) and made no difference to the inference times of loadtest/bench_inference.py.
         options.enable_cpu_mem_arena = False
         providers: list[Any] = ["CPUExecutionProvider"]
         if device == "cuda":
