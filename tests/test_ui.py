@@ -13,6 +13,7 @@ import asyncio
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from playwright import sync_api
 
 from loadtest.payloads import digits
 from loadtest.servers import Server
+from tests.conftest import metric_value
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -220,7 +222,9 @@ def test_continue_generates_the_same_text_as_the_api(page: Any, default_server: 
 
 def test_generation_streams_and_stops(page: Any, default_server: Server) -> None:
     """Characters appear while the generation runs, and Stop ends it early. 48 long background
-    generations share the decode loop, so that the page's own stream lasts a few seconds."""
+    generations share the decode loop, so that the page's own stream lasts a few seconds; the
+    page starts once they are all in the loop (on a fast machine, a page that started first
+    could finish its 1,000 characters before the test looks)."""
 
     async def background() -> None:
         async with httpx.AsyncClient(base_url=default_server.url, timeout=60) as client:
@@ -234,6 +238,12 @@ def test_generation_streams_and_stops(page: Any, default_server: Server) -> None
     load = threading.Thread(target=asyncio.run, args=(background(),))
     load.start()
     try:
+        deadline = time.monotonic() + 30
+        while (
+            metric_value(default_server.url, "rnnserve_generation_active") < 48
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
         prompt = page.locator("#prompt")
         prompt.fill("JULIET:\n")
         page.locator("#length").fill("1000")

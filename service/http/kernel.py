@@ -41,16 +41,18 @@ INTERNAL = "internal error; see the server log"
 ERROR_CONTENT = {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}
 
 
-def accepted_media_type(headers: Iterable[tuple[bytes, bytes]], accepted: Collection[str]) -> str:
-    """The request's media type when the route takes it ("" counts as JSON), else
-    UnsupportedMedia naming what the route takes."""
+def accepted_media_type(
+    headers: Iterable[tuple[bytes, bytes]], accepted: Collection[str], hint: str = ""
+) -> str:
+    """The request's media type when the route takes it (none counts as JSON), else
+    UnsupportedMedia naming what the route takes (and `hint`, how to send it)."""
     given = [value for name, value in headers if name == b"content-type"]
     if len(given) > 1:
         raise BadInput("more than one Content-Type header; send one")
     kind = media_type(given[0]) if given else ""
     kind = kind or JSON
     if kind not in accepted:
-        takes = " or ".join(sorted(accepted))
+        takes = " or ".join(sorted(accepted)) + (f" ({hint})" if hint else "")
         raise UnsupportedMedia(f"Content-Type must be {takes}, not {kind[:100]}")
     return kind
 

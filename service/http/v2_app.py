@@ -227,7 +227,11 @@ async def get_model_ready(_: Request, pipelines: Pipelines, model: LoadedModel) 
 
 
 async def post_infer(request: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
-    accepted_media_type(request.headers.raw, (JSON, OCTET_STREAM))
+    accepted_media_type(
+        request.headers.raw,
+        (JSON, OCTET_STREAM),
+        "binary tensor data: octet-stream with Inference-Header-Content-Length",
+    )
     body = await request.body()
     header_length = request.headers.get(HEADER_LENGTH)
     parsed = await pipelines.parse(lambda b: parse_infer_request(b, header_length), body)
