@@ -4,8 +4,6 @@ fields only; in the service in this process."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import warnings
 from collections.abc import Iterator
 
@@ -15,6 +13,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
+from loadtest.socket_hostile import fetch_trap
 from service.http.middleware import BearerAuthMiddleware
 from service.http.route_inputs import FormError, RouteInputs, check_form
 from tests.images import png_bytes
@@ -30,33 +29,8 @@ DIGIT = png_bytes(np.pad(np.full((12, 4), 255, np.uint8), ((8, 8), (12, 12))))
 def listener() -> Iterator[tuple[str, list[bytes]]]:
     """A TCP listener on 127.0.0.1 that records every connection made to it: a fetch by the
     server would show here."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.settimeout(0.2)
-    seen: list[bytes] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(1)
-                try:
-                    seen.append(conn.recv(4096))
-                except OSError:
-                    seen.append(b"")
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/secret", seen
-    stop.set()
-    thread.join(5)
-    sock.close()
+    with fetch_trap() as (url, seen):
+        yield url + "secret", seen
 
 
 def refusal(response: httpx.Response, status: int, *words: str) -> None:

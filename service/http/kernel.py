@@ -41,6 +41,11 @@ INTERNAL = "internal error; see the server log"
 ERROR_CONTENT = {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}
 
 
+def error_responses(*statuses: tuple[int, str]) -> dict[str, Any]:
+    """The OpenAPI `responses` entries of a route's refusals, each in the one error shape."""
+    return {str(status): {"description": why, "content": ERROR_CONTENT} for status, why in statuses}
+
+
 def accepted_media_type(
     headers: Iterable[tuple[bytes, bytes]], accepted: Collection[str], hint: str = ""
 ) -> str:

@@ -33,12 +33,12 @@ from service.engine.validation import parse_shape
 from service.errors import BadInput
 from service.http.asgi import read_body
 from service.http.kernel import (
-    ERROR_CONTENT,
     JSON,
     OCTET_STREAM,
     Headers,
     accepted_media_type,
     answer,
+    error_responses,
     json_object,
 )
 from service.http.schemas import ROW_SCHEMA
@@ -218,16 +218,13 @@ LEAN_DOC = {
                     }
                 },
             },
-            **{
-                str(status): {"description": why, "content": ERROR_CONTENT}
-                for status, why in (
-                    (400, "Invalid input (the message says what to change)"),
-                    (401, "Missing or invalid bearer token"),
-                    (413, "Body over RNNSERVE_MAX_REQUEST_BYTES"),
-                    (415, "Neither JSON nor a binary tensor"),
-                    (503, "Not ready yet, or overloaded (see Retry-After)"),
-                )
-            },
+            **error_responses(
+                (400, "Invalid input (the message says what to change)"),
+                (401, "Missing or invalid bearer token"),
+                (413, "Body over RNNSERVE_MAX_REQUEST_BYTES"),
+                (415, "Neither JSON nor a binary tensor"),
+                (503, "Not ready yet, or overloaded (see Retry-After)"),
+            ),
         },
     }
 }

@@ -33,9 +33,9 @@ from service.engine.pipeline import ServingState
 from service.errors import BadInput, ClientGone, ServiceError
 from service.http.asgi import read_body, send_bytes
 from service.http.kernel import (
-    ERROR_CONTENT,
     JSON,
     accepted_media_type,
+    error_responses,
     internal_error,
     json_object,
     refusal,
@@ -216,17 +216,14 @@ STREAM_DOC = {
                     }
                 },
             },
-            **{
-                str(status): {"description": why, "content": ERROR_CONTENT}
-                for status, why in (
-                    (400, "Invalid input (the message says what to change)"),
-                    (401, "Missing or invalid bearer token"),
-                    (413, "Body over RNNSERVE_MAX_REQUEST_BYTES"),
-                    (415, "Not JSON"),
-                    (422, "Characters outside the model's vocabulary"),
-                    (503, "Not ready, or the decode loop is full (see Retry-After)"),
-                )
-            },
+            **error_responses(
+                (400, "Invalid input (the message says what to change)"),
+                (401, "Missing or invalid bearer token"),
+                (413, "Body over RNNSERVE_MAX_REQUEST_BYTES"),
+                (415, "Not JSON"),
+                (422, "Characters outside the model's vocabulary"),
+                (503, "Not ready, or the decode loop is full (see Retry-After)"),
+            ),
         },
     }
 }
