@@ -372,3 +372,7 @@ def test_the_cap_follows_the_file_limit() -> None:
     assert connection_cap(10) == 10
     assert connection_cap(10**9) == soft - FD_RESERVE
     assert replace(LIMITS, max_request_bytes=10).max_wire_bytes == 20 + LIMITS.max_header_bytes
+    from service.settings import Settings
+
+    lowered = Settings.from_env({"RNNSERVE_MAX_URL_BYTES": "99"})
+    assert ConnectionLimits.from_settings(lowered).max_url_bytes == 99

@@ -328,7 +328,9 @@ def test_body_limit_middleware_refuses_an_invalid_declared_length(declared: byte
     async def send(message: Message) -> None:
         sent.append(message)
 
-    middleware = BodyLimitMiddleware(app, max_bytes=100, max_buffered=1000)
+    middleware = BodyLimitMiddleware(
+        app, max_bytes=100, max_buffered=1000, timeout_s=10.0, min_rate=16 * 1024
+    )
     scope = {
         "type": "http",
         "method": "POST",

@@ -38,7 +38,7 @@ import logging
 import resource
 from asyncio import TimerHandle
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 from weakref import WeakKeyDictionary
 
@@ -50,6 +50,7 @@ from uvicorn.server import ServerState
 from service.errors import error_body
 from service.log_bounds import refusal_log
 from service.metrics import CONNECTIONS_CLOSED, CONNECTIONS_OPEN
+from service.settings import Settings
 
 logger = logging.getLogger("rnnserve")
 # File descriptors a worker keeps for itself (models, metrics files, logs, pipes) when its
@@ -59,15 +60,20 @@ FD_RESERVE = 128
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """The bounds one worker applies to every connection (each an RNNSERVE_* setting)."""
+    """The bounds one worker applies to every connection (each an RNNSERVE_* setting, whose
+    defaults live in service/settings.py only)."""
 
-    max_header_bytes: int = 32 * 1024
-    max_header_count: int = 100
-    max_url_bytes: int = 8 * 1024
-    header_timeout_s: float = 10.0
-    keep_alive_s: float = 5.0
-    max_connections: int = 4096
-    max_request_bytes: int = 4 * 1024 * 1024
+    max_header_bytes: int
+    max_header_count: int
+    max_url_bytes: int
+    header_timeout_s: float
+    keep_alive_s: float
+    max_connections: int
+    max_request_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
     @property
     def max_wire_bytes(self) -> int:
@@ -157,7 +163,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of this module's docstring (`limits`: set
     by `install_connection_limits`, or in a subclass)."""
 
-    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits.from_settings(Settings.from_env({}))
 
     def __init__(
         self,

@@ -86,6 +86,13 @@ def refusal(route: str, error: ServiceError, v2: bool = False) -> tuple[int, Hea
     return status, headers, body
 
 
+async def send_refusal(route: str, send: Send, error: ServiceError, v2: bool = False) -> int:
+    """Send `refusal`'s answer (for middleware that answers before any route); its status."""
+    status, headers, body = refusal(route, error, v2)
+    await send_bytes(send, status, body, headers)
+    return status
+
+
 def as_response(status: int, headers: Headers, body: bytes) -> Response:
     """(status, headers, body) as a Starlette response (for the routes that return one)."""
     extra = {name.decode(): value.decode() for name, value in headers}

@@ -118,9 +118,9 @@ class BearerAuthMiddleware:
     Authorization header (two are refused: proxies and frameworks disagree on which counts),
     read from the header block only (the server drops trailer fields). WebSocket scopes are
     authenticated like requests (none is served today; a future route starts closed). Exempt
-    paths (health,
-    metrics by default) stay open for probes and scrapers; an entry ending in `*` exempts a
-    prefix (the demo page's static files, `/ui/*`: they hold no data, the page sends the token).
+    paths (health, metrics by default) stay open for probes and scrapers; an entry ending in
+    `*` exempts a prefix (the demo page's static files, `/ui/*`: they hold no data, the page
+    sends the token).
     """
 
     def __init__(self, app: ASGIApp, tokens: tuple[str, ...], exempt: tuple[str, ...]) -> None:
@@ -181,9 +181,8 @@ class BodyLimitMiddleware:
     body whose next bytes would pass the budget is refused then. Time: a body may pause for at
     most `timeout_s`, and once it has taken longer than that it must have come at `min_rate`
     bytes/s on average; a body that stalls or trickles is answered 408 and gives its bytes
-    back. Every refusal of a body
-    not read to its end closes the connection (the rest of it would only be read to be thrown
-    away). The application gets the whole body in one message.
+    back. Every refusal of a body not read to its end closes the connection (the rest of it
+    would only be read to be thrown away). The application gets the whole body in one message.
 
     Readiness does not follow the budget: a budget held by a few slow clients would otherwise
     take the worker out of every load balancer, an outage of all replicas bought with a few
@@ -196,8 +195,8 @@ class BodyLimitMiddleware:
         app: ASGIApp,
         max_bytes: int,
         max_buffered: int,
-        timeout_s: float = 10.0,
-        min_rate: int = 16 * 1024,
+        timeout_s: float,
+        min_rate: int,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes

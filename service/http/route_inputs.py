@@ -33,9 +33,9 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import ClientGone, ServiceError, UnsupportedMedia
-from service.http.asgi import media_type, read_body, replay_body, send_bytes, send_error
-from service.http.kernel import JSON, accepted_media_type, refusal
+from service.errors import BadInput, ClientGone, ServiceError, UnsupportedMedia
+from service.http.asgi import media_type, read_body, replay_body
+from service.http.kernel import JSON, accepted_media_type, send_refusal
 
 MULTIPART = "multipart/form-data"
 
@@ -144,27 +144,18 @@ class InputGuard:
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers", ())
-        types = [value for name, value in headers if name == b"content-type"]
-        raw = types[0].decode("latin-1") if len(types) == 1 else ""
-        kind = media_type(raw)
-        try:
-            if not route.file_fields:
-                accepted_media_type(headers, (JSON,))  # the one rule, as the lean routes'
-            elif len(types) > 1 or kind != MULTIPART:
-                accepted_media_type(headers, (MULTIPART,))
+        raw = next((v for k, v in headers if k == b"content-type"), b"").decode("latin-1")
+        try:  # the one content-type rule, as the lean routes'
+            kind = accepted_media_type(headers, (MULTIPART,) if route.file_fields else (JSON,))
         except ServiceError as exc:
             if route.file_fields and isinstance(exc, UnsupportedMedia):
-                files = ", ".join(sorted(route.file_fields))
-                example = next(iter(sorted(route.file_fields)))
-                exc = UnsupportedMedia(
-                    f"{route.path} takes multipart/form-data with the file in {files} "
-                    f"(curl -F {example}=@digit.png), not {kind or 'a body without Content-Type'}"
-                )
-            await send_bytes(send, *_status_body(route.path, exc))
+                exc = self._not_a_form(route, raw)
+            await send_refusal(route.path, send, exc)
             return
-        normalised = _normalised(raw, kind)
-        if raw and normalised != raw:
-            scope = _with_content_type(scope, normalised)
+        if raw:
+            normalised = _normalised(raw, kind)
+            if normalised != raw:
+                scope = _with_content_type(scope, normalised)
         if not route.file_fields:
             await self.app(scope, receive, send)
             return
@@ -174,9 +165,19 @@ class InputGuard:
             return
         problem = await self._form_problem(scope, body, route)
         if problem is not None:
-            await send_error(send, 400, problem)
+            await send_refusal(route.path, send, BadInput(problem))
             return
         await self.app(scope, replay_body(body, receive), send)
+
+    @staticmethod
+    def _not_a_form(route: RouteInputs, raw: str) -> UnsupportedMedia:
+        files = ", ".join(sorted(route.file_fields))
+        example = min(route.file_fields)
+        given = media_type(raw) or "a body without Content-Type"
+        return UnsupportedMedia(
+            f"{route.path} takes multipart/form-data with the file in {files} "
+            f"(curl -F {example}=@digit.png), not {given[:100]}"
+        )
 
     async def _form_problem(self, scope: Scope, body: bytes, route: RouteInputs) -> str | None:
         request = Request(scope, replay_body(body, _no_more))
@@ -196,11 +197,6 @@ class InputGuard:
 
 async def _no_more() -> dict[str, Any]:
     return {"type": "http.disconnect"}
-
-
-def _status_body(route: str, error: ServiceError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    status, headers, body = refusal(route, error)
-    return status, body, headers
 
 
 def _normalised(raw: str, kind: str) -> str:

@@ -91,17 +91,7 @@ except (CardError, DeviceError, FileNotFoundError) as exc:
 install_request_lifetime()
 quiet_client_errors()
 install_bounded_logs(SETTINGS.max_log_field_chars, SETTINGS.refusal_log_per_s)
-install_connection_limits(
-    ConnectionLimits(
-        max_header_bytes=SETTINGS.max_header_bytes,
-        max_header_count=SETTINGS.max_header_count,
-        max_url_bytes=SETTINGS.max_url_bytes,
-        header_timeout_s=SETTINGS.header_timeout_s,
-        keep_alive_s=SETTINGS.keep_alive_s,
-        max_connections=SETTINGS.max_connections,
-        max_request_bytes=SETTINGS.max_request_bytes,
-    )
-)
+install_connection_limits(ConnectionLimits.from_settings(SETTINGS))
 # What the mounted apps use to reach this worker's models, filled in by RnnServe.__init__.
 STATE = ServingState()
 
