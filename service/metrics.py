@@ -79,6 +79,13 @@ GENERATION_BATCH = Histogram(
     labelnames=["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+TEXT_READ_ROWS = Histogram(
+    name="rnnserve_text_read_rows",
+    documentation="Rows of text read together per model call of the text loop (next_char, "
+    "V2 character requests and generation prompts share them)",
+    labelnames=["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 GENERATION_FIRST_CHAR = Histogram(
     name="rnnserve_generation_first_char_seconds",
     documentation="Time from a generation's arrival to its first character",

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     timeout_s: Count = 30
     tracing: bool = False
     api_tokens: str = ""
+    state_keys: str = ""
     auth_exempt: str = "/livez,/readyz,/healthz,/metrics,/v2/health/live,/v2/health/ready,/ui,/ui/*"
 
     @field_validator("backend", "device", mode="before")
@@ -123,6 +124,12 @@ class Settings(BaseSettings):
     def tokens(self) -> tuple[str, ...]:
         """The accepted bearer tokens (empty: authentication off)."""
         return tuple(t.strip() for t in self.api_tokens.split(",") if t.strip())
+
+    @property
+    def state_key_list(self) -> tuple[str, ...]:
+        """Keys that sign carried text states: the first signs, any verifies (rotation).
+        Empty: states carry a checksum, not a signature (service/engine/carried_state.py)."""
+        return tuple(k.strip() for k in self.state_keys.split(",") if k.strip())
 
     @property
     def exempt_paths(self) -> tuple[str, ...]:
@@ -282,4 +289,7 @@ SETTINGS_DOC: dict[str, str] = {
     "api_tokens": "comma-separated bearer tokens; when set, every other route needs "
     "`Authorization: Bearer <token>` (401 otherwise)",
     "auth_exempt": "paths open without a token when tokens are set (exact; `*` ends a prefix)",
+    "state_keys": "comma-separated secrets that sign carried text states (HMAC-SHA256; the "
+    "first signs, any verifies); the same on every worker and replica. Unset: states carry a "
+    "checksum, not a signature",
 }

@@ -1,5 +1,5 @@
-"""Generation: the sampling rule, the continuous-batching decode loop (in-process, the real
-committed char model) and the streaming route (a real server)."""
+"""Generation: the sampling rule, the text loop's continuous batching of generations (in-process,
+the real committed char model) and the streaming route (a real server)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from loadtest.servers import Server
-from service.engine.generation import DecodeLoop, GenerationRequest
+from service.engine.text_loop import GenerationRequest, TextLoop
 from service.errors import ClientGone, Overloaded
 from service.model.inference import CharModel, ModelRegistry, sample
 from service.settings import Settings
@@ -66,6 +66,10 @@ def test_sampling_follows_the_probabilities() -> None:
     np.testing.assert_allclose(freq, [0.5, 0.3, 0.2], atol=0.015)
 
 
+def make_loop(model: CharModel, max_active: int, max_waiting: int, joins: int) -> TextLoop:
+    return TextLoop(model, 64, 64, 1.0, max_active, max_waiting, joins)
+
+
 def request_for(
     model: CharModel, prompt: str, length: int, temperature: float, k: int | None, seed: int
 ) -> GenerationRequest:
@@ -83,7 +87,7 @@ def test_batched_generation_equals_the_lone_sequence_with_joins_and_leaves(
     ]
 
     async def run() -> tuple[list[str | None], int]:
-        loop = DecodeLoop(model, max_active=8, max_waiting=32, joins_per_step=2)
+        loop = make_loop(model, 8, 32, 2)
         texts: list[str | None] = [None] * len(settings)
 
         async def one(i: int) -> None:
@@ -101,10 +105,10 @@ def test_batched_generation_equals_the_lone_sequence_with_joins_and_leaves(
 
         await asyncio.gather(*(one(i) for i in range(len(settings))))
         for _ in range(100):  # the abandoned rows leave at the next step
-            if not loop.active and not loop.pending:
+            if loop.idle:
                 break
             await asyncio.sleep(0.01)
-        return texts, len(loop.active) + len(loop.pending)
+        return texts, len(loop.generating) + len(loop.queued_generations)
 
     texts, left_over = asyncio.run(run())
     assert left_over == 0
@@ -119,7 +123,7 @@ def test_batched_generation_equals_the_lone_sequence_with_joins_and_leaves(
 
 def test_a_full_decode_loop_refuses_at_once(model: CharModel) -> None:
     async def run() -> list[object]:
-        loop = DecodeLoop(model, max_active=2, max_waiting=1, joins_per_step=1)
+        loop = make_loop(model, 2, 1, 1)
         results: list[object] = []
         for seed in range(4):
             try:
@@ -149,9 +153,9 @@ def test_waiters_that_gave_up_give_back_their_places_while_the_loop_is_full(
     left = {"b": False}
 
     async def run() -> tuple[list[object], type[BaseException] | None, int]:
-        loop = DecodeLoop(model, max_active=1, max_waiting=2, joins_per_step=1)
+        loop = make_loop(model, 1, 2, 1)
         long_one = loop.submit(request_for(model, "A", 100_000, 1.0, None, 1), lambda: False)
-        while not loop.active:  # the long one has taken the active place
+        while not len(loop.generating):  # the long one has taken the active place
             await asyncio.sleep(0.01)
         timed_out = loop.submit(request_for(model, "A", 5, 1.0, None, 2), lambda: False)
         departed = loop.submit(request_for(model, "A", 5, 1.0, None, 3), lambda: left["b"])
@@ -171,7 +175,7 @@ def test_waiters_that_gave_up_give_back_their_places_while_the_loop_is_full(
                 pass
         except Exception as exc:
             told = type(exc)
-        waiting = len(loop.pending)
+        waiting = len(loop.queued_generations)
         for sequence in (long_one, *admitted):
             if not isinstance(sequence, Overloaded):
                 sequence.abandoned = True  # type: ignore[attr-defined]
@@ -186,7 +190,7 @@ def test_a_departed_client_ends_its_sequence(model: CharModel) -> None:
     gone = {"left": False}
 
     async def run() -> type[BaseException] | None:
-        loop = DecodeLoop(model, max_active=4, max_waiting=4, joins_per_step=1)
+        loop = make_loop(model, 4, 4, 1)
         sequence = loop.submit(request_for(model, "A", 1000, 1.0, None, 1), lambda: gone["left"])
         try:
             async for _ in loop.chunks_of(sequence):

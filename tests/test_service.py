@@ -353,7 +353,7 @@ BAD_REQUESTS = [
         422,
         "no visible digit",
     ),
-    ("empty text", "/next_char", {"json": {"text": ""}}, 400, "at least 1"),
+    ("empty text", "/next_char", {"json": {"text": ""}}, 400, "must not be empty"),
     (
         "unknown chars",
         "/next_char",
@@ -413,7 +413,7 @@ BAD_REQUESTS = [
         400,
         "greater than or equal to 1",
     ),
-    ("empty prompt", "/generate", {"json": {"prompt": ""}}, 400, "at least 1"),
+    ("empty prompt", "/generate", {"json": {"prompt": ""}}, 400, "must not be empty"),
     ("wrong method", "/classify_pixels", {"method": "GET"}, 405, "Method Not Allowed"),
     (
         "multipart without boundary",

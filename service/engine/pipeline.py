@@ -21,13 +21,16 @@ import numpy as np
 
 from service import __version__
 from service.engine.admission import CLIENT_LEFT, ContinuousBatcher, Lane
-from service.engine.generation import DecodeLoop, GenerationRequest
+from service.engine.carried_state import Carried, ModelIdentity, StateCodec, StateError
 from service.engine.parameters import text_parameters
+from service.engine.text_loop import GenerationRequest, Start, TextLoop
+from service.engine.text_loop import Sequence as TextSequence
 from service.engine.validation import char_ids, char_state, digit_images, text_length
-from service.errors import NotReady
+from service.errors import BadInput, NotReady
 from service.imaging.photo import read_digit
 from service.imaging.uploads import ImageLimits, decode_image
 from service.model.inference import CharModel, DigitClassifier, ModelRegistry
+from service.model.numerics import softmax, top_k
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -40,6 +43,50 @@ LARGE_BODY_BYTES = 64 * 1024
 class Classified:
     model: DigitClassifier
     probabilities: np.ndarray  # (N, 10) float32
+
+
+@dataclass(frozen=True)
+class NextChars:
+    model: CharModel
+    candidates: list[tuple[str, float]]  # most probable first
+    state: str  # the carried state after everything read
+    context_chars: int  # characters the state has read in all
+
+
+@dataclass(frozen=True)
+class CharSteps:
+    """V2's raw step: logits at every position, the new state, and it as carried states."""
+
+    logits: np.ndarray  # (rows, steps, vocab)
+    state: np.ndarray  # (state_rows, rows, hidden)
+    carried: list[str]  # one carried state per row
+
+
+class Generation:
+    """A validated, admitted generation: its text as it comes, then its carried state."""
+
+    def __init__(
+        self,
+        model: CharModel,
+        loop: TextLoop,
+        sequence: TextSequence,
+        codec: StateCodec,
+        chars: int,
+    ) -> None:
+        self.model = model
+        self.loop = loop
+        self.sequence = sequence
+        self.codec = codec
+        self.context_chars = chars  # prompt, generated text and what the state had read
+
+    def chunks(self) -> AsyncIterator[str]:
+        return self.loop.chunks_of(self.sequence)
+
+    def state(self) -> str:
+        """The carried state after the prompt and the whole generated text (once ended)."""
+        finished = self.sequence.finished
+        assert finished is not None, "the generation has not ended"
+        return self.codec.encode(finished.state, finished.logits, self.context_chars)
 
 
 class Pipelines:
@@ -63,17 +110,19 @@ class Pipelines:
         self.decoding = Lane(
             "decoding", 1, settings.max_queued_decodes, "RNNSERVE_MAX_QUEUED_DECODES"
         )
-        self.text = Lane("text", 1, settings.max_queued_text, "RNNSERVE_MAX_QUEUED_TEXT")
-        self.decode_loop = (
-            DecodeLoop(
+        self.text_loop: TextLoop | None = None
+        self.codec: StateCodec | None = None
+        if registry.char is not None:
+            self.text_loop = TextLoop(
                 registry.char,
+                rows,
+                settings.max_queued_text,
+                settings.max_queue_wait_ms / 1000,
                 settings.max_active_generations,
                 settings.max_queued_generations,
                 settings.generation_joins_per_step,
             )
-            if registry.char is not None
-            else None
-        )
+            self.codec = StateCodec(identity_of(registry.char), settings.state_key_list)
         self.image_limits = ImageLimits(
             settings.max_image_pixels, settings.max_image_side, settings.max_image_aspect
         )
@@ -133,54 +182,128 @@ class Pipelines:
     def char_model(self) -> CharModel:
         return self.registry.char_model()
 
-    async def next_chars(
-        self, text: str, k: int, temperature: float
-    ) -> tuple[CharModel, list[tuple[str, float]]]:
+    def _text(self) -> tuple[CharModel, TextLoop, StateCodec]:
         model = self.char_model()
-        text_length(text, self.settings.max_text_chars)
+        assert self.text_loop is not None and self.codec is not None  # there is a char model
+        return model, self.text_loop, self.codec
+
+    def carried(self, codec: StateCodec, state: object | None) -> Carried | None:
+        """A carried state sent back by a client, checked (StateError, a 400, says why)."""
+        return None if state is None else codec.decode(state)
+
+    async def next_chars(
+        self, text: str, k: int, temperature: float, state: str | None = None
+    ) -> NextChars:
+        """The k most probable characters after `text` (after the carried `state`, then
+        `text` holds only what follows it and may be empty), with the new state."""
+        model, loop, codec = self._text()
+        text_length(text, self.settings.max_text_chars, empty_ok=state is not None)
         self.parameters.k.check(k)
         self.parameters.softmax_temperature.check(temperature)
-        model.encode(text)  # unknown characters: 422 before queueing
-        return model, await self.text.run(model.next_chars, text, k, temperature)
+        ids = model.encode(text)  # unknown characters: 422 before queueing
+        start = self.carried(codec, state)
+        if start is not None and len(ids) == 0:  # nothing new: the state has the answer
+            last, after = start.logits, start.state
+        else:
+            result = await loop.read(ids[None, :], _state_of([start], model))
+            last, after = result.last[0], result.state[:, 0]
+        probs = softmax(last, temperature)
+        chars = (start.chars if start else 0) + len(ids)
+        return NextChars(
+            model,
+            [(model.vocab[i], float(probs[i])) for i in top_k(probs, k)],
+            codec.encode(after, last, chars),
+            chars,
+        )
 
     async def char_logits(
-        self, ids: np.ndarray, state: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """V2's raw step: ids (rows, steps) and an optional carried state -> logits
-        (rows, steps, vocab) and the new state."""
-        model = self.char_model()
+        self,
+        ids: np.ndarray,
+        state: np.ndarray | None,
+        carried: list[object] | None = None,
+        carried_out: bool = True,
+    ) -> CharSteps:
+        """V2's raw step: ids (rows, steps) from a fresh state, a raw `state` (state_rows,
+        rows, hidden) or one carried state per row -> logits (rows, steps, vocab), the new
+        state, and (with `carried_out`) the new carried states."""
+        model, loop, codec = self._text()
         s = self.settings
         ids = char_ids(ids, len(model.vocab), s.max_char_rows, s.max_text_chars, s.max_char_ids)
-        expected = (model.state_rows, ids.shape[0], model.hidden)
-        state = model.fresh_state(ids.shape[0]) if state is None else char_state(state, expected)
-        logits, state_out = await self.text.run(
-            model.run, {"ids": ids, "state": state}, ids.shape[0]
+        rows = ids.shape[0]
+        chars = [0] * rows
+        if state is not None and carried is not None:
+            raise BadInput("send either 'state' (raw FP32) or 'carried_state' (BYTES), not both")
+        if carried is not None:
+            if len(carried) != rows:
+                raise BadInput(
+                    f"'carried_state' has {len(carried)} state(s) for {rows} row(s) of ids: one "
+                    "per row"
+                )
+            starts = [self._row_state(codec, c, i) for i, c in enumerate(carried)]
+            chars = [c.chars for c in starts]
+            begin = _state_of(starts, model)
+        elif state is not None:
+            begin = char_state(state, (model.state_rows, rows, model.hidden))
+        else:
+            begin = model.fresh_state(rows)
+        result = await loop.read(ids, begin, every_position=True)
+        assert result.logits is not None
+        out = (
+            [
+                codec.encode(result.state[:, i], result.last[i], chars[i] + ids.shape[1])
+                for i in range(rows)
+            ]
+            if carried_out
+            else []
         )
-        return logits, state_out
+        return CharSteps(result.logits, result.state, out)
+
+    @staticmethod
+    def _row_state(codec: StateCodec, token: object, row: int) -> Carried:
+        try:
+            return codec.decode(token)
+        except StateError as exc:
+            raise StateError(f"carried_state[{row}]: {exc.message}") from None
 
     def generation(
-        self, prompt: str, length: int, temperature: float, top_k: int | None, seed: int
-    ) -> tuple[CharModel, AsyncIterator[str]]:
-        """Validate a generation, then its text as it comes (chunks, from the decode loop).
-        Every check happens here, before the first character, so a stream never starts for a
-        request that would fail."""
-        model = self.char_model()
-        text_length(prompt, self.settings.max_text_chars, "prompt")
+        self,
+        prompt: str,
+        length: int,
+        temperature: float,
+        top_k: int | None,
+        seed: int,
+        state: str | None = None,
+        streaming: bool = True,
+    ) -> Generation:
+        """Validate and admit a generation (after the carried `state`, if any: `prompt` then
+        holds only what follows it and may be empty). Every check happens here, before the
+        first character, so a stream never starts for a request that would fail."""
+        model, loop, codec = self._text()
+        text_length(prompt, self.settings.max_text_chars, "prompt", empty_ok=state is not None)
         for parameter, value in zip(
             self.parameters.generation(), (length, temperature, top_k, seed), strict=True
         ):
             parameter.check(value)
-        request = GenerationRequest(model.encode(prompt), length, temperature, top_k, seed)
-        assert self.decode_loop is not None  # there is a char model
-        sequence = self.decode_loop.submit(request, CLIENT_LEFT.get())  # 503 here when full
-        return model, self.decode_loop.chunks_of(sequence)
+        ids = model.encode(prompt)
+        carried = self.carried(codec, state)
+        start = Start(carried.state, carried.logits) if carried is not None else None
+        request = GenerationRequest(ids, length, temperature, top_k, seed, start, streaming)
+        sequence = loop.submit(request, CLIENT_LEFT.get())  # 503 here when full
+        chars = (carried.chars if carried else 0) + len(ids) + length
+        return Generation(model, loop, sequence, codec, chars)
 
     async def generate(
-        self, prompt: str, length: int, temperature: float, top_k: int | None, seed: int
-    ) -> tuple[CharModel, str]:
-        """The whole text at once (the same decode loop as the stream)."""
-        model, chunks = self.generation(prompt, length, temperature, top_k, seed)
-        return model, "".join([chunk async for chunk in chunks])
+        self,
+        prompt: str,
+        length: int,
+        temperature: float,
+        top_k: int | None,
+        seed: int,
+        state: str | None = None,
+    ) -> tuple[Generation, str]:
+        """The whole text at once (the same loop as the stream; posted once, at the end)."""
+        generation = self.generation(prompt, length, temperature, top_k, seed, state, False)
+        return generation, "".join([chunk async for chunk in generation.chunks()])
 
     # ------------------------------------------------------------------ metadata
 
@@ -207,6 +330,29 @@ class Pipelines:
                 "max_request_bytes": self.settings.max_request_bytes,
             },
         }
+
+
+def identity_of(model: CharModel) -> ModelIdentity:
+    """What a carried state of `model` must match: name, version, files, shape."""
+    files = model.card.data.get("files", {})
+    digests = [str(entry.get("sha256", "")) for entry in files.values()]
+    return ModelIdentity(
+        model.name,
+        str(model.card.data.get("version", "")),
+        ModelIdentity.fingerprint_of(digests),
+        model.state_rows,
+        model.hidden,
+        len(model.vocab),
+    )
+
+
+def _state_of(starts: Sequence[Carried | None], model: CharModel) -> np.ndarray:
+    """The (state_rows, rows, hidden) state to read from: each row's carried state, or a
+    fresh one."""
+    if all(s is None for s in starts):
+        return model.fresh_state(len(starts))
+    fresh = model.fresh_state(1)[:, 0]
+    return np.stack([fresh if s is None else s.state for s in starts], axis=1)
 
 
 class ServingState:

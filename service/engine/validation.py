@@ -73,9 +73,10 @@ def pixel_values(images: np.ndarray) -> None:
         raise BadInput(f"pixel values must lie in 0..255; got {low:g}..{high:g}")
 
 
-def text_length(text: str, max_chars: int, what: str = "text") -> None:
-    if not text:
-        raise BadInput(f"{what} must not be empty")
+def text_length(text: str, max_chars: int, what: str = "text", empty_ok: bool = False) -> None:
+    """`empty_ok`: the request carries a state, so no new characters is a valid request."""
+    if not text and not empty_ok:
+        raise BadInput(f"{what} must not be empty (it may be, with a carried 'state')")
     if len(text) > max_chars:
         raise BadInput(
             f"{what} has {len(text)} characters, over the limit of {max_chars} "

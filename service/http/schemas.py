@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, cast
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from service.engine.carried_state import MAX_STATE_CHARS
 from service.engine.parameters import text_parameters
 from service.errors import short
 from service.model.cards import CardError, ModelCard, discover_cards, short_name
@@ -166,11 +167,19 @@ class CharCandidate(BaseModel):
     probability: float
 
 
+STATE_DESCRIPTION = (
+    "the carried state after everything read: send it back as `state` with only the characters "
+    "that follow, on any worker or replica (opaque; it names its model and version)"
+)
+
+
 class NextCharResponse(BaseModel):
-    text: str
+    text: str = Field(description="the characters read by this request")
     candidates: list[CharCandidate] = Field(description="most probable first")
     model: str
     provider: str
+    state: str = Field(description=STATE_DESCRIPTION)
+    context_chars: int = Field(description="characters the state has read in all")
 
 
 class GenerateResponse(BaseModel):
@@ -181,6 +190,11 @@ class GenerateResponse(BaseModel):
     top_k: int | None
     model: str
     provider: str
+    state: str = Field(
+        description="the carried state after the prompt and the generated text: send it back "
+        "as `state` to continue (opaque; it names its model and version)"
+    )
+    context_chars: int = Field(description="characters the state has read in all")
 
 
 def finite(value: float) -> float:
@@ -200,11 +214,19 @@ SamplingTopK = Annotated[int, Field(**TEXT.top_k.pydantic_bounds())]
 PromptText = Annotated[
     str,
     Field(
-        min_length=1,
         max_length=TEXT.max_text_chars,
         examples=["ROMEO:\n"],
-        description="text in the model's vocabulary (GET /v1/metadata lists it)",
+        description="text in the model's vocabulary (GET /v1/metadata lists it); with a "
+        "`state`, only the characters that follow it (then it may be empty)",
         json_schema_extra=text_schema(CARDS),
+    ),
+]
+CarriedState = Annotated[
+    str,
+    Field(
+        max_length=MAX_STATE_CHARS,
+        description="the `state` of an earlier answer, exactly as received: the text then "
+        "continues from it (400 when it belongs to another model or version, or was changed)",
     ),
 ]
 Seed = Annotated[int, Field(**TEXT.seed.pydantic_bounds())]

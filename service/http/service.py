@@ -49,6 +49,7 @@ from service.http.schemas import (
     DEFAULT_SOFTMAX_TEMPERATURE,
     DEFAULT_TEMPERATURE,
     SETTINGS,
+    CarriedState,
     CharCandidate,
     DigitModelName,
     DigitPixels,
@@ -205,14 +206,22 @@ class RnnServe:
         text: PromptText,
         k: TopK = DEFAULT_K,
         temperature: SoftmaxTemperature = DEFAULT_SOFTMAX_TEMPERATURE,
+        state: CarriedState | None = None,
     ) -> NextCharResponse:
-        """The k most probable next characters after `text`, with their probabilities."""
-        model, candidates = await self.pipelines.next_chars(text, k, temperature)
-        return NextCharResponse(
+        """The k most probable next characters after `text`, with their probabilities, and
+        the carried `state`: send it back with only the characters that follow, and a keystroke
+        costs one step whatever the length of the text."""
+        answer = await self.pipelines.next_chars(text, k, temperature, state)
+        return NextCharResponse.model_construct(
             text=text,
-            candidates=[CharCandidate(char=c, probability=round(p, 6)) for c, p in candidates],
-            model=model.name,
-            provider=model.backend.provider,
+            candidates=[
+                CharCandidate.model_construct(char=c, probability=round(p, 6))
+                for c, p in answer.candidates
+            ],
+            model=answer.model.name,
+            provider=answer.model.backend.provider,
+            state=answer.state,
+            context_chars=answer.context_chars,
         )
 
     @bentoml.api
@@ -224,12 +233,17 @@ class RnnServe:
         temperature: Temperature = DEFAULT_TEMPERATURE,
         top_k: SamplingTopK | None = None,
         seed: Seed | None = None,
+        state: CarriedState | None = None,
     ) -> GenerateResponse:
-        """Continue `prompt` by `length` characters, one step at a time with carried state.
-        The same seed (and settings) gives the same text."""
+        """Continue `prompt` (after the carried `state`, if sent) by `length` characters,
+        batched with every other generation. The same seed (and settings) gives the same text;
+        the answer's `state` continues after the generated text."""
         used_seed = secrets.randbelow(2**31) if seed is None else seed
-        model, text = await self.pipelines.generate(prompt, length, temperature, top_k, used_seed)
-        return GenerateResponse(
+        generation, text = await self.pipelines.generate(
+            prompt, length, temperature, top_k, used_seed, state
+        )
+        model = generation.model
+        return GenerateResponse.model_construct(
             prompt=prompt,
             text=text,
             seed=used_seed,
@@ -237,6 +251,8 @@ class RnnServe:
             top_k=top_k,
             model=model.name,
             provider=model.backend.provider,
+            state=generation.state(),
+            context_chars=generation.context_chars,
         )
 
     # ------------------------------------------------------------------ metadata

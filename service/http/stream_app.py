@@ -1,14 +1,14 @@
 """POST /v1/generate/stream: generation streamed as Server-Sent Events, a lean ASGI route.
 
 The request body is the one of POST /generate (`prompt`, `length`, `temperature`, `top_k`,
-`seed`). Every check runs before the stream starts, so a bad request is a plain JSON 4xx (or a
-503 when the decode loop is full). Then:
+`seed`, `state`). Every check runs before the stream starts, so a bad request is a plain JSON
+4xx (or a 503 when the text loop is full). Then:
 
     data: {"text": "W"}                  one event per chunk: the first character at once,
     data: {"text": "hat li"}             then what the decode loop made in the last 20 ms (FLUSH_S)
     ...
     event: end
-    data: {"chars": 200, "seed": 7, "seconds": 0.31, "first_char_ms": 2.4, ...}
+    data: {"chars": 200, "seed": 7, "seconds": 0.31, "first_char_ms": 2.4, ..., "state": "rs1..."}
 
 A client that disconnects stops its sequence: it leaves the batch at the next step. An error
 after the stream started (the model failed) ends it with `event: error`.
@@ -23,13 +23,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from service.engine.pipeline import ServingState
+from service.engine.carried_state import MAX_STATE_CHARS
+from service.engine.pipeline import Generation, ServingState
 from service.errors import BadInput, ClientGone, ServiceError
 from service.http.asgi import read_body, send_bytes
 from service.http.kernel import (
@@ -42,7 +42,6 @@ from service.http.kernel import (
 )
 from service.http.schemas import CARDS, DEFAULT_LENGTH, TEXT, text_schema
 from service.metrics import observe_lean_request
-from service.model.inference import CharModel
 
 ROUTE = "/v1/generate/stream"
 # After an event, a stream waits this long before the next one: the first character still
@@ -51,7 +50,7 @@ ROUTE = "/v1/generate/stream"
 # character of every stream; loadtest/bench_generation.py measures the streams).
 FLUSH_S = 0.02
 logger = logging.getLogger("rnnserve")
-FIELDS = ("prompt", *(p.name for p in TEXT.generation()))
+FIELDS = ("prompt", *(p.name for p in TEXT.generation()), "state")
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -66,6 +65,9 @@ def parse_generation(body: bytes) -> dict[str, Any]:
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
         raise BadInput("'prompt' must be a string")
+    state = data.get("state")
+    if state is not None and not isinstance(state, str):
+        raise BadInput("'state' must be a string, exactly as an earlier answer gave it")
     seed = TEXT.seed.read(data)
     return {
         "prompt": prompt,
@@ -73,6 +75,7 @@ def parse_generation(body: bytes) -> dict[str, Any]:
         "temperature": TEXT.temperature.read(data),
         "top_k": TEXT.top_k.read(data),
         "seed": secrets.randbelow(2**31) if seed is None else seed,
+        "state": state,
     }
 
 
@@ -93,7 +96,7 @@ class GenerationStreamApp:
             pipelines = self.state.require()
             accepted_media_type(scope.get("headers", ()), (JSON,))
             params = parse_generation(await read_body(receive))
-            model, chunks = pipelines.generation(**params)
+            generation = pipelines.generation(**params)
         except ServiceError as exc:
             status, headers, payload = refusal(ROUTE, exc)
         except ClientGone:
@@ -101,7 +104,7 @@ class GenerationStreamApp:
         except Exception:
             status, headers, payload = internal_error(ROUTE)
         else:
-            await self._stream(send, started, params, model, chunks)
+            await self._stream(send, started, params, generation)
             return
         await send_bytes(send, status, payload, headers)
         observe_lean_request(ROUTE, status, started)
@@ -111,14 +114,13 @@ class GenerationStreamApp:
         send: Send,
         started: float,
         params: dict[str, Any],
-        model: CharModel,
-        chunks: AsyncIterator[str],
+        generation: Generation,
     ) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         produced = 0
         first_char_s: float | None = None
         try:
-            async for chunk in chunks:
+            async for chunk in generation.chunks():
                 if first_char_s is None:
                     first_char_s = time.perf_counter() - started
                 produced += len(chunk)
@@ -138,6 +140,7 @@ class GenerationStreamApp:
             observe_lean_request(ROUTE, 500, started)
             return
         seconds = time.perf_counter() - started
+        model = generation.model
         totals = {
             "chars": produced,
             "seed": params["seed"],
@@ -148,6 +151,8 @@ class GenerationStreamApp:
             "seconds": round(seconds, 4),
             "first_char_ms": round((first_char_s or seconds) * 1000, 2),
             "chars_per_s": round(produced / seconds, 1) if seconds else None,
+            "state": generation.state(),
+            "context_chars": generation.context_chars,
         }
         await send({"type": "http.response.body", "body": event(totals, "end")})
         observe_lean_request(ROUTE, 200, started)
@@ -161,8 +166,8 @@ STREAM_DOC = {
         "description": "Generation streamed as Server-Sent Events (the same decode loop and the "
         'same answer as POST /generate for the same seed): `data: {"text": ...}` events as '
         "characters come, then `event: end` with the totals (chars, seed, seconds, first_char_ms, "
-        "chars_per_s). Every check runs before the stream starts; a client that disconnects "
-        "stops its sequence. Try it with `curl -N`.",
+        "chars_per_s, and the carried `state` to continue from). Every check runs before the "
+        "stream starts; a client that disconnects stops its sequence. Try it with `curl -N`.",
         "requestBody": {
             "required": True,
             "content": {
@@ -174,11 +179,18 @@ STREAM_DOC = {
                         "properties": {
                             "prompt": {
                                 "type": "string",
-                                "minLength": 1,
                                 "maxLength": TEXT.max_text_chars,
+                                "description": "the text to continue; with a `state`, only "
+                                "the characters that follow it (then it may be empty)",
                                 **(text_schema(CARDS) or {}),
                             },
                             **{p.name: p.schema() for p in TEXT.generation()},
+                            "state": {
+                                "type": "string",
+                                "maxLength": MAX_STATE_CHARS,
+                                "description": "the `state` of an earlier answer or stream "
+                                "end, exactly as received: the text continues from it",
+                            },
                         },
                     },
                     "example": {
@@ -210,6 +222,12 @@ STREAM_DOC = {
                                 "seconds": {"type": "number"},
                                 "first_char_ms": {"type": "number"},
                                 "chars_per_s": {"type": "number", "nullable": True},
+                                "state": {
+                                    "type": "string",
+                                    "description": "the carried state after the prompt and "
+                                    "the generated text (event: end)",
+                                },
+                                "context_chars": {"type": "integer"},
                                 "error": {"type": "string"},
                             },
                         }
