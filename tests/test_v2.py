@@ -136,6 +136,55 @@ def test_char_model_state_carries_across_calls(
     assert vocab[int(whole[0, -1].argmax())] == native["candidates"][0]["char"]
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_char_model_carried_state_continues_a_text_with_tritonclient(
+    client: triton.InferenceServerClient, default_server: Server, binary: bool
+) -> None:
+    """`carried_state` BYTES [rows] in, `carried_state_out` out, as Triton's client sends and
+    reads BYTES: a text read in three requests, each sending back the previous answer's
+    state, ends at the whole text's logits; the string continues on /next_char too."""
+    meta = client.get_model_metadata("char-rnn")
+    assert {"name": "carried_state", "datatype": "BYTES", "shape": [-1]} in meta["inputs"]
+    assert {"name": "carried_state_out", "datatype": "BYTES", "shape": [-1]} in meta["outputs"]
+    vocab = httpx.get(f"{default_server.url}/v1/metadata").json()["vocabulary"]
+    text = "ROMEO:\nWhat light through yonder window breaks?"
+    ids = np.array([[vocab.index(c) for c in text]], dtype=np.int64)
+
+    def run(piece: np.ndarray, carried: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        inputs = [triton.InferInput("ids", list(piece.shape), "INT64")]
+        inputs[0].set_data_from_numpy(piece, binary_data=binary)
+        if carried is not None:
+            inputs.append(triton.InferInput("carried_state", [1], "BYTES"))
+            inputs[1].set_data_from_numpy(carried, binary_data=binary)
+        outputs = [
+            triton.InferRequestedOutput(name, binary_data=binary)
+            for name in ("logits", "carried_state_out")
+        ]
+        result = client.infer("char-rnn", inputs, outputs=outputs)
+        assert result.as_numpy("state_out") is None  # not asked for
+        return result.as_numpy("logits"), result.as_numpy("carried_state_out")
+
+    whole, _ = run(ids, None)
+    carried = None
+    for piece in (ids[:, :15], ids[:, 15:31], ids[:, 31:]):
+        logits, carried = run(piece, carried)
+    assert carried is not None and carried.shape == (1,)
+    np.testing.assert_allclose(logits[0, -1], whole[0, -1], atol=1e-4)
+    state = carried[0].decode() if isinstance(carried[0], bytes) else carried[0]
+    native = httpx.post(
+        f"{default_server.url}/next_char", json={"text": "", "k": 1, "state": state}
+    ).json()
+    assert native["context_chars"] == len(text)
+    assert native["candidates"][0]["char"] == vocab[int(whole[0, -1].argmax())]
+    at = len(state) // 2
+    changed = state[:at] + ("A" if state[at] != "A" else "B") + state[at + 1 :]
+    with pytest.raises(
+        InferenceServerException,
+        match=r"\[400\] carried_state\[0\]: this state failed its integrity check",
+    ):
+        run(ids[:, :1], np.array([changed], dtype=object))
+
+
 def test_errors_are_400_or_404_with_a_message(
     client: triton.InferenceServerClient, default_server: Server
 ) -> None:

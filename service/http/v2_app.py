@@ -9,8 +9,15 @@
 Every model in models/ is served. Digit classifiers take `pixels` [-1, 28, 28] (FP32, or UINT8,
 raw 0..255 values, white ink on black; the service normalizes them as the card says) and
 answer `probabilities` FP32 [-1, 10] and `digit` INT64 [-1]. The character model takes `ids`
-INT64 [-1, -1] (vocabulary indices) and optionally `state` FP32 [rows, -1, hidden] (zeros when
-absent), and answers `logits` FP32 [-1, -1, vocab] and `state_out`, to be fed back as `state`.
+INT64 [-1, -1] (vocabulary indices) and optionally either `state` FP32 [rows, -1, hidden] (zeros
+when absent) or `carried_state` BYTES [-1] (one carried state per row of `ids`: the ASCII string
+that /next_char and /generate answer as `state`, service/engine/carried_state.py), and answers
+`logits` FP32 [-1, -1, vocab], `state_out` (to be fed back as `state`) and `carried_state_out`
+BYTES [-1] (to be fed back as `carried_state`, or as `state` to the native routes). The carried
+state is the same string on every interface, so a text begun on one continues on another; it is
+checked (integrity tag, model identity) before anything is queued, and it is computed only when
+the request wants `carried_state_out` (a request that names its outputs and leaves it out does
+not pay for the encoding).
 Errors are `{"error": "..."}` with 400 (bad request), 404 (unknown model or version), 415, or
 503 + Retry-After (not ready, or overloaded); the status comes from the one table in
 service/errors.py. Everything after decoding is the shared pipeline (service/engine/pipeline.py).
@@ -46,6 +53,7 @@ from service.http.kernel import (
     refusal_response,
 )
 from service.http.v2_protocol import (
+    BYTES,
     HEADER_LENGTH,
     InferRequest,
     check_outputs,
@@ -58,7 +66,8 @@ from service.model.inference import CharModel, DigitClassifier, LoadedModel
 MOUNT_PATH = "/v2"
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_torchscript"}
 DIGIT_OUTPUTS = ["probabilities", "digit"]
-CHAR_OUTPUTS = ["logits", "state_out"]
+CARRIED_OUT = "carried_state_out"
+CHAR_OUTPUTS = ["logits", "state_out", CARRIED_OUT]
 logger = logging.getLogger("rnnserve")
 
 
@@ -80,10 +89,15 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
     else:
         assert isinstance(model, CharModel)
         state = [model.state_rows, -1, model.hidden]
-        inputs = [_tensor_meta("ids", "INT64", [-1, -1]), _tensor_meta("state", "FP32", state)]
+        inputs = [
+            _tensor_meta("ids", "INT64", [-1, -1]),
+            _tensor_meta("state", "FP32", state),
+            _tensor_meta("carried_state", BYTES, [-1]),
+        ]
         outputs = [
             _tensor_meta("logits", "FP32", [-1, -1, len(model.vocab)]),
             _tensor_meta("state_out", "FP32", state),
+            _tensor_meta(CARRIED_OUT, BYTES, [-1]),
         ]
     return {
         "name": model.name,
@@ -123,16 +137,57 @@ async def infer_digits(
     return {"probabilities": probabilities, "digit": probabilities.argmax(axis=1).astype(np.int64)}
 
 
+def carried_states(request: InferRequest) -> list[object] | None:
+    """The `carried_state` input as one string per row (the pipeline checks the count and each
+    state). Binary BYTES elements arrive as bytes: a state is ASCII, so anything else is a
+    damaged one, said here rather than as a puzzling integrity failure."""
+    if "carried_state" not in request.inputs:
+        return None
+    if request.datatypes["carried_state"] != BYTES:
+        raise BadInput(
+            "input 'carried_state': datatype must be BYTES (the strings of an earlier "
+            "answer's carried_state_out, or of /next_char's `state`)"
+        )
+    tensor = request.inputs["carried_state"]
+    if tensor.ndim != 1:
+        raise BadInput(
+            f"input 'carried_state': shape must be [rows], one state per row of ids; got "
+            f"{list(tensor.shape)}"
+        )
+    states: list[object] = []
+    for i, item in enumerate(tensor):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("ascii")
+            except UnicodeDecodeError:
+                raise BadInput(
+                    f"carried_state[{i}]: a carried state is ASCII text and this one is not "
+                    "(send it back exactly as an earlier answer gave it)"
+                ) from None
+        states.append(item)
+    return states
+
+
 async def infer_chars(pipelines: Pipelines, request: InferRequest) -> dict[str, np.ndarray]:
-    _only_inputs(request, {"ids", "state"}, {"ids"})
+    _only_inputs(request, {"ids", "state", "carried_state"}, {"ids"})
     if request.datatypes["ids"] not in ("INT64", "INT32"):
         raise BadInput("input 'ids': datatype must be INT64 (or INT32)")
     if "state" in request.inputs and request.datatypes["state"] not in ("FP32", "FP64"):
         raise BadInput("input 'state': datatype must be FP32")
-    logits, state_out = await pipelines.char_logits(
-        request.inputs["ids"], request.inputs.get("state")
+    wants_carried = not request.outputs or CARRIED_OUT in request.outputs
+    steps = await pipelines.char_logits(
+        request.inputs["ids"],
+        request.inputs.get("state"),
+        carried_states(request),
+        carried_out=wants_carried,
     )
-    return {"logits": logits.astype(np.float32), "state_out": state_out.astype(np.float32)}
+    outputs = {
+        "logits": steps.logits.astype(np.float32),
+        "state_out": steps.state.astype(np.float32),
+    }
+    if wants_carried:
+        outputs[CARRIED_OUT] = np.array(steps.carried, dtype=object)
+    return outputs
 
 
 def find_model(pipelines: Pipelines, name: str, version: str | None) -> LoadedModel:

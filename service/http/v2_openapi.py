@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.http.v2_protocol import DATATYPES
+from service.http.v2_protocol import DATATYPE_NAMES
 
 V2_ERROR: dict[str, Any] = {
     "type": "object",
@@ -29,7 +29,7 @@ _TENSOR_IN: dict[str, Any] = {
     "required": ["name", "datatype", "shape"],
     "properties": {
         "name": {"type": "string", "example": "pixels"},
-        "datatype": {"type": "string", "enum": sorted(DATATYPES), "example": "UINT8"},
+        "datatype": {"type": "string", "enum": DATATYPE_NAMES, "example": "UINT8"},
         "shape": {
             "type": "array",
             "maxItems": 8,
@@ -38,8 +38,9 @@ _TENSOR_IN: dict[str, Any] = {
         },
         "data": {
             "type": "array",
-            "description": "the values, row-major (nested lists are flattened); absent when "
-            "the tensor comes as binary data after the JSON header",
+            "description": "the values, row-major (nested lists are flattened); strings for "
+            "BYTES; absent when the tensor comes as binary data after the JSON header (BYTES: "
+            "each element a 4-byte little-endian length, then its bytes)",
             "items": {},
         },
         "parameters": {
@@ -205,9 +206,14 @@ def v2_paths(models: dict[str, str]) -> dict[str, Any]:
                 "description": "Inference. Digit classifiers take `pixels` [N, 28, 28] (UINT8 "
                 "or FP32 raw 0..255 values, white ink on black) and answer `probabilities` "
                 "[N, 10] and `digit` [N]; the character model takes `ids` [rows, steps] "
-                "(INT64 vocabulary indices) and an optional `state`, and answers `logits` and "
-                "`state_out` (feed it back as `state` to continue). Binary tensor data: send "
-                "`application/octet-stream` with `Inference-Header-Content-Length`.",
+                "(INT64 vocabulary indices) and optionally either `state` (FP32 [layers, rows, "
+                "hidden]) or `carried_state` (BYTES [rows]: one carried-state string per row, "
+                "as `carried_state_out` or the native routes' `state` gave it; then `ids` hold "
+                "only the characters that follow), and answers `logits` [rows, steps, vocab], "
+                "`state_out` (feed it back as `state`) and `carried_state_out` (BYTES [rows]: "
+                "feed it back as `carried_state`, or as `state` to /next_char and /generate; "
+                "computed only when the request names no outputs or names it). Binary tensor "
+                "data: send `application/octet-stream` with `Inference-Header-Content-Length`.",
                 "parameters": params,
                 "requestBody": {
                     "required": True,

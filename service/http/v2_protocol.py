@@ -3,16 +3,25 @@
 Pure functions, no HTTP framework: parse an inference request (JSON tensors, or the binary
 tensor data extension: a JSON header of `Inference-Header-Content-Length` bytes followed by the
 raw little-endian tensors, which is what `tritonclient` sends by default), and encode a response
-the same two ways. Everything a client can get wrong raises a domain error (service/errors.py:
-BadInput, with a message naming the tensor and what to change); the routes turn it into
-`{"error": ...}` with its status (400) through the route kernel (service/http/kernel.py).
-Every field is checked for its type before it is used, so no request shape can reach a
-Python error.
+the same two ways.
+
+BYTES tensors (variable-length strings: the character model's carried states) follow Triton and
+KServe: in JSON, `data` is a list of strings; as binary data, each element is a 4-byte
+little-endian length then its bytes (tritonclient's `serialize_byte_tensor`), and
+`binary_data_size` is the total. They decode to numpy object arrays (`str` from JSON, `bytes`
+from binary data) of the declared shape, so the routes check their shapes like any tensor's;
+what the bytes must say is the route's business.
+
+Everything a client can get wrong raises a domain error (service/errors.py: BadInput, with a
+message naming the tensor and what to change); the routes turn it into `{"error": ...}` with
+its status (400) through the route kernel (service/http/kernel.py). Every field is checked for
+its type before it is used, so no request shape can reach a Python error.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +46,10 @@ DATATYPES: dict[str, np.dtype] = {
     "FP64": np.dtype("<f8"),
 }
 NAMES_OF = {dtype: name for name, dtype in DATATYPES.items()}
+# Variable-length strings: no numpy dtype of fixed size (decoded to object arrays)
+BYTES = "BYTES"
+DATATYPE_NAMES = sorted([*DATATYPES, BYTES])
+LENGTH = struct.Struct("<I")  # the length before each binary BYTES element
 HEADER_LENGTH = "inference-header-content-length"
 
 
@@ -51,6 +64,8 @@ class InferRequest:
 
 
 def datatype_of(array: np.ndarray) -> str:
+    if array.dtype == np.object_:
+        return BYTES
     return NAMES_OF[array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype]
 
 
@@ -111,6 +126,90 @@ def _from_json_data(data: Any, dtype: np.dtype, shape: tuple[int, ...], name: st
     return raw.astype(dtype).reshape(shape)
 
 
+def _json_kind(value: Any) -> str:
+    """A JSON value's kind, for a message about what stood where a string belongs."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a list (a ragged row, or nested deeper than the rows)"
+    return "an object"
+
+
+def _strings_from_json(data: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """JSON `data` of a BYTES tensor: strings, flat or nested row by row; nothing else
+    (a number is not turned into its text, which would hide a client's mistake)."""
+    if not isinstance(data, list):
+        raise BadInput(f"input {short(name)}: BYTES 'data' must be a list of strings")
+    try:
+        raw = np.array(data, dtype=object)  # ragged rows stay lists, caught below
+    except (ValueError, TypeError):
+        raise BadInput(f"input {short(name)}: 'data' is ragged or nested too deep") from None
+    for i, item in enumerate(raw.flat):
+        if not isinstance(item, str):
+            raise BadInput(
+                f"input {short(name)}: BYTES 'data' must be a list of strings; element {i} "
+                f"is {_json_kind(item)}"
+            )
+    if raw.size != math.prod(shape):
+        raise BadInput(
+            f"input {short(name)}: shape {list(shape)} needs {math.prod(shape)} strings, "
+            f"'data' has {raw.size}"
+        )
+    return raw.reshape(shape)
+
+
+def _strings_from_binary(chunk: memoryview, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Binary data of a BYTES tensor: per element a 4-byte little-endian length then the
+    bytes. The element count comes from the shape and is checked against the size before
+    anything is read, so a huge shape over a few bytes costs nothing; every length, and the
+    room for it, is checked against what is left, and nothing may be left over."""
+    count = math.prod(shape)
+    if count * LENGTH.size > len(chunk):
+        raise BadInput(
+            f"input {short(name)}: shape {list(shape)} needs {count} BYTES elements of at least "
+            f"{LENGTH.size} bytes each (a length, then the bytes); binary_data_size is "
+            f"{len(chunk)}"
+        )
+    elements = np.empty(count, dtype=object)
+    at = 0
+    for i in range(count):
+        if len(chunk) - at < LENGTH.size:  # the elements before took the room of its length
+            raise BadInput(
+                f"input {short(name)}: the tensor's binary data (binary_data_size "
+                f"{len(chunk)}) ends before element {i}'s 4-byte length; shape {list(shape)} "
+                f"needs {count} elements"
+            )
+        (length,) = LENGTH.unpack_from(chunk, at)
+        at += LENGTH.size
+        if length > len(chunk) - at:
+            raise BadInput(
+                f"input {short(name)}: element {i} has length {length}, past the end of the "
+                f"tensor's binary data ({len(chunk) - at} bytes left of binary_data_size "
+                f"{len(chunk)}); each element is a 4-byte little-endian length then the bytes"
+            )
+        elements[i] = bytes(chunk[at : at + length])
+        at += length
+    if at != len(chunk):
+        raise BadInput(
+            f"input {short(name)}: binary_data_size is {len(chunk)} but its {count} BYTES "
+            f"element(s) take {at} bytes"
+        )
+    return elements.reshape(shape)
+
+
+def _serialize_strings(array: np.ndarray) -> bytes:
+    """A BYTES output as binary data: what `_strings_from_binary` reads."""
+    parts = []
+    for item in array.flat:
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts += [LENGTH.pack(len(data)), data]
+    return b"".join(parts)
+
+
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     """Decode a V2 inference request body (JSON, or JSON header + binary tensors)."""
     if header_length is not None:
@@ -143,18 +242,30 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         if name in inputs:
             raise BadInput(f"input {short(name)} appears twice")
         datatype = tensor.get("datatype")
-        if not isinstance(datatype, str) or datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPE_NAMES:
             raise BadInput(
                 f"input {short(name)}: datatype {short(datatype)} is not supported; use one of "
-                f"{sorted(DATATYPES)}"
+                f"{DATATYPE_NAMES}"
             )
-        dtype = DATATYPES[datatype]
         shape = _shape(tensor, name)
         parameters = _object(tensor.get("parameters"), f"input {short(name)}: 'parameters'")
         binary_size = parameters.get("binary_data_size")
-        if binary_size is not None:
-            if not isinstance(binary_size, int) or isinstance(binary_size, bool):
-                raise BadInput(f"input {short(name)}: 'binary_data_size' must be an integer")
+        if binary_size is not None and (
+            not isinstance(binary_size, int) or isinstance(binary_size, bool)
+        ):
+            raise BadInput(f"input {short(name)}: 'binary_data_size' must be an integer")
+        if datatype == BYTES and binary_size is not None:
+            if binary_size < 0:
+                raise BadInput(f"input {short(name)}: 'binary_data_size' must not be negative")
+            if offset + binary_size > len(binary):
+                raise BadInput(f"input {short(name)}: the body ends before its binary data")
+            chunk = binary[offset : offset + binary_size]
+            offset += binary_size
+            inputs[name] = _strings_from_binary(chunk, shape, name)
+        elif datatype == BYTES and "data" in tensor:
+            inputs[name] = _strings_from_json(tensor["data"], shape, name)
+        elif binary_size is not None:
+            dtype = DATATYPES[datatype]
             expected = math.prod(shape) * dtype.itemsize
             if binary_size != expected:
                 raise BadInput(
@@ -167,7 +278,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
             offset += expected
             inputs[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape)
         elif "data" in tensor:
-            inputs[name] = _from_json_data(tensor["data"], dtype, shape, name)
+            inputs[name] = _from_json_data(tensor["data"], DATATYPES[datatype], shape, name)
         else:
             raise BadInput(f"input {short(name)} has neither 'data' nor binary_data_size")
         datatypes[name] = datatype
@@ -209,16 +320,20 @@ def encode_infer_response(
     blobs = []
     for name, binary in chosen.items():
         array = np.ascontiguousarray(outputs[name])
-        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        strings = array.dtype == np.object_  # BYTES: str (or bytes) elements
+        if not strings:
+            array = array.astype(array.dtype.newbyteorder("<"), copy=False)
         tensor: dict[str, Any] = {
             "name": name,
             "datatype": datatype_of(array),
             "shape": list(array.shape),
         }
         if binary:
-            blob = array.tobytes()
+            blob = _serialize_strings(array) if strings else array.tobytes()
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif strings:  # JSON holds text: bytes elements must be UTF-8 (ours are ASCII)
+            tensor["data"] = [x if isinstance(x, str) else bytes(x).decode() for x in array.flat]
         else:
             tensor["data"] = array.ravel()  # orjson writes numpy arrays natively
         tensors.append(tensor)
