@@ -4,13 +4,19 @@ No browser is downloaded: Playwright launches /usr/bin/chromium (installed by `m
 apt when missing). The test draws real MNIST test digits onto the canvas stroke by stroke, as a
 person would with a mouse, and reads the predictions the page shows; it types a prompt and
 reads the suggestions; it continues the text and compares it with the API's own answer for the
-same seed; and it checks that the page never asks anything of another host.
+same seed; and it checks that the page never asks anything of another host. With the server's
+carried text state, it checks that typing at the end of a long text sends only the new
+characters with a state (the requests the page really sends, read as they leave), that a
+backspace or an edit near the end resumes from a checkpoint, and that the suggestions are the
+server's answer for the whole text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -302,3 +308,256 @@ def test_the_swagger_page_is_ours_and_asks_no_other_host(
         assert not foreign, f"the API page asked other hosts: {foreign}"
     finally:
         page.close()
+
+
+# ---------------------------------------------------------------- carried text state
+# POST /next_char and the stream's end event answer an opaque `state` that has read the text; a
+# request with `state` sends only the characters that follow. Until a server answers one, these
+# tests skip (the page then sends whole texts, which the tests above cover).
+
+
+@pytest.fixture
+def carried_state(default_server: Server) -> int:
+    """The server's max_text_chars, or a skip when its next_char answers carry no `state`."""
+    answer = httpx.post(f"{default_server.url}/next_char", json={"text": "ROMEO:\n"}, timeout=30)
+    answer.raise_for_status()
+    if "state" not in answer.json():
+        pytest.skip("the server's /next_char answers no `state` yet (carried text state)")
+    meta = httpx.get(f"{default_server.url}/v1/metadata", timeout=30).json()
+    return int(meta["limits"]["max_text_chars"])
+
+
+def stream_end(url: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The text and the `event: end` data of one POST /v1/generate/stream."""
+    text, end = "", {}
+    with httpx.stream("POST", f"{url}/v1/generate/stream", json=body, timeout=60) as response:
+        response.raise_for_status()
+        raw = response.read().decode()
+    for block in raw.split("\n\n"):
+        lines = block.splitlines()
+        data = "".join(line[6:] for line in lines if line.startswith("data: "))
+        if "event: end" in lines:
+            end = json.loads(data)
+        elif data:
+            text += json.loads(data).get("text", "")
+    return text, end
+
+
+def passage(corpus_path: Path, chars: int) -> str:
+    """`chars` characters of Tiny Shakespeare from the start of a speech (a real text, in the
+    model's vocabulary)."""
+    corpus = corpus_path.read_text(encoding="utf-8")
+    start = corpus.index("\n\n", 5_000) + 2
+    text = corpus[start : start + chars]
+    assert len(text) == chars
+    return text
+
+
+class NextCharRequests:
+    """The bodies of the POST /next_char requests the page sends, read as they leave it."""
+
+    def __init__(self, page: Any) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        page.on("request", self._seen)
+
+    def _seen(self, request: Any) -> None:
+        if request.method == "POST" and request.url.endswith("/next_char"):
+            self.bodies.append(request.post_data_json)
+
+
+def settled(page: Any) -> None:
+    """Wait until the suggestions on the page answer its latest text."""
+    sync_api.expect(page.locator("#candidates")).to_have_attribute(
+        "data-busy", "false", timeout=20_000
+    )
+
+
+def answered(page: Any, action: Any) -> None:
+    """Do `action` (a keystroke, a paste, a click) and wait until the page asked /next_char
+    and shows the answer to its text then."""
+    with page.expect_request(lambda r: r.url.endswith("/next_char"), timeout=20_000):
+        action()
+    settled(page)
+
+
+def keystroke(page: Any, key: str) -> None:
+    """Press one key (a character or a key name) and wait for the page to show its answer."""
+    answered(page, lambda: page.keyboard.type(key) if len(key) == 1 else page.keyboard.press(key))
+
+
+def assert_shows_answer_for(page: Any, url: str, body: dict[str, Any]) -> None:
+    """The suggestions shown are the server's answer to `body` (a whole text, or a state and
+    what follows): the same characters in the same order, the same percentages."""
+    expected = httpx.post(f"{url}/next_char", json=body, timeout=30).json()["candidates"]
+    glyphs = [{" ": "␣", "\n": "↵"}.get(c["char"], c["char"]) for c in expected]
+    sync_api.expect(page.locator("#candidates li .char")).to_have_text(glyphs)
+    shown = page.locator("#candidates li > span:last-child").all_inner_texts()
+    for text, candidate in zip(shown, expected, strict=True):  # 0.1% + the state path's noise
+        assert abs(float(text.rstrip("%")) - candidate["probability"] * 100) <= 0.11, shown
+
+
+def test_typing_at_the_end_of_a_long_text_sends_only_the_new_characters(
+    page: Any, default_server: Server, corpus_path: Path, carried_state: int
+) -> None:
+    """A 1,500-character Shakespeare passage pasted, then 20 characters typed one by one: each
+    keystroke sends its one character with the last state, the latency line says so, and the
+    suggestions are the server's whole-text answer (the text is within max_text_chars, so the
+    whole text is the same context as the state). A backspace resumes from the checkpoint of
+    the shorter text (nothing to send), and an edit 5 characters from the end sends those 6."""
+    text = passage(corpus_path, 1_500)
+    assert len(text) <= carried_state
+    pasted, typed = text[:-20], text[-20:]
+    prompt = page.locator("#prompt")
+    settled(page)  # the page's first answer (to its example text) is in
+    requests = NextCharRequests(page)
+    answered(page, lambda: prompt.fill(pasted))
+    assert requests.bodies == [{"text": pasted}]  # no checkpoint is a prefix: the whole text
+    line = page.locator("#keystroke")
+    sync_api.expect(line).to_have_text(
+        re.compile(r"^\d+ ms · 1,480 new characters sent · 1,480 in context$")
+    )
+
+    prompt.press("Control+End")  # the caret after the text
+    for index, char in enumerate(typed):
+        keystroke(page, char)
+        sync_api.expect(line).to_have_text(
+            re.compile(rf"^\d+ ms · 1 new character sent · {len(pasted) + index + 1:,} in context$")
+        )
+    after_paste = requests.bodies[1:]
+    assert [body["text"] for body in after_paste] == list(typed)
+    assert all(isinstance(body.get("state"), str) and body["state"] for body in after_paste)
+    assert prompt.input_value() == text
+    assert_shows_answer_for(page, default_server.url, {"text": text})
+
+    # a backspace: the checkpoint of exactly the shorter text, so nothing new to send
+    keystroke(page, "Backspace")
+    assert requests.bodies[-1]["text"] == "" and requests.bodies[-1]["state"]
+    sync_api.expect(line).to_have_text(
+        re.compile(r"^\d+ ms · 0 new characters sent · 1,499 in context$")
+    )
+    assert_shows_answer_for(page, default_server.url, {"text": text[:-1]})
+
+    # an edit 5 characters before the end: from the checkpoint before it, the 6 that follow
+    for _ in range(5):
+        prompt.press("ArrowLeft")  # moves the caret, asks nothing
+    keystroke(page, "x")
+    edited = text[:-6] + "x" + text[-6:-1]
+    assert prompt.input_value() == edited
+    assert requests.bodies[-1]["text"] == edited[-6:] and requests.bodies[-1]["state"]
+    sync_api.expect(line).to_have_text(
+        re.compile(rf"^\d+ ms · 6 new characters sent · {len(edited):,} in context$")
+    )
+    assert_shows_answer_for(page, default_server.url, {"text": edited})
+
+    # a click on a suggestion appends it and sends just it
+    first = page.locator("#candidates li").first
+    answered(page, first.click)
+    assert len(requests.bodies[-1]["text"]) == 1 and requests.bodies[-1]["state"]
+    assert len(prompt.input_value()) == len(edited) + 1
+
+
+def test_a_text_longer_than_the_limit_is_read_in_pieces(
+    page: Any, default_server: Server, corpus_path: Path, carried_state: int
+) -> None:
+    """A paste longer than max_text_chars is read in pieces chained through states (the whole
+    text is the context, not its last max_text_chars characters); typing on then sends one
+    character a keystroke. The suggestions equal the server's answer for the same chain."""
+    limit = carried_state
+    text = passage(corpus_path, limit + 600)
+    prompt = page.locator("#prompt")
+    settled(page)
+    requests = NextCharRequests(page)
+    answered(page, lambda: prompt.fill(text))
+    first, second = requests.bodies
+    assert first == {"text": text[:limit]}
+    assert second["text"] == text[limit:] and second["state"]
+    line = page.locator("#keystroke")
+    sync_api.expect(line).to_have_text(
+        re.compile(rf"^\d+ ms · {len(text):,} new characters sent in 2 pieces · {len(text):,} in")
+    )
+    prompt.press("Control+End")  # the caret after the text
+    for char in "\nKING":
+        keystroke(page, char)
+    typed = requests.bodies[2:]
+    assert [body["text"] for body in typed] == list("\nKING")
+    assert all(body["state"] for body in typed)
+    final = text + "\nKING"
+    sync_api.expect(line).to_have_text(
+        re.compile(rf"^\d+ ms · 1 new character sent · {len(final):,} in context$")
+    )
+    head = httpx.post(f"{default_server.url}/next_char", json={"text": text[:limit]}).json()
+    assert_shows_answer_for(
+        page, default_server.url, {"text": final[limit:], "state": head["state"]}
+    )
+
+
+def test_a_refused_state_is_dropped_and_the_whole_text_resent(
+    page: Any, default_server: Server, corpus_path: Path, carried_state: int
+) -> None:
+    """A state the server refuses (here one the test spoils on its way out; the server itself
+    answers) makes the page forget its states and send the whole text again, without an
+    error shown; the next keystroke carries a fresh state."""
+    text = passage(corpus_path, 800)
+    prompt = page.locator("#prompt")
+    answered(page, lambda: prompt.fill(text))
+    forwarded: list[dict[str, Any]] = []
+
+    def spoil_once(route: Any) -> None:
+        body = route.request.post_data_json
+        if body.get("state") and not any(b.get("state") == "not-a-state" for b in forwarded):
+            body["state"] = "not-a-state"
+        forwarded.append(body)
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/next_char", spoil_once)
+    prompt.press("Control+End")  # the caret after the text
+    keystroke(page, "!")
+    refused = httpx.post(
+        f"{default_server.url}/next_char", json={"text": "", "state": "not-a-state"}, timeout=30
+    )
+    assert refused.status_code == 400 and "state" in refused.json()["error"]
+    assert forwarded[0] == {"text": "!", "state": "not-a-state"}
+    assert forwarded[1] == {"text": text + "!"}  # no state: the whole text again
+    sync_api.expect(page.locator("#text-error")).to_have_text("")
+    assert_shows_answer_for(page, default_server.url, {"text": text + "!"})
+    keystroke(page, "\n")
+    assert forwarded[-1]["text"] == "\n" and forwarded[-1]["state"] not in ("", "not-a-state")
+
+
+def test_a_generation_leaves_a_checkpoint_for_the_text_it_shows(
+    page: Any, default_server: Server, carried_state: int
+) -> None:
+    """Continue sends the state of the typed text (and nothing to read again); the end event's
+    state is the checkpoint of the text shown after it, so the next answer sends nothing new
+    and a keystroke after sends one character. The text is the API's for the same seed."""
+    _, end = stream_end(default_server.url, {"prompt": "ROMEO:\n", "length": 5, "seed": 1})
+    if "state" not in end:
+        pytest.skip("the stream's end event carries no `state` yet (carried text state)")
+    streams: list[dict[str, Any]] = []
+    page.on(
+        "request",
+        lambda r: streams.append(r.post_data_json) if r.url.endswith("/generate/stream") else None,
+    )
+    prompt = page.locator("#prompt")
+    answered(page, lambda: prompt.fill("JULIET:\n"))  # its answer: a checkpoint
+    requests = NextCharRequests(page)
+    page.locator("#seed").fill("7")
+    page.locator("#length").fill("60")
+    answered(page, lambda: page.click("#continue"))  # the answer after the generation
+    sync_api.expect(page.locator("#status")).to_contain_text("seed 7")
+    assert streams[-1]["prompt"] == "" and streams[-1]["state"]
+    expected = httpx.post(
+        f"{default_server.url}/generate",
+        json={"prompt": "JULIET:\n", "length": 60, "temperature": 0.8, "seed": 7},
+    ).json()["text"]
+    shown = prompt.input_value()
+    assert shown == "JULIET:\n" + expected
+    assert requests.bodies[-1]["text"] == "" and requests.bodies[-1]["state"]
+    line = page.locator("#keystroke")
+    sync_api.expect(line).to_have_text(
+        re.compile(rf"^\d+ ms · 0 new characters sent · {len(shown):,} in context$")
+    )
+    assert_shows_answer_for(page, default_server.url, {"text": shown})
+    prompt.press("Control+End")  # the caret after the text
+    keystroke(page, "e")
+    assert requests.bodies[-1]["text"] == "e" and requests.bodies[-1]["state"]

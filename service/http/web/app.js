@@ -12,6 +12,15 @@ const hashToken = new URLSearchParams(location.hash.slice(1)).get("token");
 if (hashToken) localStorage.setItem("rnnserve-token", hashToken);
 const token = localStorage.getItem("rnnserve-token");
 
+// A refusal as an Error: its message is the server's `error`; `status` lets a caller tell a
+// refused carried state (a 400 about `state`) from other failures.
+async function failure(response) {
+  const data = await response.json().catch(() => ({ error: response.statusText }));
+  const error = new Error(data.error || `HTTP ${response.status}`);
+  error.status = response.status;
+  return error;
+}
+
 async function api(path, body) {
   const headers = { "Content-Type": "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -20,9 +29,8 @@ async function api(path, body) {
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  const data = await response.json().catch(() => ({ error: response.statusText }));
-  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
-  return data;
+  if (!response.ok) throw await failure(response);
+  return response.json();
 }
 
 // A multipart upload (the picture routes); errors as api().
@@ -30,9 +38,8 @@ async function apiForm(path, form) {
   const headers = {};
   if (token) headers.Authorization = `Bearer ${token}`;
   const response = await fetch(path, { method: "POST", headers, body: form });
-  const data = await response.json().catch(() => ({ error: response.statusText }));
-  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
-  return data;
+  if (!response.ok) throw await failure(response);
+  return response.json();
 }
 
 function setStatus(text, bad = false) {
@@ -297,36 +304,156 @@ $("photo").addEventListener("change", () => {
 });
 
 // ---------------------------------------------------------------- next character
+// Carried state. With its suggestions the server answers an opaque `state` that has read the
+// text, and a later request may carry that state with only the characters that follow what it
+// has read. Typing at the end of a 2,000-character text then sends one character instead of
+// 2,000, and the answer comes as fast as for a short text.
+// A state stands for exactly the text it has read, so the page keeps the last few, keyed by
+// that text ("checkpoints"): after a backspace or an edit near the end, reading resumes from
+// the longest checkpoint that is still a prefix of the text. A server that answers no state
+// (an older one) gets whole texts, their last maxTextChars characters, as it always did.
+const CHECKPOINTS = 32; // the last 32 answers: an edit up to ~32 characters back stays cheap
+let checkpoints = []; // {text, state, context}, least recently used first
+let carriesState = null; // null: not known yet; true/false: whether the last answer had a state
+
 const shown = (char) => (char === " " ? "␣" : char === "\n" ? "↵" : char);
+const count = (n) => n.toLocaleString("en-US");
 let textTimer = 0;
 let textRequest = 0;
 
-function promptText() {
-  return $("prompt").value.slice(-maxTextChars);
+function remember(text, state, context) {
+  checkpoints = checkpoints.filter((c) => c.text !== text);
+  checkpoints.push({ text, state, context });
+  if (checkpoints.length > CHECKPOINTS) checkpoints.shift();
+}
+
+// The longest checkpoint that is a prefix of `text` (or null); it becomes the most recently
+// used, so that a checkpoint an edit keeps returning to is not pushed out by newer ones.
+function checkpointFor(text) {
+  let best = null;
+  for (const c of checkpoints) {
+    if (text.startsWith(c.text) && (!best || c.text.length > best.text.length)) best = c;
+  }
+  if (best) checkpoints = [...checkpoints.filter((c) => c !== best), best];
+  return best;
+}
+
+// The server refuses a state it cannot continue (its model changed, the state is malformed)
+// with a 400 whose error names the state: the page then forgets its states and reads again.
+const refusedState = (error) => error.status === 400 && /state/i.test(error.message);
+
+// Asks /next_char about `text`, the whole text of the page: resumes from the longest checkpoint
+// that is a prefix of it and sends only what follows; with none, reads the text from its start.
+// The server reads at most maxTextChars characters per request, so a longer rest is sent in
+// pieces chained through their states: the suggestions then follow the whole text (its last
+// maxTextChars characters alone would be another context, and another answer). `stale()` says
+// whether a newer keystroke took over; reading stops between pieces then (the pieces read are
+// checkpoints the newer keystroke resumes from). Answers {answer, sent, pieces}, or null.
+async function readText(text, stale) {
+  let from = checkpointFor(text);
+  let sent = 0;
+  let pieces = 0;
+  let retried = false;
+  for (;;) {
+    let body;
+    let read; // the text the answer's state will have read from the start (null: a tail only)
+    if (from) {
+      const piece = text.slice(from.text.length, from.text.length + maxTextChars);
+      body = { text: piece, state: from.state };
+      read = from.text + body.text;
+    } else if (carriesState === false) {
+      body = { text: text.slice(-maxTextChars) }; // the old way: the last characters
+      read = body.text === text ? text : null;
+    } else {
+      body = { text: text.slice(0, maxTextChars) };
+      read = body.text;
+    }
+    let answer;
+    try {
+      answer = await api("/next_char", body);
+    } catch (error) {
+      if (body.state && !retried && refusedState(error)) {
+        checkpoints = []; // every state is of the same kind: none is usable any more
+        from = null;
+        retried = true;
+        continue;
+      }
+      throw error;
+    }
+    sent += body.text.length;
+    pieces += 1;
+    if (!answer.state) {
+      // This server carries no state: its answer is about the characters it was sent only.
+      // Unless that was the text's tail without a state, ask again the old way.
+      carriesState = false;
+      if (!body.state && body.text === text.slice(-maxTextChars)) return { answer, sent, pieces };
+      checkpoints = [];
+      from = null;
+      continue;
+    }
+    carriesState = true;
+    // An answer for an older text is still a checkpoint when that text is a prefix of what the
+    // page shows now (the person typed on); otherwise it would only push out useful ones.
+    if (read !== null && $("prompt").value.startsWith(read)) {
+      remember(read, answer.state, answer.context_chars);
+    }
+    if (read === text || read === null) return { answer, sent, pieces };
+    if (stale()) return null;
+    from = { text: read, state: answer.state };
+  }
 }
 
 function scheduleCandidates() {
+  $("candidates").dataset.busy = "true"; // until the answer to the latest text is shown
   clearTimeout(textTimer);
   textTimer = setTimeout(updateCandidates, 120);
 }
 
 async function updateCandidates() {
-  const text = promptText();
+  clearTimeout(textTimer);
+  const text = $("prompt").value;
   const request = ++textRequest;
+  const stale = () => request !== textRequest; // a newer keystroke already asked
+  const list = $("candidates");
+  list.dataset.busy = "true";
   if (!text) {
-    $("candidates").replaceChildren();
+    list.replaceChildren();
     $("text-error").textContent = "";
+    $("keystroke").textContent = "";
+    list.dataset.busy = "false";
     return;
   }
+  const started = performance.now();
   try {
-    const answer = await api("/next_char", { text }); // k: the server's default (<= its limit)
-    if (request !== textRequest) return; // a newer keystroke already asked
+    const result = await readText(text, stale);
+    if (!result || stale()) return;
     $("text-error").textContent = "";
-    renderCandidates(answer.candidates);
+    renderCandidates(result.answer.candidates);
+    showKeystroke(performance.now() - started, result);
   } catch (error) {
-    if (request !== textRequest) return;
-    $("candidates").replaceChildren();
+    if (stale()) return;
+    list.replaceChildren();
+    $("keystroke").textContent = "";
     $("text-error").textContent = error.message;
+  } finally {
+    if (!stale()) list.dataset.busy = "false";
+  }
+}
+
+// The keystroke's round trip (from the request to the answer: the 120 ms debounce before it is
+// left out) and what it cost, e.g. "3 ms · 1 new character sent · 2,013 in context": with a
+// carried state a long text stays as quick as a short one.
+function showKeystroke(ms, { answer, sent, pieces }) {
+  const line = $("keystroke");
+  const plural = sent === 1 ? "" : "s";
+  const inPieces = pieces > 1 ? ` in ${pieces} pieces` : "";
+  if (answer.state) {
+    const context = answer.context_chars;
+    line.textContent = `${Math.round(ms)} ms · ${count(sent)} new character${plural} sent` +
+      `${inPieces} · ${typeof context === "number" ? count(context) : "?"} in context`;
+  } else {
+    line.textContent = `${Math.round(ms)} ms · ${count(sent)} character${plural} sent ` +
+      "(the whole text: this server carries no state)";
   }
 }
 
@@ -348,7 +475,7 @@ function renderCandidates(candidates) {
     value.textContent = `${(probability * 100).toFixed(1)}%`;
     item.append(glyph, bar, value);
     item.addEventListener("click", () => {
-      $("prompt").value += char;
+      $("prompt").value += char; // the checkpoint of the text before it: sends just this char
       updateCandidates();
     });
     list.append(item);
@@ -387,8 +514,8 @@ async function* serverEvents(response) {
 }
 
 async function generate() {
+  const base = $("prompt").value; // the text the generation continues
   const body = {
-    prompt: promptText(),
     length: Number($("length").value) || Number($("length").max),
     temperature: Number($("temperature").value),
   };
@@ -399,29 +526,60 @@ async function generate() {
   $("continue").hidden = true;
   $("stop").hidden = false;
   document.body.dataset.generating = "true";
-  let produced = 0;
+  let generated = "";
+  // The suggestions are asked again when the generation ends: a read for them pending or under
+  // way now would read the same text as this one (it stops after its current piece).
+  clearTimeout(textTimer);
+  textRequest++;
   try {
-    const response = await fetch("/v1/generate/stream", {
-      method: "POST", headers, body: JSON.stringify(body), signal: generation.signal,
-    });
-    if (!response.ok) {
-      const data = await response.json().catch(() => ({ error: response.statusText }));
-      throw new Error(data.error || `HTTP ${response.status}`);
+    // As typing does: a checkpoint's state and what follows it. A rest longer than one
+    // request allows is read first (readText leaves a checkpoint for the whole text).
+    let from = checkpointFor(base);
+    if (carriesState !== false && base.length - (from ? from.text.length : 0) > maxTextChars) {
+      await readText(base, () => false);
+      from = checkpointFor(base);
+    }
+    if (from) {
+      body.state = from.state;
+      body.prompt = base.slice(from.text.length);
+    } else {
+      body.prompt = base.slice(-maxTextChars);
+    }
+    let response;
+    for (;;) {
+      response = await fetch("/v1/generate/stream", {
+        method: "POST", headers, body: JSON.stringify(body), signal: generation.signal,
+      });
+      if (response.ok) break;
+      const error = await failure(response);
+      if (!body.state || !refusedState(error)) throw error;
+      checkpoints = []; // a refused state: forget them all and send the whole text, once
+      delete body.state;
+      body.prompt = base.slice(-maxTextChars);
     }
     $("text-error").textContent = "";
     for await (const { name, data } of serverEvents(response)) {
       if (name === "end") {
         setStatus(`generated ${data.chars} characters with seed ${data.seed} ` +
           `(first after ${data.first_char_ms} ms, ${Math.round(data.chars_per_s)} chars/s)`);
+        // The end state has read the prompt and the generated text: a checkpoint for the text
+        // shown now, so the next keystroke sends only itself. (A state that read only the
+        // prompt's tail, with no state sent, stands for no text of the page.)
+        const read = base + generated;
+        if (data.state && (body.state || body.prompt === base) &&
+            $("prompt").value.startsWith(read)) {
+          carriesState = true;
+          remember(read, data.state, data.context_chars);
+        }
       } else if (name === "error") {
         throw new Error(data.error);
       } else {
         $("prompt").value += data.text;
-        produced += data.text.length;
+        generated += data.text;
       }
     }
   } catch (error) {
-    if (error.name === "AbortError") setStatus(`stopped after ${produced} characters`);
+    if (error.name === "AbortError") setStatus(`stopped after ${generated.length} characters`);
     else $("text-error").textContent = error.message;
   } finally {
     generation = null;
