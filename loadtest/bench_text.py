@@ -78,6 +78,7 @@ QUICK: dict[str, Any] = {
     "fair_generations": 4,
     "fair_chars": 100,
     "fair_seconds": 1.0,
+    "fair_spread_s": 0.2,
     "gen_clients": [1, 4],
     "gen_chars": 50,
     "httpx_clients": [1, 4],
@@ -93,6 +94,7 @@ FULL: dict[str, Any] = {
     "fair_generations": 40,
     "fair_chars": 1000,
     "fair_seconds": 8.0,
+    "fair_spread_s": 1.0,
     "gen_clients": [1, 8, 32, 64],
     "gen_chars": 500,
     "httpx_clients": [1, 32],
@@ -479,6 +481,18 @@ async def probe(
 async def bench_fairness(
     url: str, corpus: Corpus, args: argparse.Namespace, state_ok: bool
 ) -> dict[str, Any]:
+    """Twice: the generations started together (equal lengths, so they keep ending and
+    arriving together: bursts of requests the event loop takes in one go), then their starts
+    spread over --fair-spread-s (as independent clients would be)."""
+    runs = []
+    for spread in (0.0, args.fair_spread_s):
+        runs.append(await _fairness(url, corpus, args, state_ok, spread))
+    return {**runs[0], "rows": [row for run in runs for row in run["rows"]], "runs": runs}
+
+
+async def _fairness(
+    url: str, corpus: Corpus, args: argparse.Namespace, state_ok: bool, spread: float
+) -> dict[str, Any]:
     rng = random.Random(args.seed + 3)
     kinds = ["whole 40", "keystroke"] if state_ok else ["whole 40"]
     async with open_session(url, args.fair_generations + 1) as session:
@@ -500,6 +514,7 @@ async def bench_fairness(
 
         async def generator(index: int) -> None:
             seed = args.seed + 100_000 + index * 1000
+            await asyncio.sleep(spread * index / args.fair_generations)
             while time.perf_counter() < stop_at:  # a new one as soon as the last ended
                 body = {
                     "prompt": corpus.piece(rng, 40),
@@ -517,7 +532,7 @@ async def bench_fairness(
 
         started = time.perf_counter()
         tasks = [asyncio.create_task(generator(i)) for i in range(args.fair_generations)]
-        await asyncio.sleep(0.2)  # the generations have joined the decode loop
+        await asyncio.sleep(0.2 + spread)  # the generations have joined the text loop
         loaded_errors = dict.fromkeys(kinds, 0)
         await probe(session, url, corpus, states, rng, stop_at, 1 << 30, loaded, loaded_errors)
         await asyncio.gather(*tasks)
@@ -529,6 +544,7 @@ async def bench_fairness(
         rows.append(
             {
                 "probe": kind,
+                "generations": f"spread over {spread:g} s" if spread else "together",
                 "idle_probes": len(idle[kind]),
                 "idle_p50_ms": idle_p50,
                 "idle_p99_ms": percentile(idle[kind], 99),
@@ -541,7 +557,8 @@ async def bench_fairness(
             }
         )
         print(
-            f"fairness {kind}: idle p50 {idle_p50:.1f} ms; during p50 {rows[-1]['p50_ms']:.1f} "
+            f"fairness {kind} ({rows[-1]['generations']}): idle p50 {idle_p50:.1f} ms; "
+            f"during p50 {rows[-1]['p50_ms']:.1f} "
             f"p99 {rows[-1]['p99_ms']:.1f} worst {worst:.1f} ms "
             f"({rows[-1]['worst_vs_idle_p50']:.1f}x)",
             flush=True,
@@ -931,13 +948,18 @@ def render(result: dict[str, Any]) -> str:
             f"requests of {fa['chars']} characters running ({num(fa['generated_chars_per_s'], 0)} "
             f"characters/s generated meanwhile, {fa['generation_errors']} errors).",
             "",
-            "| probe | idle p50 / p99 ms (probes) | during p50 ms | p99 ms | worst ms | probes "
-            "| worst / idle p50 | refused |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "Twice: the generations started together (equal lengths: they keep ending and "
+            "arriving together, bursts of 40 requests the event loop takes in one go), then "
+            "their starts spread out (as independent clients would be).",
+            "",
+            "| probe | generations | idle p50 / p99 ms (probes) | during p50 ms | p99 ms "
+            "| worst ms | probes | worst / idle p50 | refused |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in fa["rows"]:
             lines.append(
-                f"| {r['probe']} | {num(r['idle_p50_ms'])} / {num(r['idle_p99_ms'])} "
+                f"| {r['probe']} | {r['generations']} | {num(r['idle_p50_ms'])} / "
+                f"{num(r['idle_p99_ms'])} "
                 f"({r['idle_probes']}) | {num(r['p50_ms'])} | {num(r['p99_ms'])} | "
                 f"{num(r['worst_ms'])} | {r['probes']} | {times(r['worst_vs_idle_p50'])} | "
                 f"{r['probe_errors']} |"
@@ -1046,6 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
     option("--fair-generations", int, "fairness: concurrent /generate requests")
     option("--fair-chars", int, "fairness: characters per generation")
     option("--fair-seconds", float, "fairness: seconds the generations are kept running")
+    option("--fair-spread-s", float, "fairness, second run: the generations' starts spread over")
     option("--gen-clients", int, "generation: concurrent clients", many=True)
     option("--gen-chars", int, "generation: characters per generation")
     parser.add_argument(

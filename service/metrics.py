@@ -64,7 +64,7 @@ QUEUE_DROPPED = Counter(
 
 GENERATION_ACTIVE = Gauge(
     name="rnnserve_generation_active",
-    documentation="Sequences in the character model's decode loop (continuous batching)",
+    documentation="Sequences generating in the character model's text loop (continuous batching)",
     labelnames=["model"],
     multiprocess_mode="livesum",
 )

@@ -272,15 +272,15 @@ SETTINGS_DOC: dict[str, str] = {
     "longest V2 id sequence",
     "max_char_rows": "most sequences in one V2 request to the character model",
     "max_char_ids": "most ids (sequences x steps) in one V2 request to the character model",
-    "max_queued_text": "next-character requests (and V2 character requests) that may wait (503 "
-    "beyond)",
+    "max_queued_text": "next-character requests (and V2 character requests) that may wait for "
+    "the text loop (503 beyond; `max_queue_wait_ms` bounds their wait, as for digits)",
     "max_generate_chars": "most characters one generation request may ask for",
     "max_top_k": "largest k for next-character candidates and top-k sampling",
-    "max_active_generations": "generations stepped together by the decode loop (continuous "
-    "batching, on a thread of its own: short requests never wait behind it)",
-    "max_queued_generations": "generations that may wait to join the decode loop (503 beyond)",
-    "generation_joins_per_step": "join policy: prompts of waiting generations read between two "
-    "decode steps (equal lengths in one call; each read delays the running ones a little)",
+    "max_active_generations": "generations stepped together by the text loop (continuous "
+    "batching, on a thread of its own, shared with next-character reads)",
+    "max_queued_generations": "generations that may wait to join the text loop (503 beyond)",
+    "generation_joins_per_step": "join policy: waiting generations that join between two steps "
+    "(their prompts are read with the other texts)",
     "workers": "BentoML worker processes",
     "timeout_s": "seconds a request may wait for its response to start (504 beyond)",
     "tracing": "OpenTelemetry spans for the BentoML routes, with trace ids in the access log and "

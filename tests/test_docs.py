@@ -70,9 +70,9 @@ ALLOWED = {
     "64 KiB": "JSON bodies above this are parsed off the event loop (service/engine/pipeline.py)",
     "1,000 ms": "RNNSERVE_MAX_QUEUE_WAIT_MS default (service/settings.py)",
     "30 s": "RNNSERVE_TIMEOUT_S default (service/settings.py)",
-    "20 ms": "a stream writes at most every FLUSH_S (service/http/stream_app.py)",
-    "5 ms": "the decode loop hands characters over every POST_EVERY_S "
-    "(service/engine/generation.py)",
+    "20 ms": "a stream gets an event at most every STREAM_EVERY_S (service/engine/text_loop.py)",
+    "5 ms": "the text loop looks for departed clients every CHECK_EVERY_S "
+    "(service/engine/text_loop.py)",
     "2 s": "the hostile-input run's bound per answer, MAX_SECONDS (loadtest/hostile.py)",
     "65%": "the HorizontalPodAutoscaler's CPU target (deploy/k8s/hpa.yaml)",
     "32 KiB": "RNNSERVE_MAX_HEADER_BYTES default (service/settings.py)",

@@ -1,2 +1,2 @@
-"""The request pipeline: validation and cost, admission, batching, the decode loop. Knows
+"""The request pipeline: validation and cost, admission, batching, the text loop. Knows
 nothing of HTTP; imports model/ and imaging/."""

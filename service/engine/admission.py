@@ -6,9 +6,9 @@ full instead of letting waits, memory and latency grow without limit:
 - `ContinuousBatcher`: one per digit model. Concurrent requests are merged into one model call
   with no added delay; the queue is bounded in images, and a request that waited longer than
   allowed is refused when its turn comes.
-- `Lane`: worker threads for work that cannot be merged, bounded in requests: the text lane
-  (next-character predictions, V2 character steps) and the decoding lane (uploads decoded,
-  large JSON bodies parsed). Generations have a loop of their own (engine/generation.py).
+- `Lane`: worker threads for work that cannot be merged, bounded in requests: the decoding
+  lane (uploads decoded, large JSON bodies parsed). Text (next-character reads, V2 character
+  steps, generations) has a loop of its own with the same rules (engine/text_loop.py).
 
 Either way, a request whose task is cancelled while it waits (its deadline passed) leaves the
 queue at once, and one whose client disconnected (`CLIENT_LEFT`, set per request by the

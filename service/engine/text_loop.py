@@ -17,8 +17,8 @@ model calls:
 
 The loop's Python work per step does not grow with the batch: sampling, counting and the random
 draws are numpy over whole arrays (a sequence's draws are made when it joins); text is built
-from ids only when it is posted (every POST_EVERY_S for streams, once at the end for one-shot
-answers), and departed clients are looked for at that same pace. Results reach each request's
+from ids only when it is posted (every STREAM_EVERY_S for streams, once at the end for
+one-shot answers), and departed clients are looked for every CHECK_EVERY_S. Results reach each request's
 event loop in one `call_soon_threadsafe` per loop iteration.
 
 Bounds: at most `max_queued` reads wait (Overloaded beyond, unless none waits), a read that
@@ -59,8 +59,12 @@ from service.model.inference import CharModel, sample
 # of many rows no longer fit the caches: loadtest/bench_text_batching.py).
 READ_BUDGET = 512
 MIN_CHUNK = 8
-# How long streamed characters may wait in the loop before going to the event loop together.
-POST_EVERY_S = 0.005
+# How often departed clients are looked for (their rows leave the batch then), and how long
+# streamed characters wait in the loop before going to the event loop together: every post
+# wakes each stream and costs it a write, so a stream gets one event per STREAM_EVERY_S (its
+# first character goes at once).
+CHECK_EVERY_S = 0.005
+STREAM_EVERY_S = 0.02
 METRICS_EVERY_S = 0.1
 GONE = "the client disconnected before its text was read; its work was dropped"
 
@@ -330,6 +334,7 @@ class TextLoop:
         self.outbox: list[Delivery] = []
         self.urgent = False  # something in the outbox must go now (an answer, an end, an error)
         self.checked_at = 0.0
+        self.streamed_at = 0.0
         self.stats = LoopStats(model.name)
 
     # ------------------------------------------------------------------ event-loop side
@@ -405,7 +410,7 @@ class TextLoop:
 
     async def chunks_of(self, sequence: Sequence) -> AsyncIterator[str]:
         """A submitted sequence's text in chunks until it ends; stopping early (a closed
-        stream, a cancelled task) takes it out of the batch within POST_EVERY_S."""
+        stream, a cancelled task) takes it out of the batch within CHECK_EVERY_S."""
         try:
             async for chunk in sequence.text():
                 yield chunk
@@ -468,9 +473,11 @@ class TextLoop:
                 continue
             self._admit()
             now = time.perf_counter()
-            if now - self.checked_at >= POST_EVERY_S:  # streams, and who has left
+            if now - self.checked_at >= CHECK_EVERY_S:  # who has left
                 self.checked_at = now
                 self._leave_departed()
+            if now - self.streamed_at >= STREAM_EVERY_S:
+                self.streamed_at = now
                 self._post_streams()
                 self.urgent = True
             ones = [r for r in self.reading if r.remaining == 1]
@@ -558,8 +565,8 @@ class TextLoop:
         self._not_joining(len(sequences))
 
     def _leave_departed(self) -> None:
-        """Sequences and reads whose consumers stopped or whose clients left (at the posting
-        pace, not every step)."""
+        """Sequences and reads whose consumers stopped or whose clients left (every
+        CHECK_EVERY_S, not every step)."""
         batch = self.generating
         if len(batch):
             keep = np.ones(len(batch), dtype=bool)

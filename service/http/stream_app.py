@@ -5,7 +5,8 @@ The request body is the one of POST /generate (`prompt`, `length`, `temperature`
 4xx (or a 503 when the text loop is full). Then:
 
     data: {"text": "W"}                  one event per chunk: the first character at once,
-    data: {"text": "hat li"}             then what the decode loop made in the last 20 ms (FLUSH_S)
+    data: {"text": "hat li"}             then what the text loop made in the last 20 ms
+                                         (STREAM_EVERY_S in service/engine/text_loop.py)
     ...
     event: end
     data: {"chars": 200, "seed": 7, "seconds": 0.31, "first_char_ms": 2.4, ..., "state": "rs1..."}
@@ -44,11 +45,6 @@ from service.http.schemas import CARDS, DEFAULT_LENGTH, TEXT, text_schema
 from service.metrics import observe_lean_request
 
 ROUTE = "/v1/generate/stream"
-# After an event, a stream waits this long before the next one: the first character still
-# leaves at once, and later ones go out in chunks of what the decode loop made meanwhile
-# (one event per step per stream cost more event-loop time than the model: one send per
-# character of every stream; loadtest/bench_generation.py measures the streams).
-FLUSH_S = 0.02
 logger = logging.getLogger("rnnserve")
 FIELDS = ("prompt", *(p.name for p in TEXT.generation()), "state")
 SSE_HEADERS = [
@@ -163,7 +159,7 @@ STREAM_DOC = {
     "post": {
         "tags": ["Service APIs"],
         "operationId": "rnnserve__generate_stream",
-        "description": "Generation streamed as Server-Sent Events (the same decode loop and the "
+        "description": "Generation streamed as Server-Sent Events (the same text loop and the "
         'same answer as POST /generate for the same seed): `data: {"text": ...}` events as '
         "characters come, then `event: end` with the totals (chars, seed, seconds, first_char_ms, "
         "chars_per_s, and the carried `state` to continue from). Every check runs before the "
@@ -240,7 +236,7 @@ STREAM_DOC = {
                 (413, "Body over RNNSERVE_MAX_REQUEST_BYTES"),
                 (415, "Not JSON"),
                 (422, "Characters outside the model's vocabulary"),
-                (503, "Not ready, or the decode loop is full (see Retry-After)"),
+                (503, "Not ready, or the text loop is full (see Retry-After)"),
             ),
         },
     }

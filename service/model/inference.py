@@ -151,8 +151,8 @@ class CharModel(LoadedModel):
         self, prompt: str, length: int, temperature: float, k: int | None, seed: int
     ) -> str:
         """One sequence alone, one step at a time with carried state (no re-reading of the
-        prefix); temperature 0 means greedy decoding. The reference the batched decode loop
-        (service/engine/generation.py) must match for the same seed: both draw with `sample`."""
+        prefix); temperature 0 means greedy decoding. The reference the batched text loop
+        (service/engine/text_loop.py) must match for the same seed: both draw with `sample`."""
         rng = np.random.default_rng(seed)
         last, state = self.read_prompt(self.encode(prompt))
         temperatures = np.array([temperature])
