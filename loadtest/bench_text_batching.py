@@ -281,6 +281,29 @@ def run(
     return cases
 
 
+def step_costs(model: CharModel, batches: list[int], steps: int) -> list[dict[str, Any]]:
+    """One generation step (ids (B, 1) from a state) at each batch size: the model's own cost
+    of stepping B sequences together, which bounds what batching generations can give on this
+    device (B rows in one step cost `ms`, against B steps of one row)."""
+    rows = []
+    for batch in batches:
+        ids = np.zeros((batch, 1), np.int64)
+        state = model.fresh_state(batch)
+        for _ in range(20):
+            model.step(ids, state)
+        runs = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(steps):
+                model.step(ids, state)
+            runs.append((time.perf_counter() - started) / steps * 1000)
+        rows.append({"batch": batch, "ms_per_step": float(np.median(runs))})
+    alone = rows[0]["ms_per_step"]
+    for row in rows:
+        row["ceiling_vs_one"] = row["batch"] * alone / row["ms_per_step"]
+    return rows
+
+
 def render(result: dict[str, Any]) -> str:
     lines = [
         "# Batching next-character reads of different lengths",
@@ -312,11 +335,37 @@ def render(result: dict[str, Any]) -> str:
             f"{c['ms_per_text']:.3f} | {c['speed_vs_lone']:.2f}x | {c['calls']} | "
             f"{c['row_steps']} | {c['max_abs_logits_diff']:.1e} | {state} |"
         )
+    steps = result.get("steps") or []
+    if steps:
+        lines += [
+            "",
+            "## One generation step by batch size",
+            "",
+            "ids (B, 1) from a state, the model alone (median of 5 runs of "
+            f"{result['step_repeats']} steps). The ceiling: characters/s of B sequences stepped "
+            "together over one sequence alone, if nothing but the model cost anything (B x "
+            "the one-row step over the B-row step); batching generations cannot beat it on "
+            "this device.",
+            "",
+            "| B | ms per step | ceiling vs one alone |",
+            "| ---: | ---: | ---: |",
+        ]
+        for row in steps:
+            lines.append(
+                f"| {row['batch']} | {row['ms_per_step']:.3f} | {row['ceiling_vs_one']:.1f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 
-QUICK = {"batches": [1, 4], "longest": 40, "repeats": 1, "chunks": [16, 0]}
-FULL = {"batches": [1, 8, 32], "longest": 400, "repeats": 7, "chunks": [16, 32, 64, 128, 0]}
+QUICK = {"batches": [1, 4], "longest": 40, "repeats": 1, "chunks": [16, 0], "step_repeats": 20}
+FULL = {
+    "batches": [1, 8, 32],
+    "longest": 400,
+    "repeats": 7,
+    "chunks": [16, 32, 64, 128, 0],
+    "step_repeats": 500,
+}
+STEP_BATCHES = [1, 8, 32, 64]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, help=f"timed repeats per case (default {FULL['repeats']})"
     )
+    parser.add_argument(
+        "--step-repeats",
+        type=int,
+        help=f"generation steps timed per run and batch size (default {FULL['step_repeats']})",
+    )
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     parser.add_argument(
         "--corpus",
@@ -364,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_char_model(args.device)
     corpus = args.corpus.read_text()
     cases = run(model, corpus, args.batches, args.kinds, args.longest, chunks, args.repeats)
+    steps = step_costs(model, STEP_BATCHES, args.step_repeats)
     command = " ".join(
         ["python -m loadtest.bench_text_batching", *(argv if argv is not None else sys.argv[1:])]
     )
@@ -379,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         "longest": args.longest,
         "repeats": args.repeats,
         "cases": [asdict(c) for c in cases],
+        "steps": steps,
+        "step_repeats": args.step_repeats,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_text_batching.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -18,8 +18,8 @@ model calls:
 The loop's Python work per step does not grow with the batch: sampling, counting and the random
 draws are numpy over whole arrays (a sequence's draws are made when it joins); text is built
 from ids only when it is posted (every STREAM_EVERY_S for streams, once at the end for
-one-shot answers), and departed clients are looked for every CHECK_EVERY_S. Results reach each request's
-event loop in one `call_soon_threadsafe` per loop iteration.
+one-shot answers), and departed clients are looked for every CHECK_EVERY_S. Results reach
+each request's event loop in one `call_soon_threadsafe` per loop iteration.
 
 Bounds: at most `max_queued` reads wait (Overloaded beyond, unless none waits), a read that
 waited over `max_wait_s` when its turn comes is refused, at most `max_rows` rows are read at
@@ -65,6 +65,10 @@ MIN_CHUNK = 8
 # first character goes at once).
 CHECK_EVERY_S = 0.005
 STREAM_EVERY_S = 0.02
+# ...and with many streams, the events of all of them together stay under this rate (each one
+# holds the GIL on the event loop a little, which the loop's own Python work then waits for):
+# 64 streams get an event every 64 ms each.
+STREAM_EVENTS_PER_S = 1000
 METRICS_EVERY_S = 0.1
 GONE = "the client disconnected before its text was read; its work was dropped"
 
@@ -476,7 +480,7 @@ class TextLoop:
             if now - self.checked_at >= CHECK_EVERY_S:  # who has left
                 self.checked_at = now
                 self._leave_departed()
-            if now - self.streamed_at >= STREAM_EVERY_S:
+            if now - self.streamed_at >= self._stream_interval():
                 self.streamed_at = now
                 self._post_streams()
                 self.urgent = True
@@ -489,6 +493,10 @@ class TextLoop:
             if self.outbox and self.urgent:
                 self._flush()
             self.stats.write(len(self.generating), len(self.queued_reads), now, self.idle)
+
+    def _stream_interval(self) -> float:
+        streams = int(self.generating.streaming.sum()) if len(self.generating) else 0
+        return max(STREAM_EVERY_S, streams / STREAM_EVENTS_PER_S)
 
     def _admit(self) -> None:
         """Queued reads (within max_rows, refused when they waited too long) and up to
