@@ -16,8 +16,9 @@ check), keep-alive connections opened before a level starts. Sections (--section
    and the most clients' requests/s over one client's (goal: >= 6x at 32 clients, 400 chars).
 2. `keystroke`: one client, one keystroke at 20 / 200 / 2000 characters of context: one new
    character with the state of the context before it, against the whole text of that length;
-   p50/p99 over --keystrokes each, both kinds alternating; the state answers are checked
-   against the whole-text ones. Goal: the with-state p50 at 2000 <= 1.5x that at 20.
+   p50/p99 over --keystrokes each (each kind back to back, every length in turn); the state
+   answers are checked against the whole-text ones. Goal: the with-state p50 at 2000 <= 1.5x
+   that at 20.
 3. `fairness`: one client probes next_char every 20 ms (a 40-character text, and a 1-character
    keystroke with a state, alternating), idle first, then while 40 clients keep /generate
    requests of 1000 characters running. Goal: the worst probe <= 5x the idle p50.
@@ -372,17 +373,23 @@ async def bench_keystroke(
     url: str, corpus: Corpus, args: argparse.Namespace, state_ok: bool
 ) -> dict[str, Any]:
     """At each context length L, `keystrokes` places of the corpus: with a state, the state of
-    its first L-1 characters is fetched first (untimed), then the keystroke sends the L-th
-    character with it; without, the keystroke sends all L characters. Every keystroke is a
-    different question with exactly L characters of context; the two kinds alternate."""
-    rows = []
+    its first L-1 characters is fetched first (untimed, all of them before any timing), then
+    the keystroke sends the L-th character with it; without, the keystroke sends all L
+    characters. Every keystroke is a different question with exactly L characters of context.
+
+    The timed requests of one kind run back to back, in ROUNDS rounds that visit every context
+    length in turn (so that a slow patch of the machine is shared by all lengths, and no
+    with-state keystroke follows a long whole-text request, whose work would still be
+    settling); the answers of the two kinds are compared afterwards."""
     rng = random.Random(args.seed + 2)
     gate = asyncio.Semaphore(8)  # the untimed prefixes, 8 at a time
+    places = {c: [corpus.start(rng, c) for _ in range(args.keystrokes)] for c in args.contexts}
+    timings: dict[tuple[str, int], list[float]] = {}
+    answers: dict[tuple[str, int], list[dict[str, Any]]] = {}
     async with open_session(url, 8) as session:
-        for context in args.contexts:
-            starts = [corpus.start(rng, context) for _ in range(args.keystrokes)]
-            states: list[str] = []
-            if state_ok:
+        states: dict[int, list[str]] = {}
+        if state_ok:
+            for context, starts in places.items():
 
                 async def prefix(start: int, context: int = context) -> str:
                     async with gate:
@@ -390,49 +397,53 @@ async def bench_keystroke(
                         answer = await post(session, url, "/next_char", body)
                     return str(answer["state"])
 
-                states = list(await asyncio.gather(*(prefix(s) for s in starts)))
-            with_state: list[float] = []
-            whole: list[float] = []
-            agree, context_ok, gap = 0, 0, 0.0
-            warm = min(5, len(starts))  # the first few again, untimed, before the timed ones
-            for n, i in enumerate([*range(warm), *range(len(starts))]):
-                timed = n >= warm
-                text = corpus.text[starts[i] : starts[i] + context]
-                answer_state = None
-                if state_ok:
-                    body = {"text": text[-1], "k": K, "state": states[i]}
-                    began = time.perf_counter()
-                    answer_state = await post(session, url, "/next_char", body)
-                    if timed:
-                        with_state.append((time.perf_counter() - began) * 1000)
-                began = time.perf_counter()
-                answer_whole = await post(session, url, "/next_char", {"text": text, "k": K})
-                if not timed:
-                    continue
-                whole.append((time.perf_counter() - began) * 1000)
-                if answer_state is not None:
-                    same, difference = same_candidates(answer_state, answer_whole, 1e-4)
-                    agree += same
-                    gap = max(gap, difference)
-                    context_ok += answer_state.get("context_chars") == context
-            row = {
-                "context": context,
-                "keystrokes": len(starts),
-                "state_p50_ms": percentile(with_state, 50),
-                "state_p99_ms": percentile(with_state, 99),
-                "whole_p50_ms": percentile(whole, 50),
-                "whole_p99_ms": percentile(whole, 99),
-                "state_equals_whole": agree if state_ok else None,
-                "context_chars_right": context_ok if state_ok else None,
-                "max_probability_gap": gap if state_ok else None,
-            }
-            rows.append(row)
-            print(
-                f"keystroke at {context:4d} chars: with state p50 {row['state_p50_ms']:.1f} p99 "
-                f"{row['state_p99_ms']:.1f} ms, whole p50 {row['whole_p50_ms']:.1f} p99 "
-                f"{row['whole_p99_ms']:.1f} ms",
-                flush=True,
-            )
+                states[context] = list(await asyncio.gather(*(prefix(s) for s in starts)))
+        kinds = ["state", "whole"] if state_ok else ["whole"]
+        for kind in kinds:
+            for context, starts in places.items():  # warm-up, untimed
+                await post(
+                    session, url, "/next_char", _keystroke(corpus, kind, starts[0], context, states)
+                )
+            for round_ in range(ROUNDS):
+                for context, starts in places.items():
+                    for i in range(round_, len(starts), ROUNDS):
+                        body = _keystroke(corpus, kind, starts[i], context, states, i)
+                        began = time.perf_counter()
+                        answer = await post(session, url, "/next_char", body)
+                        timings.setdefault((kind, context), []).append(
+                            (time.perf_counter() - began) * 1000
+                        )
+                        answers.setdefault((kind, context), [None] * len(starts))[i] = answer  # type: ignore[list-item]
+    rows = []
+    for context in args.contexts:
+        with_state = timings.get(("state", context), [])
+        whole = timings[("whole", context)]
+        agree, context_ok, gap = 0, 0, 0.0
+        for a_state, a_whole in zip(
+            answers.get(("state", context), []), answers[("whole", context)], strict=False
+        ):
+            same, difference = same_candidates(a_state, a_whole, 1e-4)
+            agree += same
+            gap = max(gap, difference)
+            context_ok += a_state.get("context_chars") == context
+        row = {
+            "context": context,
+            "keystrokes": len(places[context]),
+            "state_p50_ms": percentile(with_state, 50),
+            "state_p99_ms": percentile(with_state, 99),
+            "whole_p50_ms": percentile(whole, 50),
+            "whole_p99_ms": percentile(whole, 99),
+            "state_equals_whole": agree if state_ok else None,
+            "context_chars_right": context_ok if state_ok else None,
+            "max_probability_gap": gap if state_ok else None,
+        }
+        rows.append(row)
+        print(
+            f"keystroke at {context:4d} chars: with state p50 {row['state_p50_ms']:.1f} p99 "
+            f"{row['state_p99_ms']:.1f} ms, whole p50 {row['whole_p50_ms']:.1f} p99 "
+            f"{row['whole_p99_ms']:.1f} ms",
+            flush=True,
+        )
     lo, hi = rows[0], rows[-1]
     return {
         "rows": rows,
@@ -441,6 +452,25 @@ async def bench_keystroke(
         "from_context": lo["context"],
         "to_context": hi["context"],
     }
+
+
+ROUNDS = 4  # the keystroke section visits every context length this many times, in turn
+
+
+def _keystroke(
+    corpus: Corpus,
+    kind: str,
+    start: int,
+    context: int,
+    states: dict[int, list[str]],
+    index: int = 0,
+) -> dict[str, Any]:
+    """One keystroke's body: the L-th character with the state of the L-1 before it, or the
+    whole text of L characters."""
+    text = corpus.text[start : start + context]
+    if kind == "state":
+        return {"text": text[-1], "k": K, "state": states[context][index]}
+    return {"text": text, "k": K}
 
 
 # --- 3. fairness next to generations ----------------------------------------------------
@@ -905,7 +935,8 @@ def render(result: dict[str, Any]) -> str:
             "",
             "One client. With a state: one new character sent with the state of the context "
             "before it (fetched untimed); whole: the whole text of that length. Each keystroke "
-            "at a different place of the text, the two kinds alternating; 'same answer': the "
+            "at a different place of the text; each kind's keystrokes back to back (all states "
+            f"fetched first), visiting every length in turn, {ROUNDS} rounds; 'same answer': the "
             "state answer's candidates equal the whole-text answer's (order, probabilities "
             "within 1e-4).",
             "",
