@@ -71,11 +71,13 @@ serve: $(SERVE_STAMP)  ## install the serving core, serve the committed models o
 	$(PY) -m training.summary models
 	$(VENV)/bin/bentoml serve service.service:RnnServe --host $(HOST) --port $(PORT)
 
-bench: setup  ## benchmarks: runtimes, the HTTP service, big requests, generation streams (numbers)
+bench: setup  ## benchmarks: runtimes, the HTTP service, big requests, generation, text (numbers)
 	$(PY) -m loadtest.bench_inference
 	$(PY) -m loadtest.bench_service --rounds 3 --markdown loadtest/results/bench_service.md
 	$(PY) -m loadtest.bench_batch
 	$(PY) -m loadtest.bench_generation
+	$(PY) -m loadtest.bench_text
+	$(PY) -m loadtest.bench_text_batching
 
 lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff check training service tests loadtest

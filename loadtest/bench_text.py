@@ -1076,6 +1076,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     parser.add_argument("--url", help="a running server on 127.0.0.1 (default: start one)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="serve this checkout of the project instead of this one, e.g. a git worktree of "
+        "an older revision (its own models/): before/after figures with one command",
+    )
     option("--seconds", float, "next_char: measured seconds per level")
     option("--warmup", float, "next_char: warm-up seconds per level")
     option("--clients", int, "next_char: concurrent clients", many=True)
@@ -1139,7 +1145,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("only a server on 127.0.0.1 is benchmarked")
 
     corpus = Corpus(args.corpus.read_text())
-    server = None if args.url else start_server(Path(tempfile.mkdtemp(prefix="rnnserve-text-")))
+    scratch = Path(tempfile.mkdtemp(prefix="rnnserve-text-"))
+    source = {"cwd": args.source, "model_dir": str(args.source / "models")} if args.source else {}
+    server = None if args.url else start_server(scratch, **source)
     try:
         url = args.url or server.url  # type: ignore[union-attr]
         result = asyncio.run(run(url, corpus, args))

@@ -260,6 +260,51 @@ def service_check(cpu_only: bool) -> dict[str, Any]:
         server.stop()
 
 
+def text_check(cpu_only: bool) -> dict[str, Any]:
+    """The text loop on the device, in-process: the model's generation step by batch size (the
+    ceiling of batching generations there), 1 against 32 concurrent generations, and a carried
+    state made on the CPU continued on the device (states name the model, not the device)."""
+    from loadtest.bench_text_batching import step_costs
+    from service.engine.pipeline import Pipelines
+    from service.model.inference import ModelRegistry
+    from service.settings import Settings
+
+    device = "cpu" if cpu_only else "cuda"
+    on_cpu = Pipelines(*_registry(ModelRegistry, Settings, "cpu"))
+    here = Pipelines(*_registry(ModelRegistry, Settings, device))
+    assert here.registry.char is not None
+    steps = step_costs(here.registry.char, [1, 8, 32, 64, 256], 200)
+    text = "ROMEO:\nWhat light through yonder window breaks? It is the east, and Juliet"
+
+    async def generations(count: int) -> float:
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(here.generate("ROMEO:\n", 500, 0.8, None, seed) for seed in range(count))
+        )
+        return count * 500 / (time.perf_counter() - started)
+
+    async def continued() -> float:
+        head = await on_cpu.next_chars(text[:40], 10, 1.0)
+        tail = await here.next_chars(text[40:], 10, 1.0, head.state)
+        whole = await on_cpu.next_chars(text, 10, 1.0)
+        return max(abs(a[1] - b[1]) for a, b in zip(tail.candidates, whole.candidates, strict=True))
+
+    asyncio.run(generations(4))  # warm-up
+    alone, together = asyncio.run(generations(1)), asyncio.run(generations(32))
+    return {
+        "device": device,
+        "step_ms_by_batch": steps,
+        "generation_chars_per_s": {"1": round(alone), "32": round(together)},
+        "generation_32_vs_1": round(together / alone, 1),
+        "cpu_state_continued_max_probability_gap": asyncio.run(continued()),
+    }
+
+
+def _registry(registry: Any, settings: Any, device: str) -> tuple[Any, Any]:
+    chosen = settings(device=device)
+    return registry.load(chosen), chosen
+
+
 def torchscript_service_check(cpu_only: bool) -> dict[str, Any]:
     """The service with RNNSERVE_BACKEND=torchscript on the device: every model on torch there,
     /v1/digits under 32 clients without an error."""
@@ -412,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_service:
         report.step("service", lambda: service_check(args.cpu_only))
         report.step("service_torchscript", lambda: torchscript_service_check(args.cpu_only))
+        report.step("text", lambda: text_check(args.cpu_only))
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != str(args.out)]
     command = " ".join(["bash loadtest/gpu_check.sh", *(a for a in given if a != "--out")])
     (args.out / "gpu_check.md").write_text(render(report.steps, command))

@@ -487,6 +487,8 @@ class TextLoop:
             ones = [r for r in self.reading if r.remaining == 1]
             if len(self.generating) or ones:
                 self._step(ones)
+                if self.outbox and self.urgent:  # first characters, ends, keystrokes: now,
+                    self._flush()  # not after the read call below
             rest = [r for r in self.reading if r.remaining >= 2]
             if rest:
                 self._read(rest)
