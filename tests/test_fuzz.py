@@ -105,6 +105,8 @@ OPERATIONS_WITH_INPUT = [
     ("GET", "/v2/models/{name}/ready"),
     ("GET", "/v2/models/{name}/versions/{version}"),
     ("GET", "/v2/models/{name}/versions/{version}/ready"),
+    ("GET", "/v2/models/{name}/config"),
+    ("GET", "/v2/models/{name}/versions/{version}/config"),
 ]
 OPERATIONS_WITHOUT_INPUT = [
     ("GET", "/v1/metadata"),

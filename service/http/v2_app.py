@@ -4,6 +4,7 @@
     GET  /v2/health/live | /v2/health/ready   liveness / readiness, by status code only
     GET  /v2/models/{name}[/versions/{v}]         model metadata (tensor names, types, shapes)
     GET  /v2/models/{name}[/versions/{v}]/ready   model readiness
+    GET  /v2/models/{name}[/versions/{v}]/config  Triton's model configuration (as Triton's JSON)
     POST /v2/models/{name}[/versions/{v}]/infer   inference (JSON or binary tensor data)
 
 Every model in models/ is served. Digit classifiers take `pixels` [-1, 28, 28] (FP32, or UINT8,
@@ -23,6 +24,10 @@ Errors are `{"error": "..."}` with 400 (bad request), 404 (unknown model or vers
 service/errors.py. Everything after decoding is the shared pipeline (service/engine/pipeline.py).
 Health answers carry bodies as well as statuses (`{"live": true}`, `{"ready": true}`): Triton's
 client reads the status, KServe's reads the body.
+The config route is Triton's addition to the protocol (perf_analyzer and Triton's clients ask
+it before anything else): the model configuration a Triton user would read, derived from the
+metadata, the card and the settings (`model_config`). Starlette's own refusals (unknown path,
+wrong method) come in the protocol's shape too, a 405 with the `Allow` header RFC 9110 asks for.
 """
 
 from __future__ import annotations
@@ -62,11 +67,20 @@ from service.http.v2_protocol import (
 )
 from service.metrics import observe_lean_request
 from service.model.inference import CharModel, DigitClassifier, LoadedModel
+from service.model.runtime import CUDA_PROVIDER_OPTIONS
+from service.settings import Settings
 
 MOUNT_PATH = "/v2"
-PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_torchscript"}
+# Triton's names for our two runtimes (its model configuration's platform and backend), so that
+# metadata and config read as Triton's would for the same files: TorchScript is
+# `pytorch_libtorch` on the `pytorch` backend (Triton has no `pytorch_torchscript`).
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
+BACKENDS = {"onnx": "onnxruntime", "torchscript": "pytorch"}
+DIGIT_INPUTS = {"pixels"}  # every one required
 DIGIT_OUTPUTS = ["probabilities", "digit"]
 CARRIED_OUT = "carried_state_out"
+CHAR_INPUTS = {"ids", "state", "carried_state"}
+CHAR_REQUIRED = {"ids"}  # a state, raw or carried, is optional: zeros when absent
 CHAR_OUTPUTS = ["logits", "state_out", CARRIED_OUT]
 logger = logging.getLogger("rnnserve")
 
@@ -108,6 +122,158 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
     }
 
 
+def required_inputs(model: LoadedModel) -> set[str]:
+    """The inputs a request must send (the others in the metadata are optional): the same sets
+    the inference route checks, so that the config's `optional` cannot drift from them."""
+    return DIGIT_INPUTS if isinstance(model, DigitClassifier) else CHAR_REQUIRED
+
+
+def max_batch_size(model: LoadedModel, settings: Settings) -> int:
+    """Triton's `max_batch_size`: the largest batch, along a first axis the config's dims leave
+    out, that the server takes in one request and forms in one model call.
+
+    Digits: with batching on, the batcher's RNNSERVE_MAX_BATCH_SIZE images a call (capped by
+    what one request may carry, RNNSERVE_MAX_IMAGES_PER_REQUEST, so a client that sends the
+    advertised size is never refused); with batching off every request is one call, so one
+    request's limit. The character model: 0, Triton's "no batch axis", with full shapes. Its
+    `state` is (state rows, rows, hidden), the rows on axis 1, and Triton puts the batch axis
+    first on every tensor, so no max_batch_size > 0 can describe it; the rows a request may
+    carry (RNNSERVE_MAX_CHAR_ROWS) are in the config's `parameters` instead, and concurrent
+    requests are still merged by the text loop."""
+    if not isinstance(model, DigitClassifier):
+        return 0
+    per_request = settings.max_images_per_request
+    return min(settings.max_batch_size, per_request) if settings.batching else per_request
+
+
+def request_rows(model: LoadedModel, settings: Settings) -> int:
+    """The most rows (images, or sequences of ids) one inference request may carry."""
+    if isinstance(model, DigitClassifier):
+        return settings.max_images_per_request
+    return settings.max_char_rows
+
+
+def queue_bound(model: LoadedModel, settings: Settings) -> int:
+    """What may wait for the model: images for a digit model (a one-image request is one
+    entry), requests for the text loop."""
+    if isinstance(model, DigitClassifier):
+        return settings.max_queued_images
+    return settings.max_queued_text
+
+
+def config_type(datatype: str) -> str:
+    """A V2 datatype as Triton's model configuration names it (BYTES is TYPE_STRING there)."""
+    return "TYPE_STRING" if datatype == BYTES else f"TYPE_{datatype}"
+
+
+def _dims(tensor: dict[str, Any], batched: bool) -> dict[str, Any]:
+    """The metadata's shape as the config's `dims`: without its batch axis when the config
+    declares one. One value per batch item (`digit`, [-1]) leaves no dims, which Triton refuses
+    (dims may not be empty): it writes that as dims [1] reshaped to a scalar, and so do we."""
+    shape: list[int] = tensor["shape"]
+    if not batched:
+        return {"dims": shape}
+    assert shape[0] == -1, f"{tensor['name']}: the batch axis must come first"
+    if len(shape) == 1:
+        return {"dims": [1], "reshape": {"shape": []}}
+    return {"dims": shape[1:]}
+
+
+def dynamic_batching(model: LoadedModel, settings: Settings) -> dict[str, Any]:
+    """Triton's dynamic batcher settings that describe ours (service/engine/admission.py).
+
+    Triton's `max_queue_delay_microseconds` is how long a request is held back for company;
+    ours never is (the first request runs at once, those arriving meanwhile go together in the
+    next call), so it is 0 whatever the settings. Our bound is on the wait instead: a request
+    that has waited RNNSERVE_MAX_QUEUE_WAIT_MS when its turn comes is refused with a 503, which
+    is Triton's default queue policy with a timeout and REJECT (no per-request override), and
+    the queue is bounded (503 beyond, as Triton's max_queue_size)."""
+    return {
+        "preferred_batch_size": [],
+        "max_queue_delay_microseconds": 0,
+        "preserve_ordering": False,
+        "priority_levels": 0,
+        "default_priority_level": 0,
+        "default_queue_policy": {
+            "timeout_action": "REJECT",
+            "default_timeout_microseconds": settings.max_queue_wait_ms * 1000,
+            "allow_timeout_override": False,
+            "max_queue_size": queue_bound(model, settings),
+        },
+        "priority_queue_policy": {},
+    }
+
+
+def model_config(model: LoadedModel, settings: Settings, device: str) -> dict[str, Any]:
+    """Triton's model configuration of `model`, as Triton's HTTP API answers it: the
+    ModelConfig protobuf as JSON with its field names, every scalar field present, int64
+    values as numbers (Triton's ModelConfigToJson). Built from `model_metadata`, so that the
+    two routes cannot disagree on names, types or shapes, and from the card and the settings,
+    so that it says what this server does as configured (nothing is written per model)."""
+    meta = model_metadata(model)
+    batch = max_batch_size(model, settings)
+    required = required_inputs(model)
+    gpu = device == "cuda"
+    config: dict[str, Any] = {
+        "name": model.name,
+        "platform": meta["platform"],
+        "backend": BACKENDS.get(model.backend_name, model.backend_name),
+        # one version served per model, the card's; Triton's version numbers are integers,
+        # ours are the card's strings, so the policy says "the latest one" rather than which
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": batch,
+        "input": [
+            {
+                "name": tensor["name"],
+                "data_type": config_type(tensor["datatype"]),
+                "format": "FORMAT_NONE",
+                **_dims(tensor, batch > 0),
+                "is_shape_tensor": False,
+                "allow_ragged_batch": False,
+                "optional": tensor["name"] not in required,
+            }
+            for tensor in meta["inputs"]
+        ],
+        "output": [
+            {
+                "name": tensor["name"],
+                "data_type": config_type(tensor["datatype"]),
+                **_dims(tensor, batch > 0),
+                "label_filename": "",
+                "is_shape_tensor": False,
+            }
+            for tensor in meta["outputs"]
+        ],
+        "batch_input": [],
+        "batch_output": [],
+        # each worker process holds one session of every model, on the device it chose
+        "instance_group": [
+            {
+                "name": model.name,
+                "kind": "KIND_GPU" if gpu else "KIND_CPU",
+                "count": settings.workers,
+                "gpus": [CUDA_PROVIDER_OPTIONS["device_id"]] if gpu else [],
+                "secondary_devices": [],
+                "profile": [],
+                "passive": False,
+                "host_policy": "",
+            }
+        ],
+        "default_model_filename": model.card.data["files"][model.backend_name]["path"],
+        "cc_model_filenames": {},
+        "metric_tags": {},
+        # not Triton's: the bound max_batch_size cannot say (see max_batch_size)
+        "parameters": {
+            "max_request_rows": {"string_value": str(request_rows(model, settings))},
+        },
+        "model_warmup": [],
+        "model_transaction_policy": {"decoupled": False},  # one answer per request
+    }
+    if settings.batching:  # off: each request is one model call, Triton's default scheduler
+        config["dynamic_batching"] = dynamic_batching(model, settings)
+    return config
+
+
 def _only_inputs(request: InferRequest, allowed: set[str], required: set[str]) -> None:
     unknown = sorted(set(request.inputs) - allowed)
     if unknown:
@@ -121,7 +287,7 @@ async def infer_digits(
     pipelines: Pipelines, model: DigitClassifier, request: InferRequest
 ) -> dict[str, np.ndarray]:
     """Through the model's continuous batcher, shared with every other digit route."""
-    _only_inputs(request, {"pixels"}, {"pixels"})
+    _only_inputs(request, DIGIT_INPUTS, DIGIT_INPUTS)
     if request.datatypes["pixels"] not in ("FP32", "FP64", "UINT8"):
         raise BadInput("input 'pixels': datatype must be FP32 (or UINT8 / FP64)")
     pixels = request.inputs["pixels"]
@@ -169,7 +335,7 @@ def carried_states(request: InferRequest) -> list[object] | None:
 
 
 async def infer_chars(pipelines: Pipelines, request: InferRequest) -> dict[str, np.ndarray]:
-    _only_inputs(request, {"ids", "state", "carried_state"}, {"ids"})
+    _only_inputs(request, CHAR_INPUTS, CHAR_REQUIRED)
     if request.datatypes["ids"] not in ("INT64", "INT32"):
         raise BadInput("input 'ids': datatype must be INT64 (or INT32)")
     if "state" in request.inputs and request.datatypes["state"] not in ("FP32", "FP64"):
@@ -267,6 +433,11 @@ class V2Routes:
                     methods=["GET"],
                 ),
                 Route(
+                    f"{prefix}/config",
+                    self.model_route(get_model_config, "/v2 config"),
+                    methods=["GET"],
+                ),
+                Route(
                     f"{prefix}/infer", self.model_route(post_infer, "/v2 infer"), methods=["POST"]
                 ),
             ]
@@ -275,6 +446,10 @@ class V2Routes:
 
 async def get_model_metadata(_: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
     return json_response(model_metadata(model))
+
+
+async def get_model_config(_: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
+    return json_response(model_config(model, pipelines.settings, pipelines.registry.device.device))
 
 
 async def get_model_ready(_: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
@@ -309,8 +484,15 @@ async def post_infer(request: Request, pipelines: Pipelines, model: LoadedModel)
 
 
 async def http_error(_: Request, exc: Exception) -> Response:
+    """Starlette's refusals (404: no such route; 405: a route that takes other methods) in the
+    protocol's shape, keeping the headers Starlette set: a 405 must name the methods the route
+    takes in `Allow` (RFC 9110, 15.5.6). Starlette lists them from a set, in no fixed order:
+    sorted here, so the answer is the same on every worker."""
     assert isinstance(exc, HTTPException)
-    return json_response({"error": str(exc.detail)}, exc.status_code)
+    headers = dict(exc.headers or {})
+    if "Allow" in headers:
+        headers["Allow"] = ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))
+    return json_response({"error": str(exc.detail)}, exc.status_code, headers)
 
 
 def v2_app(state: ServingState) -> Starlette:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.http.v2_app import BACKENDS, PLATFORMS
 from service.http.v2_protocol import DATATYPE_NAMES
 
 V2_ERROR: dict[str, Any] = {
@@ -108,6 +109,51 @@ MODEL_METADATA = {
     },
 }
 
+_CONFIG_TENSOR = {
+    "type": "object",
+    "required": ["name", "data_type", "dims"],
+    "properties": {
+        "name": {"type": "string"},
+        "data_type": {"type": "string", "example": "TYPE_FP32"},
+        "dims": {"type": "array", "items": {"type": "integer"}},
+        "reshape": {
+            "type": "object",
+            "description": "a scalar per batch item: dims [1] reshaped to shape []",
+            "properties": {"shape": {"type": "array", "items": {"type": "integer"}}},
+        },
+        "optional": {"type": "boolean"},
+    },
+}
+MODEL_CONFIG = {
+    "type": "object",
+    "title": "TritonModelConfig",
+    "description": "Triton's model configuration (its ModelConfig protobuf as JSON), derived "
+    "from the model card and the settings.",
+    "required": ["name", "platform", "backend", "max_batch_size", "input", "output"],
+    "properties": {
+        "name": {"type": "string"},
+        "platform": {"type": "string", "enum": sorted(PLATFORMS.values())},
+        "backend": {"type": "string", "enum": sorted(BACKENDS.values())},
+        "max_batch_size": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "0: no batch axis, the dims are whole shapes",
+        },
+        "input": {"type": "array", "items": _CONFIG_TENSOR},
+        "output": {"type": "array", "items": _CONFIG_TENSOR},
+        "dynamic_batching": {
+            "type": "object",
+            "properties": {
+                "max_queue_delay_microseconds": {"type": "integer", "minimum": 0},
+                "default_queue_policy": {"type": "object"},
+            },
+        },
+        "version_policy": {"type": "object"},
+        "instance_group": {"type": "array", "items": {"type": "object"}},
+        "parameters": {"type": "object"},
+    },
+}
+
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -194,6 +240,22 @@ def v2_paths(models: dict[str, str]) -> dict[str, Any]:
             f"v2_model_ready{suffix}",
             "Model readiness.",
             _json({"type": "object", "required": ["name", "ready"]}, "ready"),
+            401,
+            404,
+            503,
+            parameters=params,
+        )
+        paths[f"{prefix}/config"] = _get(
+            f"v2_model_config{suffix}",
+            "Triton's model configuration, as Triton's HTTP API answers it (what perf_analyzer "
+            "and Triton's clients read first): platform and backend, `max_batch_size` (what "
+            "the batcher takes, RNNSERVE_MAX_BATCH_SIZE for a digit model while batching is "
+            "on; 0 for the character model, whose `state` has its rows on axis 1, so its dims "
+            "are whole shapes), inputs and outputs with Triton's `data_type` names (BYTES is "
+            "TYPE_STRING) and dims without the batch axis, `optional` inputs, and "
+            "`dynamic_batching` while batching is on (no added delay; a request that waited "
+            "RNNSERVE_MAX_QUEUE_WAIT_MS is rejected: `default_queue_policy`).",
+            _json(MODEL_CONFIG, "model configuration"),
             401,
             404,
             503,
