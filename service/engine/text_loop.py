@@ -606,12 +606,18 @@ class TextLoop:
         with self.lock:
             self.joining -= count
 
-    def _post_streams(self) -> None:
-        """What each streaming sequence produced since its last post."""
+    def _post_streams(self, only: np.ndarray | None = None) -> None:
+        """What each streaming sequence (or each of the rows `only`) produced since its last
+        post."""
         batch = self.generating
         if not len(batch):
             return
-        rows = np.flatnonzero(batch.streaming & (batch.produced > batch.sent))
+        pending = batch.streaming & (batch.produced > batch.sent)
+        if only is not None:
+            chosen = np.zeros(len(batch), dtype=bool)
+            chosen[only] = True
+            pending &= chosen
+        rows = np.flatnonzero(pending)
         for row in rows.tolist():
             text = batch.text(row, int(batch.sent[row]), int(batch.produced[row]))
             self._send(batch.sequences[row], text)
@@ -632,7 +638,9 @@ class TextLoop:
             for row in first.tolist():
                 self.stats.first_chars.append(now - batch.sequences[row].submitted)
             if len(first) and batch.streaming[first].any():
-                self._post_streams()  # a first character goes at once
+                # a first character goes at once, alone: the other streams keep their pace
+                # (posting them all at every join was a burst of events per join)
+                self._post_streams(first)
                 self.urgent = True
             done = batch.produced >= batch.length
             feed_parts.append(ids[:, None])
