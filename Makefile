@@ -17,7 +17,7 @@ DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
 RUNS ?= runs
 export RNNSERVE_DATA_DIR := $(abspath $(DATA_DIR))
 
-.PHONY: help setup browser container-tools peers serve test lint pytest train models export summary bench build image image-gpu container-test container-report load compare soak flood hostile clean
+.PHONY: help setup browser container-tools peers perf-analyzer serve test lint pytest train models export summary bench build image image-gpu container-test container-report load compare soak flood hostile clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' \
@@ -84,7 +84,7 @@ lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff format --check training service tests loadtest
 	$(VENV)/bin/mypy training service loadtest tests
 
-pytest: setup browser container-tools  ## the test suite only
+pytest: setup browser container-tools perf-analyzer  ## the test suite only
 	$(PY) -m pytest
 
 test: lint pytest  ## lint, then the whole test suite (what CI runs)
@@ -128,6 +128,26 @@ $(PEERS)/.installed-stamp: loadtest/peers/requirements.txt
 
 peers: $(PEERS)/.installed-stamp  ## the comparison peers' own venv (Triton via PyTriton; numpy<2)
 
+# Triton's perf_analyzer in a venv of its own: the binary bundled in tritonclient 2.51.0 (the last
+# built for glibc 2.36), libcudart.so.12 from nvidia-cuda-runtime-cu12 (no GPU needed; the wrapper
+# loadtest/perf_analyzer.py sets LD_LIBRARY_PATH) and Debian's libb64-0d (apt, as root, when
+# missing). Where it cannot be installed its tests skip (and fail in CI).
+PERF := .venv-perf
+$(PERF)/.installed-stamp: loadtest/perf/requirements.txt
+	@test -x $(PERF)/bin/python || $(PYTHON) -m venv $(PERF)
+	$(PERF)/bin/python -m pip install --quiet --upgrade pip
+	$(PERF)/bin/python -m pip install --quiet -r loadtest/perf/requirements.txt
+	@touch $@
+
+perf-analyzer: $(PERF)/.installed-stamp  ## Triton's perf_analyzer in .venv-perf (+ libb64-0d, apt as root)
+	@{ /sbin/ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d' || test -e /usr/lib/x86_64-linux-gnu/libb64.so.0d; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing libb64-0d with apt-get (perf_analyzer)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null; \
+	  else \
+	    echo "libb64-0d is missing and cannot be installed here: the perf_analyzer tests will skip"; \
+	  fi; }
+
 compare: setup peers  ## rnnserve vs FastAPI vs Triton, side by side (loadtest/results/compare.md)
 	$(PY) -m loadtest.compare
 
@@ -141,4 +161,4 @@ hostile:  ## malformed and oversized requests on every route: clear 4xx, bounded
 	$(PY) -m loadtest.hostile
 
 clean:  ## remove the virtualenv and caches (not runs/ or models/)
-	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) $(PERF) .pytest_cache .mypy_cache .ruff_cache
