@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -269,9 +269,12 @@ def text_check(cpu_only: bool) -> dict[str, Any]:
     from service.model.inference import ModelRegistry
     from service.settings import Settings
 
-    device = "cpu" if cpu_only else "cuda"
-    on_cpu = Pipelines(*_registry(ModelRegistry, Settings, "cpu"))
-    here = Pipelines(*_registry(ModelRegistry, Settings, device))
+    def pipelines_on(device: Literal["cpu", "cuda"]) -> Pipelines:
+        settings = Settings(device=device)
+        return Pipelines(ModelRegistry.load(settings), settings)
+
+    device: Literal["cpu", "cuda"] = "cpu" if cpu_only else "cuda"
+    on_cpu, here = pipelines_on("cpu"), pipelines_on(device)
     assert here.registry.char is not None
     steps = step_costs(here.registry.char, [1, 8, 32, 64, 256], 200)
     text = "ROMEO:\nWhat light through yonder window breaks? It is the east, and Juliet"
@@ -298,11 +301,6 @@ def text_check(cpu_only: bool) -> dict[str, Any]:
         "generation_32_vs_1": round(together / alone, 1),
         "cpu_state_continued_max_probability_gap": asyncio.run(continued()),
     }
-
-
-def _registry(registry: Any, settings: Any, device: str) -> tuple[Any, Any]:
-    chosen = settings(device=device)
-    return registry.load(chosen), chosen
 
 
 def torchscript_service_check(cpu_only: bool) -> dict[str, Any]:

@@ -18,9 +18,12 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import serialize_byte_tensor
 
-from service.engine.pipeline import CharSteps
+from service.engine.pipeline import CharSteps, Pipelines
 from service.http.v2_app import infer_chars
 from service.http.v2_protocol import parse_infer_request
+from service.model.inference import ModelRegistry
+from service.settings import Settings
+from tests.conftest import ROOT
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -164,10 +167,12 @@ def test_naming_outputs_without_carried_state_out_leaves_it_out(
     assert [o["name"] for o in result.get_response()["outputs"]] == ["carried_state_out"]
 
 
-class RecordingPipelines:
-    """Stands in for the pipelines: records what the V2 route asked for."""
+class RecordingPipelines(Pipelines):
+    """The real pipelines on the committed models, recording what the V2 route asked for."""
 
     def __init__(self) -> None:
+        settings = Settings.from_env({"RNNSERVE_MODEL_DIR": str(ROOT / "models")})
+        super().__init__(ModelRegistry.load(settings), settings)
         self.calls: list[dict[str, Any]] = []
 
     async def char_logits(
@@ -178,17 +183,14 @@ class RecordingPipelines:
         carried_out: bool = True,
     ) -> CharSteps:
         self.calls.append({"carried": carried, "carried_out": carried_out})
-        rows, steps = ids.shape
-        return CharSteps(
-            np.zeros((rows, steps, 3), np.float32),
-            np.zeros((1, rows, 2), np.float32),
-            ["rs1.x"] * rows if carried_out else [],
-        )
+        return await super().char_logits(ids, state, carried, carried_out)
 
 
 def test_carried_states_are_computed_only_when_wanted() -> None:
     """Encoding a state per row costs a hash and base64 of ~8 kB: a client that names its
     outputs without `carried_state_out` does not pay for it."""
+    pipelines = RecordingPipelines()
+    state = asyncio.run(pipelines.next_chars("To be", 5, 1.0)).state
     for outputs, computed in (
         (None, True),
         (["logits"], False),
@@ -198,15 +200,15 @@ def test_carried_states_are_computed_only_when_wanted() -> None:
         header: dict[str, Any] = {
             "inputs": [
                 {"name": "ids", "datatype": "INT64", "shape": [2, 1], "data": [1, 2]},
-                {"name": "carried_state", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]},
+                {"name": "carried_state", "datatype": "BYTES", "shape": [2], "data": [state] * 2},
             ]
         }
         if outputs is not None:
             header["outputs"] = [{"name": n} for n in outputs]
-        pipelines = RecordingPipelines()
+        pipelines.calls.clear()
         request = parse_infer_request(json.dumps(header).encode(), None)
-        answer = asyncio.run(infer_chars(pipelines, request))  # type: ignore[arg-type]
-        assert pipelines.calls == [{"carried": ["a", "b"], "carried_out": computed}]
+        answer = asyncio.run(infer_chars(pipelines, request))
+        assert pipelines.calls == [{"carried": [state, state], "carried_out": computed}]
         assert ("carried_state_out" in answer) is computed, outputs
 
 

@@ -23,7 +23,7 @@ from service import __version__
 from service.engine.admission import CLIENT_LEFT, ContinuousBatcher, Lane
 from service.engine.carried_state import Carried, ModelIdentity, StateCodec, StateError
 from service.engine.parameters import text_parameters
-from service.engine.text_loop import GenerationRequest, Start, TextLoop
+from service.engine.text_loop import GenerationRequest, TextLoop
 from service.engine.text_loop import Sequence as TextSequence
 from service.engine.validation import char_ids, char_state, digit_images, text_length
 from service.errors import BadInput, NotReady
@@ -286,8 +286,7 @@ class Pipelines:
             parameter.check(value)
         ids = model.encode(prompt)
         carried = self.carried(codec, state)
-        start = Start(carried.state, carried.logits) if carried is not None else None
-        request = GenerationRequest(ids, length, temperature, top_k, seed, start, streaming)
+        request = GenerationRequest(ids, length, temperature, top_k, seed, carried, streaming)
         sequence = loop.submit(request, CLIENT_LEFT.get())  # 503 here when full
         chars = (carried.chars if carried else 0) + len(ids) + length
         return Generation(model, loop, sequence, codec, chars)

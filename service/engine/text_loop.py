@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from service.engine.admission import CLIENT_LEFT
+from service.engine.carried_state import Carried
 from service.errors import ClientGone, Overloaded
 from service.metrics import (
     GENERATION_ACTIVE,
@@ -74,14 +75,6 @@ GONE = "the client disconnected before its text was read; its work was dropped"
 
 
 @dataclass(frozen=True)
-class Start:
-    """Where a text continues from: a state and the next-character logits after it."""
-
-    state: np.ndarray  # (layers_x_2, hidden) float32
-    logits: np.ndarray  # (vocab,) float32
-
-
-@dataclass(frozen=True)
 class ReadResult:
     last: np.ndarray  # (rows, vocab): the logits after each row's last character
     state: np.ndarray  # (state_rows, rows, hidden): the state after it
@@ -95,7 +88,7 @@ class GenerationRequest:
     temperature: float
     top_k: int | None
     seed: int
-    start: Start | None = None  # None: a fresh state (then the prompt is not empty)
+    start: Carried | None = None  # None: a fresh state (then the prompt is not empty)
     streaming: bool = True  # False: the text is posted once, at the end
 
 
@@ -475,12 +468,14 @@ class TextLoop:
                 self.wakeup.wait()
                 self.wakeup.clear()
                 continue
-            self._admit()
+            if self.queued_reads or self.queued_generations:  # (the lock only when needed)
+                self._admit()
             now = time.perf_counter()
             if now - self.checked_at >= CHECK_EVERY_S:  # who has left
                 self.checked_at = now
                 self._leave_departed()
-            if now - self.streamed_at >= self._stream_interval():
+            since = now - self.streamed_at
+            if since >= STREAM_EVERY_S and since >= self._stream_interval():
                 self.streamed_at = now
                 self._post_streams()
                 self.urgent = True
@@ -571,8 +566,12 @@ class TextLoop:
             )
 
     def _join(self, sequences: list[Sequence], logits: np.ndarray, state: np.ndarray) -> None:
-        self.generating.add(sequences, logits, state)
-        self._not_joining(len(sequences))
+        """Joining sequences become active in one step under the lock: admission, which counts
+        active + joining, never sees them twice (it refused a place that was free) or not at
+        all."""
+        with self.lock:
+            self.generating.add(sequences, logits, state)
+            self.joining -= len(sequences)
 
     def _leave_departed(self) -> None:
         """Sequences and reads whose consumers stopped or whose clients left (every
