@@ -17,7 +17,7 @@ DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
 RUNS ?= runs
 export RNNSERVE_DATA_DIR := $(abspath $(DATA_DIR))
 
-.PHONY: help setup browser container-tools peers perf-analyzer serve test lint pytest train models export summary bench build image image-gpu container-test container-report load compare soak flood hostile clean
+.PHONY: help setup browser container-tools peers perf-analyzer serve protos test lint pytest train models export summary bench build image image-gpu container-test container-report load compare soak flood hostile clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' \
@@ -67,9 +67,15 @@ PORT ?= 3000
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK ?= true
 
-serve: $(SERVE_STAMP)  ## install the serving core, serve the committed models on http://$(HOST):$(PORT)
+GRPC_PORT ?= 8001
+
+serve: $(SERVE_STAMP)  ## install the serving core, serve the committed models on http://$(HOST):$(PORT), gRPC on :8001
 	$(PY) -m training.summary models
-	$(VENV)/bin/bentoml serve service.service:RnnServe --host $(HOST) --port $(PORT)
+	RNNSERVE_GRPC_HOST=$${RNNSERVE_GRPC_HOST:-$(HOST)} RNNSERVE_GRPC_PORT=$${RNNSERVE_GRPC_PORT:-$(GRPC_PORT)} \
+	  $(VENV)/bin/bentoml serve service.service:RnnServe --host $(HOST) --port $(PORT)
+
+protos: setup  ## regenerate service/http/grpc_v2/proto/*_pb2.py from the vendored .proto files
+	$(PY) -m service.http.grpc_v2.proto.generate
 
 bench: setup  ## benchmarks: runtimes, the HTTP service, big requests, generation, text (numbers)
 	$(PY) -m loadtest.bench_inference

@@ -18,9 +18,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different free 127.0.0.1 ports (held together while chosen: ports chosen one
+    after another may be the same one twice)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass
@@ -28,6 +39,12 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    grpc_port: int = 0  # 0: this server serves no gRPC
+
+    @property
+    def grpc_target(self) -> str:
+        """host:port of its gRPC front-end (what tritonclient.grpc takes as `url`)."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -73,9 +90,12 @@ def start_server(
     home: str | None = None,
     **settings: str,
 ) -> Server:
-    """Start `bentoml serve target`; `settings` become RNNSERVE_* variables."""
+    """Start `bentoml serve target`; `settings` become RNNSERVE_* variables. gRPC listens on
+    another free 127.0.0.1 port unless `grpc_port` is given (servers started side by side
+    must not meet on the default 8001)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port, grpc_port = free_ports(2)
+    settings = {"grpc_host": "127.0.0.1", "grpc_port": str(grpc_port), **settings}
     log_path = scratch / f"server-{port}.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
@@ -95,7 +115,7 @@ def start_server(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    server = Server(process, f"http://127.0.0.1:{port}", log_path, int(settings["grpc_port"]))
     if wait:
         wait_ready(server, timeout)
     return server

@@ -72,19 +72,23 @@ class ClientGone(Exception):
 class Status(NamedTuple):
     ours: int  # our JSON routes: the BentoML APIs, /v1/*
     v2: int  # the Open Inference Protocol routes, /v2/*
+    grpc: str  # the protocol over gRPC: a grpc.StatusCode name (this module imports no grpc)
 
 
 # The one table. V2 names the model in the path, so an unknown one is a missing resource (404);
-# our routes name it in the body, which makes it a bad value (400).
+# our routes name it in the body, which makes it a bad value (400). gRPC follows Triton's
+# server: a full queue or a request timed out in it is UNAVAILABLE (retryable, with the same
+# hint as a 503), something too big RESOURCE_EXHAUSTED (what gRPC itself answers for a message
+# over its size limit).
 STATUS: dict[type[ServiceError], Status] = {
-    BadInput: Status(400, 400),
-    UnusableInput: Status(422, 400),
-    TooLarge: Status(413, 400),
-    UnsupportedMedia: Status(415, 415),
-    UnknownModel: Status(400, 404),
-    NoCharModel: Status(404, 404),
-    Overloaded: Status(503, 503),
-    NotReady: Status(503, 503),
+    BadInput: Status(400, 400, "INVALID_ARGUMENT"),
+    UnusableInput: Status(422, 400, "INVALID_ARGUMENT"),
+    TooLarge: Status(413, 400, "RESOURCE_EXHAUSTED"),
+    UnsupportedMedia: Status(415, 415, "INVALID_ARGUMENT"),
+    UnknownModel: Status(400, 404, "NOT_FOUND"),
+    NoCharModel: Status(404, 404, "NOT_FOUND"),
+    Overloaded: Status(503, 503, "UNAVAILABLE"),
+    NotReady: Status(503, 503, "UNAVAILABLE"),
 }
 
 

@@ -43,6 +43,17 @@ LEAN_LATENCY = Histogram(
     labelnames=["route"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
 )
+GRPC_CALLS = Counter(
+    name="rnnserve_grpc_calls",
+    documentation="gRPC calls (service/http/grpc_v2) by method and status code",
+    labelnames=["method", "code"],
+)
+GRPC_LATENCY = Histogram(
+    name="rnnserve_grpc_call_seconds",
+    documentation="Time from a gRPC call's start to its answer, by method",
+    labelnames=["method"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
 QUEUE_WAITING = Gauge(
     name="rnnserve_queue_waiting",
     documentation="Work waiting for a model or a worker thread, per queue (images or requests)",

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     generation_joins_per_step: Count = 16
     workers: Count = 1
     timeout_s: Count = 30
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] = 8001
+    grpc_host: str = "0.0.0.0"
+    grpc_max_calls: Count = 256
     tracing: bool = False
     api_tokens: str = ""
     state_keys: str = ""
@@ -282,6 +285,11 @@ SETTINGS_DOC: dict[str, str] = {
     "generation_joins_per_step": "join policy: waiting generations that join between two steps "
     "(their prompts are read with the other texts)",
     "workers": "BentoML worker processes",
+    "grpc_port": "port of the Open Inference Protocol over gRPC (Triton's GRPCInferenceService "
+    "and grpc.health.v1), served by every worker; 0 turns it off",
+    "grpc_host": "interface the gRPC port listens on (as `bentoml serve --host` for HTTP)",
+    "grpc_max_calls": "gRPC calls one worker holds at once, each with its message of at most "
+    "`max_request_bytes` (RESOURCE_EXHAUSTED beyond)",
     "timeout_s": "seconds a request may wait for its response to start (504 beyond)",
     "tracing": "OpenTelemetry spans for the BentoML routes, with trace ids in the access log and "
     "an `x-bentoml-request-id` header (exporter and sample rate: BentoML's `tracing` config); "

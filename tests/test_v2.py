@@ -4,16 +4,17 @@ process, and the wire format's error paths over plain HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from tritonclient.utils import InferenceServerException
 
 from loadtest.payloads import digits
@@ -264,41 +265,30 @@ def test_malformed_inference_requests_are_400_with_a_message(app_client: TestCli
 
 
 def test_kserve_client_reads_health_readiness_and_infers(
-    default_server: Server, batch: tuple[np.ndarray, np.ndarray]
+    default_server: Server, batch: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     """KServe's client reads the health bodies ({"live": true}, {"ready": true}): an empty 200
-    made is_server_live/is_server_ready crash. JSON and binary tensors both round-trip."""
+    made is_server_live/is_server_ready crash. JSON and binary tensors both round-trip. (In a
+    process of its own: KServe and tritonclient.grpc cannot share one, tests/clients.)"""
     images, labels = batch
-    url = default_server.url
-
-    async def scenario() -> dict[str, object]:
-        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
-        try:
-            found: dict[str, object] = {
-                "live": await client.is_server_live(url),
-                "ready": await client.is_server_ready(url),
-                "model ready": await client.is_model_ready(url, "mnist-bigru"),
-            }
-            for binary in (False, True):
-                pixels = InferInput("pixels", [16, 28, 28], "FP32")
-                pixels.set_data_from_numpy(images[:16], binary_data=binary)
-                request = InferRequest(model_name="mnist-bigru", infer_inputs=[pixels])
-                response = await client.infer(url, request, model_name="mnist-bigru")
-                outputs = {o.name: o.as_numpy() for o in response.outputs}
-                found[f"digits binary={binary}"] = outputs["digit"].tolist()
-                found[f"rows binary={binary}"] = outputs["probabilities"].shape
-            ids = InferInput("ids", [1, 6], "INT64")
-            ids.set_data_from_numpy(np.array([[0, 1, 2, 3, 4, 5]], dtype=np.int64))
-            request = InferRequest(model_name="char-rnn", infer_inputs=[ids])
-            response = await client.infer(url, request, model_name="char-rnn")
-            found["logits"] = {o.name: o.as_numpy().shape for o in response.outputs}["logits"]
-            return found
-        finally:
-            await client.close()
-
-    found = asyncio.run(scenario())
+    np.save(tmp_path / "images.npy", images[:16])
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.clients.kserve_check",
+            default_server.url,
+            str(tmp_path / "images.npy"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout)
     assert found["live"] is True and found["ready"] is True and found["model ready"] is True
     for binary in (False, True):
         assert found[f"digits binary={binary}"] == labels[:16].tolist()
-        assert found[f"rows binary={binary}"] == (16, 10)
-    assert found["logits"][:2] == (1, 6)  # type: ignore[index]
+        assert found[f"rows binary={binary}"] == [16, 10]
+    assert found["logits"][:2] == [1, 6]

@@ -8,7 +8,6 @@ from Starlette for 404/405). Clients should parse one: `{"error": str, "detail":
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from http import HTTPStatus
 from typing import Any
@@ -18,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.engine.validation import parse_count
 from service.errors import ClientGone, error_body
 from service.http.asgi import replay_body, send_error
+from service.http.auth import MISSING_TOKEN, BearerTokens
 from service.http.bentoml_compat import unwrap_error_array
 from service.metrics import BODIES_REFUSED, BODY_BYTES_HELD
 
@@ -111,49 +111,29 @@ class ErrorShapeMiddleware:
 
 
 class BearerAuthMiddleware:
-    """Optional bearer-token authentication (off when no tokens are configured).
-
-    Tokens are compared in constant time (`hmac.compare_digest`) against every configured
-    token, so neither a match nor its position leaks through timing. A request must carry one
-    Authorization header (two are refused: proxies and frameworks disagree on which counts),
-    read from the header block only (the server drops trailer fields). WebSocket scopes are
-    authenticated like requests (none is served today; a future route starts closed). Exempt
-    paths (health, metrics by default) stay open for probes and scrapers; an entry ending in
-    `*` exempts a prefix (the demo page's static files, `/ui/*`: they hold no data, the page
-    sends the token).
+    """Optional bearer-token authentication (off when no tokens are configured), by the rule
+    of service/http/auth.py. The token is read from the header block only (the server drops
+    trailer fields). WebSocket scopes are authenticated like requests (none is served today;
+    a future route starts closed). The demo page's static files (`/ui/*`) are exempt by
+    default: they hold no data, the page sends the token.
     """
 
     def __init__(self, app: ASGIApp, tokens: tuple[str, ...], exempt: tuple[str, ...]) -> None:
         self.app = app
-        self.tokens = [t.encode() for t in tokens]
-        self.exempt = {p for p in exempt if not p.endswith("*")}
-        self.exempt_prefixes = tuple(p[:-1] for p in exempt if p.endswith("*"))
-
-    def _authorized(self, header: bytes | None) -> bool:
-        if header is None or not header.lower().startswith(b"bearer "):
-            return False
-        offered = header[7:].strip()
-        matches = [hmac.compare_digest(offered, token) for token in self.tokens]
-        return any(matches)
+        self.check = BearerTokens(tokens, exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if (
-            scope["type"] not in ("http", "websocket")
-            or not self.tokens
-            or path in self.exempt
-            or path.startswith(self.exempt_prefixes)
+        if scope["type"] not in ("http", "websocket") or self.check.open_path(
+            scope.get("path", "")
         ):
             await self.app(scope, receive, send)
             return
         offered = [v for k, v in scope.get("headers", ()) if k == b"authorization"]
-        if len(offered) != 1 or not self._authorized(offered[0]):
+        if not self.check.authorized(offered):
             if scope["type"] == "websocket":  # refused before the handshake: the server's 403
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            body = error_body(
-                "missing or invalid bearer token: send 'Authorization: Bearer <token>'"
-            )
+            body = error_body(MISSING_TOKEN)
             await send(
                 {
                     "type": "http.response.start",

@@ -31,6 +31,7 @@ from service.http.bentoml_compat import (
     skipped_paths,
 )
 from service.http.connections import ConnectionLimits, install_connection_limits
+from service.http.grpc_v2.server import GrpcFrontEnd, check_port_free
 from service.http.kernel import refusal_response
 from service.http.meta_app import LEAN_PATH, META_PATHS, MOUNT_PATH, STREAM_PATH, meta_app
 from service.http.middleware import (
@@ -159,6 +160,27 @@ class RnnServe:
 
     def __is_ready__(self) -> bool:
         return STATE.pipelines is not None
+
+    # ------------------------------------------------------------------ gRPC
+
+    @bentoml.on_deployment
+    def _grpc_port_is_free() -> None:  # BentoML makes it a staticmethod
+        """Once, in the arbiter, before any worker binds the gRPC port (they share it)."""
+        check_port_free(SETTINGS)
+
+    @bentoml.on_startup
+    async def _start_grpc(self) -> None:
+        """The gRPC front-end of this worker (service/http/grpc_v2), on its event loop. Only in
+        `bentoml serve` workers: the in-process app (tests) has no ports of its own."""
+        self.grpc: GrpcFrontEnd | None = None
+        if SETTINGS.grpc_port and bentoml.server_context.worker_index is not None:
+            self.grpc = GrpcFrontEnd(STATE, SETTINGS)
+            await self.grpc.start()
+
+    @bentoml.on_shutdown
+    async def _stop_grpc(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
 
     # ------------------------------------------------------------------ digits
 

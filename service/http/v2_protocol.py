@@ -162,7 +162,7 @@ def _strings_from_json(data: Any, shape: tuple[int, ...], name: str) -> np.ndarr
     return raw.reshape(shape)
 
 
-def _strings_from_binary(chunk: memoryview, shape: tuple[int, ...], name: str) -> np.ndarray:
+def strings_from_binary(chunk: memoryview, shape: tuple[int, ...], name: str) -> np.ndarray:
     """Binary data of a BYTES tensor: per element a 4-byte little-endian length then the
     bytes. The element count comes from the shape and is checked against the size before
     anything is read, so a huge shape over a few bytes costs nothing; every length, and the
@@ -201,8 +201,8 @@ def _strings_from_binary(chunk: memoryview, shape: tuple[int, ...], name: str) -
     return elements.reshape(shape)
 
 
-def _serialize_strings(array: np.ndarray) -> bytes:
-    """A BYTES output as binary data: what `_strings_from_binary` reads."""
+def serialize_strings(array: np.ndarray) -> bytes:
+    """A BYTES output as binary data: what `strings_from_binary` reads."""
     parts = []
     for item in array.flat:
         data = item.encode() if isinstance(item, str) else bytes(item)
@@ -261,7 +261,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
                 raise BadInput(f"input {short(name)}: the body ends before its binary data")
             chunk = binary[offset : offset + binary_size]
             offset += binary_size
-            inputs[name] = _strings_from_binary(chunk, shape, name)
+            inputs[name] = strings_from_binary(chunk, shape, name)
         elif datatype == BYTES and "data" in tensor:
             inputs[name] = _strings_from_json(tensor["data"], shape, name)
         elif binary_size is not None:
@@ -329,7 +329,7 @@ def encode_infer_response(
             "shape": list(array.shape),
         }
         if binary:
-            blob = _serialize_strings(array) if strings else array.tobytes()
+            blob = serialize_strings(array) if strings else array.tobytes()
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif strings:  # JSON holds text: bytes elements must be UTF-8 (ours are ASCII)
