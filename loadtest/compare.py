@@ -99,7 +99,10 @@ def fastapi(workers: int) -> Callable[[Path, str], Server]:
     return start
 
 
-def triton(instances: int) -> Callable[[Path, str], Server]:
+def triton(instances: int, grpc: bool = False) -> Callable[[Path, str], Server]:
+    """Triton through PyTriton (`.venv-peers`); with `grpc`, its gRPC port too (the HTTP
+    port + 1, Server.grpc_port)."""
+
     def start(scratch: Path, model: str) -> Server:
         peer_libdir = subprocess.run(
             [
@@ -119,7 +122,9 @@ def triton(instances: int) -> Callable[[Path, str], Server]:
         }
         cmd = [str(PEERS_PYTHON), str(ROOT / "loadtest" / "peers" / "pytriton_server.py")]
         cmd += ["--model", model, "--port", "{port}", "--instances", str(instances)]
-        server = spawn(cmd, scratch, env, "triton")
+        server = spawn(cmd + ["--grpc"] * grpc, scratch, env, "triton")
+        if grpc:
+            server.grpc_port = int(server.url.rsplit(":", 1)[1]) + 1
         wait_ready(server, 120, f"/v2/models/{model}/ready")
         return server
 

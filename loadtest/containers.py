@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from loadtest.servers import free_port
+from loadtest.servers import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER_DIR = ROOT / "deploy" / "container"
@@ -77,6 +77,7 @@ class Container:
     name: str
     url: str
     started: float
+    grpc_target: str = ""  # host:port its gRPC port (8001 inside) is published on
 
     def logs(self) -> str:
         proc = podman("logs", self.name, check=False)
@@ -94,13 +95,25 @@ class Container:
 
 
 def run(image: str, name: str, env: dict[str, str] | None = None) -> Container:
-    """Start `image` detached, as its own (non-root) user, port 3000 on 127.0.0.1 only."""
+    """Start `image` detached, as its own (non-root) user, ports 3000 (HTTP) and 8001 (gRPC)
+    published on 127.0.0.1 only."""
     podman("rm", "-f", name, check=False)
-    port = free_port()
+    port, grpc_port = free_ports(2)
     flags = [f"--env={k}={v}" for k, v in (env or {}).items()]
     started = time.perf_counter()
-    podman("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", *flags, image)
-    return Container(name, f"http://127.0.0.1:{port}", started)
+    podman(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-p",
+        f"127.0.0.1:{port}:3000",
+        "-p",
+        f"127.0.0.1:{grpc_port}:8001",
+        *flags,
+        image,
+    )
+    return Container(name, f"http://127.0.0.1:{port}", started, f"127.0.0.1:{grpc_port}")
 
 
 def wait_ready(container: Container, timeout: float = 60) -> float:

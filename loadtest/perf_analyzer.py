@@ -1,7 +1,8 @@
-"""Triton's perf_analyzer against the service's V2 HTTP routes (loadtest/results/perf_analyzer.md).
+"""Triton's perf_analyzer against the service's V2 routes, HTTP and gRPC
+(loadtest/results/perf_analyzer.md).
 
     python -m loadtest.perf_analyzer                # starts its own server (committed models)
-    python -m loadtest.perf_analyzer --url http://127.0.0.1:3000
+    python -m loadtest.perf_analyzer --url http://127.0.0.1:3000 --grpc 127.0.0.1:8001
 
 perf_analyzer comes from its own venv, `.venv-perf` (`make perf-analyzer`): the binary bundled in
 the `tritonclient==2.51.0` wheel (the last one built for glibc 2.36, Debian 12), which links
@@ -29,7 +30,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from loadtest.servers import ROOT, start_server
+from loadtest.compare import PEERS_PYTHON, triton
+from loadtest.servers import ROOT, Server, start_server
 
 PERF_VENV = ROOT / ".venv-perf"
 RESULTS = ROOT / "loadtest" / "results" / "perf_analyzer.md"
@@ -90,6 +92,7 @@ def run(
     url: str,
     model: str = MODEL,
     *,
+    protocol: str = "http",
     concurrency: int | None = None,
     request_rate: float | None = None,
     batch: int = 1,
@@ -101,9 +104,10 @@ def run(
     extra: tuple[str, ...] = (),
     timeout: float = 120.0,
 ) -> Run:
-    """perf_analyzer on `model` at `url` (127.0.0.1 only) over HTTP, one concurrency level
-    (closed loop) or one request rate (open loop); `request_count` > 0 measures that many
-    requests instead of time windows until stable."""
+    """perf_analyzer on `model` at `url` (127.0.0.1 only; the gRPC port's for `protocol`
+    "grpc"), one concurrency level (closed loop) or one request rate (open loop);
+    `request_count` > 0 measures that many requests instead of time windows until stable.
+    (Over gRPC tensors are always raw bytes: `tensor_format` is for HTTP only.)"""
     host = urlsplit(url if "//" in url else f"http://{url}")
     if host.hostname != "127.0.0.1":
         raise ValueError(f"only 127.0.0.1 is measured, not {url}")
@@ -117,13 +121,12 @@ def run(
             "-u",
             f"127.0.0.1:{host.port or 80}",
             "-i",
-            "http",
+            protocol,
             "--shared-memory",
             "none",
             "--input-data",
             input_data,
-            "--input-tensor-format",
-            tensor_format,
+            *(("--input-tensor-format", tensor_format) if protocol == "http" else ()),
             "-b",
             str(batch),
             *[arg for shape in shapes for arg in ("--shape", shape)],
@@ -162,7 +165,8 @@ def json_data(path: Path, inputs: dict[str, tuple[list[int], list[int]]]) -> Pat
 
 
 def infer_answers(url: str) -> tuple[float, float]:
-    """(answered 200, answered anything) on the V2 infer route, from the server's /metrics."""
+    """(answered 200 / OK, answered anything) on the V2 infer route and the gRPC ModelInfer
+    call together, from the server's /metrics."""
     ok = total = 0.0
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
         if line.startswith("bentoml_service_request_duration_seconds_count{") and (
@@ -171,101 +175,144 @@ def infer_answers(url: str) -> tuple[float, float]:
             count = float(line.rsplit(" ", 1)[1])
             total += count
             ok += count if 'http_response_code="200"' in line else 0.0
+        elif line.startswith("rnnserve_grpc_calls_total{") and 'method="ModelInfer"' in line:
+            count = float(line.rsplit(" ", 1)[1])
+            total += count
+            ok += count if 'code="OK"' in line else 0.0
     return ok, total
 
 
-# (label, tensor format, batch, concurrency); the open-loop row is added after these.
-CASES: list[tuple[str, str, int, int]] = [
-    ("HTTP JSON", "json", 1, 1),
-    ("HTTP JSON", "json", 1, 16),
-    ("HTTP JSON", "json", 1, 32),
-    ("HTTP binary", "binary", 1, 1),
-    ("HTTP binary", "binary", 1, 16),
-    ("HTTP binary", "binary", 1, 32),
-    ("HTTP binary", "binary", 8, 16),
+# (label, protocol, tensor format, batch, concurrency); the open-loop rows follow these.
+CASES: list[tuple[str, str, str, int, int]] = [
+    ("HTTP JSON", "http", "json", 1, 1),
+    ("HTTP JSON", "http", "json", 1, 16),
+    ("HTTP JSON", "http", "json", 1, 32),
+    ("HTTP binary", "http", "binary", 1, 1),
+    ("gRPC", "grpc", "binary", 1, 1),
+    ("HTTP binary", "http", "binary", 1, 16),
+    ("gRPC", "grpc", "binary", 1, 16),
+    ("HTTP binary", "http", "binary", 1, 32),
+    ("gRPC", "grpc", "binary", 1, 32),
+    ("HTTP binary", "http", "binary", 8, 16),
+    ("gRPC", "grpc", "binary", 8, 16),
 ]
 
 
-def _row(label: str, load: str, batch: int, result: Run, errors: float) -> str:
+@dataclass
+class Target:
+    """A server perf_analyzer measures: its name, HTTP address, gRPC address, and the base URL
+    whose /metrics counts its answers (rnnserve's; None for a peer without our metrics)."""
+
+    name: str
+    http: str
+    grpc: str
+    metrics: str | None
+
+
+def _row(server: str, label: str, load: str, batch: int, result: Run, errors: float | None) -> str:
+    shown = "-" if errors is None else f"{errors:.0f}"
     if not result.ok:
         last = result.output.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
-        return f"| {label} | {load} | {batch} | failed: {last[0]} | | | {errors:.0f} |"
+        return f"| {server} | {label} | {load} | {batch} | failed: {last[0]} | | | {shown} |"
     row = result.rows[0]
     return (
-        f"| {label} | {load} | {batch} | {row['Inferences/Second']:.0f} | "
-        f"{row['p50 latency'] / 1000:.1f} | {row['p99 latency'] / 1000:.1f} | {errors:.0f} |"
+        f"| {server} | {label} | {load} | {batch} | {row['Inferences/Second']:.0f} | "
+        f"{row['p50 latency'] / 1000:.1f} | {row['p99 latency'] / 1000:.1f} | {shown} |"
     )
-
-
-def _errors(url: str, before: tuple[float, float]) -> float:
-    ok, total = infer_answers(url)
-    return (total - before[1]) - (ok - before[0])
 
 
 UNSTABLE = "Failed to obtain stable measurement"
 
 
 def _measure(
-    url: str, label: str, load: str, interval_ms: int, extra: tuple[str, ...], **kwargs: Any
+    target: Target,
+    label: str,
+    load: str,
+    interval_ms: int,
+    extra: tuple[str, ...],
+    **kwargs: Any,
 ) -> tuple[str, Run, bool]:
-    """One table row: perf_analyzer until stable; where the machine's drift keeps it from
-    stabilising, once more over a fixed number of requests (about three windows' worth at the
-    `expect` rate), which the row says. Returns the row, the run and whether it is clean."""
+    """One table row: perf_analyzer on `target` until stable; where the machine's drift keeps
+    it from stabilising, once more over a fixed number of requests (about three windows'
+    worth at the `expect` rate), which the row says. Errors are read from the target's
+    /metrics where it has ours (perf_analyzer also stops on the first refused request).
+    Returns the row, the run and whether it is clean."""
     expect = kwargs.pop("expect")
     batch = kwargs.get("batch", 1)
-    before = infer_answers(url)
-    result = run(url, interval_ms=interval_ms, extra=extra, **kwargs)
+    address = target.grpc if kwargs.get("protocol") == "grpc" else target.http
+    before = infer_answers(target.metrics) if target.metrics else (0.0, 0.0)
+    result = run(address, interval_ms=interval_ms, extra=extra, **kwargs)
     if result.returncode != 0 and UNSTABLE in result.output:
         count = max(
             int(expect * 3 * interval_ms / 1000 / batch), int(kwargs.get("request_rate") or 0)
         )
         load += f" (fixed {count} requests: not stable within {extra[-1]} windows)"
-        result = run(url, request_count=count, **kwargs)
-    errors = _errors(url, before)
-    print(f"{label} {load} b{batch}: rc {result.returncode} {result.rows}", flush=True)
-    return _row(label, load, batch, result, errors), result, result.ok and errors == 0
+        result = run(address, request_count=count, **kwargs)
+    errors = None
+    if target.metrics:
+        ok, total = infer_answers(target.metrics)
+        errors = (total - before[1]) - (ok - before[0])
+    print(
+        f"{target.name} {label} {load} b{batch}: rc {result.returncode} {result.rows}", flush=True
+    )
+    clean = result.ok and not errors
+    return _row(target.name, label, load, batch, result, errors), result, clean
 
 
-def report(url: str, interval_ms: int, stability: int, trials: int, out: Path) -> int:
+def report(targets: list[Target], interval_ms: int, stability: int, trials: int, out: Path) -> int:
+    """Every row of CASES on every target in turn (so that each row meets the same machine on
+    each), then the open loop over HTTP and gRPC, into `out`."""
     extra = ("--stability-percentage", str(stability), "--max-trials", str(trials))
     lines = []
     failed = 0
     best = 0.0
     # warm-up, not recorded: a fresh worker's first requests are slower (the first row was
     # half as fast as the same row against a warm server)
-    for tensor_format in ("json", "binary"):
-        run(url, concurrency=4, tensor_format=tensor_format, request_count=1000)
+    for target in targets:
+        for protocol, tensor_format in (("http", "json"), ("http", "binary"), ("grpc", "binary")):
+            run(
+                target.grpc if protocol == "grpc" else target.http,
+                protocol=protocol,
+                concurrency=4,
+                tensor_format=tensor_format,
+                request_count=1000,
+            )
     started = time.perf_counter()
-    for label, tensor_format, batch, concurrency in CASES:
-        line, result, ok = _measure(
-            url,
-            label,
-            f"concurrency {concurrency}",
-            interval_ms,
-            extra,
-            expect=max(best, 500.0),
-            concurrency=concurrency,
-            batch=batch,
-            tensor_format=tensor_format,
-        )
-        lines.append(line)
-        failed += not ok
-        if ok and batch == 1 and tensor_format == "binary":
-            best = max(best, result.rows[0]["Inferences/Second"])
-    # open loop at half the best closed-loop binary throughput (perf_analyzer schedules the
-    # sends by the clock, so a slow answer does not hold back the next request)
+    for label, protocol, tensor_format, batch, concurrency in CASES:
+        for target in targets:
+            line, result, ok = _measure(
+                target,
+                label,
+                f"concurrency {concurrency}",
+                interval_ms,
+                extra,
+                expect=max(best, 500.0),
+                protocol=protocol,
+                concurrency=concurrency,
+                batch=batch,
+                tensor_format=tensor_format,
+            )
+            lines.append(line)
+            failed += not ok
+            if ok and batch == 1 and label == "HTTP binary" and target is targets[0]:
+                best = max(best, result.rows[0]["Inferences/Second"])
+    # open loop at half the best closed-loop HTTP binary throughput (perf_analyzer schedules
+    # the sends by the clock, so a slow answer does not hold back the next request)
     rate = max(100, round(best / 2, -2))
-    line, result, ok = _measure(
-        url,
-        "HTTP binary",
-        f"request rate {rate:g}/s (open loop)",
-        interval_ms,
-        extra,
-        expect=rate,
-        request_rate=rate,
-    )
-    lines.append(line)
-    failed += not ok
+    for label, protocol in (("HTTP binary", "http"), ("gRPC", "grpc")):
+        for target in targets:
+            line, result, ok = _measure(
+                target,
+                label,
+                f"request rate {rate:g}/s (open loop)",
+                interval_ms,
+                extra,
+                expect=rate,
+                protocol=protocol,
+                request_rate=rate,
+            )
+            lines.append(line)
+            failed += not ok
     elapsed = time.perf_counter() - started
     exe, env = binary()
     probe = subprocess.run([str(exe), "--version"], env=env, capture_output=True, text=True)
@@ -278,36 +325,47 @@ def report(url: str, interval_ms: int, stability: int, trials: int, out: Path) -
         ),
         platform.processor() or platform.machine(),
     )
+    peers = [t.name for t in targets[1:]]
     text = "\n".join(
         [
-            "# perf_analyzer against the V2 HTTP routes",
+            "# perf_analyzer against the V2 routes, HTTP and gRPC",
             "",
             "Command: `python -m loadtest.perf_analyzer"
             + (f" --interval-ms {interval_ms}" if interval_ms != 3000 else "")
-            + "` (its own `bentoml serve` of the committed models, default settings)  ",
+            + "` (its own `bentoml serve` of the committed models, default settings"
+            + (
+                "; and Triton through PyTriton, `loadtest/peers/pytriton_server.py --grpc`, the "
+                "same ONNX file on onnxruntime CPU, 1 thread, dynamic batching up to 256 with a "
+                "2 ms queue delay, from `.venv-peers`)  "
+                if peers
+                else "; no `.venv-peers`, so no Triton rows: `make peers`)  "
+            ),
             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
             f"Machine: {platform.machine()} ({cpu}), {os.cpu_count()} cores, no GPU; "
-            "perf_analyzer and the server on the same host  ",
+            "perf_analyzer and the servers on the same host  ",
             f"Tool: {version} (the binary of tritonclient 2.51.0, `.venv-perf`)  ",
-            f"Each row: `perf_analyzer -m {MODEL} -u 127.0.0.1:PORT -i http --shared-memory none "
-            "--input-data zero --input-tensor-format FORMAT -b BATCH --concurrency-range N "
+            f"Each row: `perf_analyzer -m {MODEL} -u 127.0.0.1:PORT -i http|grpc --shared-memory "
+            "none --input-data zero [--input-tensor-format FORMAT] -b BATCH --concurrency-range N "
             f"(or --request-rate-range R) --measurement-interval {interval_ms} "
             f"--stability-percentage {stability} --max-trials {trials} -f report.csv`; "
             "one 1x28x28 digit of zeros per inference (8 per request with `-b 8`); "
             f"all rows in {elapsed:.0f} s.",
             "",
             "Inferences/s counts images (requests x batch); latency is per request, client side, "
-            "in ms (perf_analyzer's p50 and p99). Errors: the V2 infer answers other than 200 "
-            "during the row, from the server's /metrics (perf_analyzer also stops with a "
-            "non-zero status on the first refused request). The open-loop row sends at half "
-            "the best closed-loop binary rate, on perf_analyzer's schedule whatever the "
-            "answers' latency. Before the rows, 1000 requests of each tensor format warm the "
-            "server up (not recorded). A row perf_analyzer could not stabilise (the shared machine "
-            "drifts) was measured again over a fixed number of requests (`--request-count`, "
-            "no stability check), and says so.",
+            "in ms (perf_analyzer's p50 and p99). gRPC rows reach the same server's gRPC port "
+            "(tensors as raw contents). Each case runs on every server in turn, so that the rows "
+            "of a case meet the same machine. Errors: rnnserve's V2 infer answers other than 200 "
+            "(gRPC: other than OK) during the row, from its /metrics (`-` for Triton, whose "
+            "metrics are off; perf_analyzer itself stops with a non-zero status on the first "
+            "refused request, which the row would show as failed). The open-loop rows send at "
+            "half rnnserve's best closed-loop HTTP binary rate, on perf_analyzer's schedule "
+            "whatever the answers' latency. Before the rows, 1000 requests of each protocol and "
+            "tensor format warm every server up (not recorded). A row perf_analyzer could not "
+            "stabilise (the shared machine drifts) was measured again over a fixed number of "
+            "requests (`--request-count`, no stability check), and says so.",
             "",
-            "| tensors | load | batch | inferences/s | p50 ms | p99 ms | errors |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            "| server | tensors | load | batch | inferences/s | p50 ms | p99 ms | errors |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
             *lines,
             "",
         ]
@@ -321,20 +379,41 @@ def report(url: str, interval_ms: int, stability: int, trials: int, out: Path) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server (127.0.0.1 only); default: start one")
+    parser.add_argument(
+        "--grpc", default="127.0.0.1:8001", help="with --url: its gRPC host:port (127.0.0.1)"
+    )
+    parser.add_argument(
+        "--no-triton", action="store_true", help="leave out Triton (PyTriton, `.venv-peers`)"
+    )
     parser.add_argument("--interval-ms", type=int, default=3000, help="measurement window")
     parser.add_argument("--stability", type=int, default=20, help="perf_analyzer's -s, percent")
     parser.add_argument("--max-trials", type=int, default=6, help="perf_analyzer's -r")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     binary()  # fail early, saying why, when perf_analyzer cannot run
-    if args.url:
-        return report(args.url, args.interval_ms, args.stability, args.max_trials, args.out)
     scratch = Path(tempfile.mkdtemp(prefix="perf-analyzer-server-"))
-    server = start_server(scratch, model_dir=str(ROOT / "models"))
+    servers: list[Server] = []
     try:
-        return report(server.url, args.interval_ms, args.stability, args.max_trials, args.out)
+        if args.url:
+            targets = [Target("rnnserve", args.url.removeprefix("http://"), args.grpc, args.url)]
+        else:
+            server = start_server(scratch / "rnnserve", model_dir=str(ROOT / "models"))
+            servers.append(server)
+            targets = [
+                Target(
+                    "rnnserve", server.url.removeprefix("http://"), server.grpc_target, server.url
+                )
+            ]
+        if not args.no_triton and PEERS_PYTHON.exists():
+            peer = triton(1, grpc=True)(scratch / "triton", MODEL)
+            servers.append(peer)
+            targets.append(
+                Target("Triton", peer.url.removeprefix("http://"), peer.grpc_target, None)
+            )
+        return report(targets, args.interval_ms, args.stability, args.max_trials, args.out)
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc
 import yaml
 from PIL import Image
 
@@ -137,6 +138,14 @@ def test_every_kind_of_request_from_outside(served: containers.Container) -> Non
         assert "rnnserve_model_info" in metrics and "rnnserve_generation_steps_total" in metrics
         meta = client.get("/v1/metadata").json()
         assert meta["torch_imported"] is False and meta["device"] == "cpu"
+    # the Open Inference Protocol over gRPC, on the image's port 8001 (listening on 0.0.0.0
+    # inside, published on 127.0.0.1)
+    grpc_client = tritonclient.grpc.InferenceServerClient(served.grpc_target)
+    tensor = tritonclient.grpc.InferInput("pixels", [1, 28, 28], "UINT8")
+    tensor.set_data_from_numpy(pixels.reshape(1, 28, 28))
+    answer = grpc_client.infer("mnist-bigru", [tensor])
+    assert answer.as_numpy("digit").tolist() == [digit.label]
+    grpc_client.close()
 
 
 def test_a_tampered_model_in_a_derived_image_stops_start_up(image: str, tmp_path: Path) -> None:

@@ -258,6 +258,8 @@ def test_deadlines_and_cancellation_are_honoured(
             return False  # it finished first: nothing was cancelled
 
     assert all(asyncio.run(cancel_midway()) for _ in range(3))
+    # the server saw its calls end early (the handler cancelled, the work dropped)
+    assert metric_value(server.url, "rnnserve_grpc_calls_total", 'code="CANCELLED"') >= 1
     assert client.infer("char-rnn", [_ids(ids[:1, :5])]).as_numpy("logits").shape[:2] == (1, 5)
     assert "Traceback" not in server.log()
 

@@ -1,6 +1,6 @@
 """Triton Inference Server through PyTriton, serving a committed digit model: a comparison peer.
 
-    .venv-peers/bin/python loadtest/peers/pytriton_server.py --model mnist-rnn --port 8000
+    .venv-peers/bin/python loadtest/peers/pytriton_server.py --model mnist-rnn --port 8000 [--grpc]
 
 Runs in its own virtual environment (`make peers`: PyTriton needs numpy < 2), never the
 service's. The model is the committed ONNX file run by onnxruntime on the CPU with the same
@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--instances", type=int, default=1, help="model instances")
     parser.add_argument("--delay-us", type=int, default=2000, help="max queue delay")
+    parser.add_argument("--grpc", action="store_true", help="also serve gRPC on --port + 1")
     args = parser.parse_args()
 
     folder = ROOT / "models" / args.model
@@ -62,11 +63,16 @@ def main() -> None:
         grpc_address="127.0.0.1",
         grpc_port=args.port + 1,
         metrics_port=args.port + 2,
-        allow_grpc=False,
+        allow_grpc=args.grpc,
         allow_metrics=False,
         exit_on_error=True,
     )
-    with Triton(config=config) as triton:
+    # PyTriton guards Triton's statistics API with a token of its own; perf_analyzer reads the
+    # server-side statistics of the model it measures, so that one is left open
+    security = TritonSecurityConfig(
+        restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"]
+    )
+    with Triton(config=config, security_config=security) as triton:
         triton.bind(
             model_name=args.model,
             infer_func=[infer] * args.instances,

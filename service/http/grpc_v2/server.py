@@ -21,8 +21,9 @@ health checks stay open by default. A call whose client cancels it or whose dead
 is cancelled in the pipeline too: waiting work is dropped before it reaches the model.
 Messages are bounded by RNNSERVE_MAX_REQUEST_BYTES (gRPC answers RESOURCE_EXHAUSTED before
 the handler runs), metadata by RNNSERVE_MAX_HEADER_BYTES, calls held at once by
-RNNSERVE_GRPC_MAX_CALLS; Triton's calls we do not serve (shared memory, statistics, the
-repository, tracing, logging, streaming) answer UNIMPLEMENTED.
+RNNSERVE_GRPC_MAX_CALLS, and a call's time by RNNSERVE_TIMEOUT_S (DEADLINE_EXCEEDED, as
+HTTP's 504) as well as by the client's deadline. Triton's calls we do not serve (shared
+memory, statistics, the repository, tracing, logging, streaming) answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -181,7 +182,18 @@ class GrpcFrontEnd:
             try:
                 request = decode(request_type, data)
                 self._authenticate(method, request, context)
-                return await handler(request, context)
+                # the server's own bound, as for HTTP's 504 (a client may set a shorter one)
+                async with asyncio.timeout(self.settings.timeout_s):
+                    return await handler(request, context)
+            except TimeoutError:
+                code = "DEADLINE_EXCEEDED"
+                message = (
+                    f"no answer within {self.settings.timeout_s} s ({PREFIX}TIMEOUT_S); the "
+                    "work was dropped"
+                )
+                log_refusal(f"gRPC {method}", 504, message)
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+                raise
             except ServiceError as exc:
                 code = errors.status_of(exc).grpc
                 log_refusal(f"gRPC {method}", errors.status_of(exc).v2, exc.message)
