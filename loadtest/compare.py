@@ -35,7 +35,7 @@ from typing import Any
 import psutil
 
 from loadtest.run_load import run_locust
-from loadtest.servers import Server, free_port, server_env, start_server, wait_ready
+from loadtest.servers import Server, free_ports, server_env, start_server, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "compare_locust.py"
@@ -64,14 +64,28 @@ class Result:
 
 
 def spawn(cmd: list[str], scratch: Path, env: dict[str, str], name: str) -> Server:
-    port = free_port()
+    """Start `cmd` with `{port}` (and `{grpc_port}`, `{metrics_port}`, when it names them)
+    replaced by free ports, different from each other."""
+    port, grpc_port, metrics_port = free_ports(3)
     scratch.mkdir(parents=True, exist_ok=True)
     log_path = scratch / f"{name}-{port}.log"
-    cmd = [part.replace("{port}", str(port)) for part in cmd]
+    template = " ".join(cmd)
+    cmd = [
+        part.replace("{port}", str(port))
+        .replace("{grpc_port}", str(grpc_port))
+        .replace("{metrics_port}", str(metrics_port))
+        for part in cmd
+    ]
     process = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
     )
-    return Server(process, f"http://127.0.0.1:{port}", log_path)
+    return Server(
+        process,
+        f"http://127.0.0.1:{port}",
+        log_path,
+        grpc_port if "{grpc_port}" in template else 0,
+        metrics_port if "{metrics_port}" in template else 0,
+    )
 
 
 def rnnserve(workers: int) -> Callable[[Path, str], Server]:
@@ -99,9 +113,11 @@ def fastapi(workers: int) -> Callable[[Path, str], Server]:
     return start
 
 
-def triton(instances: int, grpc: bool = False) -> Callable[[Path, str], Server]:
-    """Triton through PyTriton (`.venv-peers`); with `grpc`, its gRPC port too (the HTTP
-    port + 1, Server.grpc_port)."""
+def triton(
+    instances: int, grpc: bool = False, metrics: bool = False
+) -> Callable[[Path, str], Server]:
+    """Triton through PyTriton (`.venv-peers`); with `grpc`, its gRPC port too
+    (Server.grpc_port), with `metrics` its Prometheus port (Server.metrics_port)."""
 
     def start(scratch: Path, model: str) -> Server:
         peer_libdir = subprocess.run(
@@ -122,9 +138,11 @@ def triton(instances: int, grpc: bool = False) -> Callable[[Path, str], Server]:
         }
         cmd = [str(PEERS_PYTHON), str(ROOT / "loadtest" / "peers" / "pytriton_server.py")]
         cmd += ["--model", model, "--port", "{port}", "--instances", str(instances)]
-        server = spawn(cmd + ["--grpc"] * grpc, scratch, env, "triton")
-        if grpc:
-            server.grpc_port = int(server.url.rsplit(":", 1)[1]) + 1
+        cmd += ["--grpc-port", "{grpc_port}"] * grpc + [
+            "--metrics-port",
+            "{metrics_port}",
+        ] * metrics
+        server = spawn(cmd, scratch, env, "triton")
         wait_ready(server, 120, f"/v2/models/{model}/ready")
         return server
 

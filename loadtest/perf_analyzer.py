@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from loadtest.compare import PEERS_PYTHON, triton
+from loadtest.compare import PEERS_PYTHON, tree_cpu_seconds, triton
 from loadtest.servers import ROOT, Server, start_server
 
 PERF_VENV = ROOT / ".venv-perf"
@@ -200,24 +200,78 @@ CASES: list[tuple[str, str, str, int, int]] = [
 
 @dataclass
 class Target:
-    """A server perf_analyzer measures: its name, HTTP address, gRPC address, and the base URL
-    whose /metrics counts its answers (rnnserve's; None for a peer without our metrics)."""
+    """A server perf_analyzer measures: its name, HTTP address, gRPC address, the base URL
+    whose /metrics counts its answers (rnnserve's; None for a peer without our metrics), the
+    process whose tree's CPU time it uses, and where to read how many images its model has
+    inferred (`inferred`)."""
 
     name: str
     http: str
     grpc: str
     metrics: str | None
+    pid: int | None = None
+    inferred_from: str | None = None  # a Prometheus URL
+    inferred_metric: str = ""
+
+    def inferred(self) -> float | None:
+        """Images the model has run on so far (every protocol, batch-weighted)."""
+        if not self.inferred_from:
+            return None
+        text = httpx.get(self.inferred_from, timeout=10).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(self.inferred_metric) and f'model="{MODEL}"' in line
+        )
+
+    def cpu_seconds(self) -> float | None:
+        return None if self.pid is None else tree_cpu_seconds(self.pid)
 
 
-def _row(server: str, label: str, load: str, batch: int, result: Run, errors: float | None) -> str:
+def rnnserve_target(server: Server) -> Target:
+    return Target(
+        "rnnserve",
+        server.url.removeprefix("http://"),
+        server.grpc_target,
+        server.url,
+        server.process.pid,
+        f"{server.url}/metrics",
+        "rnnserve_inference_batch_size_sum{",
+    )
+
+
+def triton_target(peer: Server) -> Target:
+    return Target(
+        "Triton",
+        peer.url.removeprefix("http://"),
+        peer.grpc_target,
+        None,
+        peer.process.pid,
+        f"http://127.0.0.1:{peer.metrics_port}/metrics",
+        "nv_inference_count{",
+    )
+
+
+def _row(
+    server: str,
+    label: str,
+    load: str,
+    batch: int,
+    result: Run,
+    errors: float | None,
+    cpu_us: float | None,
+) -> str:
     shown = "-" if errors is None else f"{errors:.0f}"
+    cpu = "-" if cpu_us is None else f"{cpu_us:.0f}"
     if not result.ok:
         last = result.output.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
-        return f"| {server} | {label} | {load} | {batch} | failed: {last[0]} | | | {shown} |"
+        return (
+            f"| {server} | {label} | {load} | {batch} | failed: {last[0]} | | | {cpu} | {shown} |"
+        )
     row = result.rows[0]
     return (
         f"| {server} | {label} | {load} | {batch} | {row['Inferences/Second']:.0f} | "
-        f"{row['p50 latency'] / 1000:.1f} | {row['p99 latency'] / 1000:.1f} | {shown} |"
+        f"{row['p50 latency'] / 1000:.1f} | {row['p99 latency'] / 1000:.1f} | {cpu} | {shown} |"
     )
 
 
@@ -241,6 +295,7 @@ def _measure(
     batch = kwargs.get("batch", 1)
     address = target.grpc if kwargs.get("protocol") == "grpc" else target.http
     before = infer_answers(target.metrics) if target.metrics else (0.0, 0.0)
+    cpu_before, inferred_before = target.cpu_seconds(), target.inferred()
     result = run(address, interval_ms=interval_ms, extra=extra, **kwargs)
     if result.returncode != 0 and UNSTABLE in result.output:
         count = max(
@@ -248,6 +303,16 @@ def _measure(
         )
         load += f" (fixed {count} requests: not stable within {extra[-1]} windows)"
         result = run(address, request_count=count, **kwargs)
+    cpu_after, inferred_after = target.cpu_seconds(), target.inferred()
+    cpu_us = None  # the server's CPU time (its whole process tree) per image inferred
+    if (
+        cpu_before is not None
+        and cpu_after is not None
+        and inferred_before is not None
+        and inferred_after is not None
+        and inferred_after > inferred_before
+    ):
+        cpu_us = (cpu_after - cpu_before) / (inferred_after - inferred_before) * 1e6
     errors = None
     if target.metrics:
         ok, total = infer_answers(target.metrics)
@@ -256,7 +321,7 @@ def _measure(
         f"{target.name} {label} {load} b{batch}: rc {result.returncode} {result.rows}", flush=True
     )
     clean = result.ok and not errors
-    return _row(target.name, label, load, batch, result, errors), result, clean
+    return _row(target.name, label, load, batch, result, errors, cpu_us), result, clean
 
 
 def report(targets: list[Target], interval_ms: int, stability: int, trials: int, out: Path) -> int:
@@ -362,10 +427,16 @@ def report(targets: list[Target], interval_ms: int, stability: int, trials: int,
             "whatever the answers' latency. Before the rows, 1000 requests of each protocol and "
             "tensor format warm every server up (not recorded). A row perf_analyzer could not "
             "stabilise (the shared machine drifts) was measured again over a fixed number of "
-            "requests (`--request-count`, no stability check), and says so.",
+            "requests (`--request-count`, no stability check), and says so. Server CPU: the "
+            "user + system time of the server's whole process tree (rnnserve's arbiter and "
+            "worker; Triton's PyTriton process, tritonserver and its Python backend) during "
+            "the row, over the images its model ran on meanwhile (rnnserve_inference_batch_size "
+            "sum, Triton's nv_inference_count): what one inference costs the server, whatever "
+            "the client costs on the same cores.",
             "",
-            "| server | tensors | load | batch | inferences/s | p50 ms | p99 ms | errors |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            "| server | tensors | load | batch | inferences/s | p50 ms | p99 ms "
+            "| server CPU µs per inference | errors |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             *lines,
             "",
         ]
@@ -394,22 +465,20 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="perf-analyzer-server-"))
     servers: list[Server] = []
     try:
-        if args.url:
-            targets = [Target("rnnserve", args.url.removeprefix("http://"), args.grpc, args.url)]
+        if args.url:  # its process is not ours to time: no CPU column
+            host = args.url.removeprefix("http://")
+            targets = [
+                Target("rnnserve", host, args.grpc, args.url, None, f"{args.url}/metrics", "")
+            ]
+            targets[0].inferred_from = None
         else:
             server = start_server(scratch / "rnnserve", model_dir=str(ROOT / "models"))
             servers.append(server)
-            targets = [
-                Target(
-                    "rnnserve", server.url.removeprefix("http://"), server.grpc_target, server.url
-                )
-            ]
+            targets = [rnnserve_target(server)]
         if not args.no_triton and PEERS_PYTHON.exists():
-            peer = triton(1, grpc=True)(scratch / "triton", MODEL)
+            peer = triton(1, grpc=True, metrics=True)(scratch / "triton", MODEL)
             servers.append(peer)
-            targets.append(
-                Target("Triton", peer.url.removeprefix("http://"), peer.grpc_target, None)
-            )
+            targets.append(triton_target(peer))
         return report(targets, args.interval_ms, args.stability, args.max_trials, args.out)
     finally:
         for server in servers:

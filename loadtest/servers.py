@@ -40,6 +40,7 @@ class Server:
     url: str
     log_path: Path
     grpc_port: int = 0  # 0: this server serves no gRPC
+    metrics_port: int = 0  # a peer's Prometheus port of its own (0: none, or on `url`)
 
     @property
     def grpc_target(self) -> str:

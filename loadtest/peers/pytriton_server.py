@@ -1,6 +1,7 @@
 """Triton Inference Server through PyTriton, serving a committed digit model: a comparison peer.
 
-    .venv-peers/bin/python loadtest/peers/pytriton_server.py --model mnist-rnn --port 8000 [--grpc]
+    .venv-peers/bin/python loadtest/peers/pytriton_server.py --model mnist-rnn --port 8000 \
+        [--grpc-port 8001] [--metrics-port 8002]
 
 Runs in its own virtual environment (`make peers`: PyTriton needs numpy < 2), never the
 service's. The model is the committed ONNX file run by onnxruntime on the CPU with the same
@@ -35,7 +36,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--instances", type=int, default=1, help="model instances")
     parser.add_argument("--delay-us", type=int, default=2000, help="max queue delay")
-    parser.add_argument("--grpc", action="store_true", help="also serve gRPC on --port + 1")
+    parser.add_argument("--grpc-port", type=int, default=0, help="serve gRPC there (0: none)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, help="Triton's Prometheus metrics there (0: none)"
+    )
     args = parser.parse_args()
 
     folder = ROOT / "models" / args.model
@@ -61,10 +65,10 @@ def main() -> None:
         http_address="127.0.0.1",
         http_port=args.port,
         grpc_address="127.0.0.1",
-        grpc_port=args.port + 1,
-        metrics_port=args.port + 2,
-        allow_grpc=args.grpc,
-        allow_metrics=False,
+        grpc_port=args.grpc_port or args.port + 1,  # unused when off
+        metrics_port=args.metrics_port or args.port + 2,
+        allow_grpc=bool(args.grpc_port),
+        allow_metrics=bool(args.metrics_port),
         exit_on_error=True,
     )
     # PyTriton guards Triton's statistics API with a token of its own; perf_analyzer reads the
