@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -356,6 +357,11 @@ def test_two_workers_share_the_port_and_connections_spread(guarded: Server) -> N
     channels to one target share one connection unless each has its own subchannel pool.)"""
     workers = worker_processes(guarded.process.pid)
     assert len(workers) == 2
+    # /readyz answers once one worker is up: wait for both to listen (each binds on start-up)
+    deadline = time.monotonic() + 60
+    while not all(_listens(w, guarded.grpc_port) for w in workers):
+        assert time.monotonic() < deadline, "a worker never listened on the gRPC port"
+        time.sleep(0.2)
     own_connection = [("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.insecure_channel(guarded.grpc_target, own_connection) for _ in range(16)]
     try:
@@ -379,6 +385,13 @@ def test_two_workers_share_the_port_and_connections_spread(guarded: Server) -> N
         for channel in channels:
             channel.close()
     assert sum(held) == 16 and min(held) >= 1, held
+
+
+def _listens(worker: Any, port: int) -> bool:
+    return any(
+        conn.status == "LISTEN" and conn.laddr and conn.laddr.port == port
+        for conn in worker.connections(kind="tcp")
+    )
 
 
 def test_a_taken_grpc_port_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
