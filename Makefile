@@ -107,7 +107,7 @@ models: setup  ## reproduce every committed model from scratch: train, export, s
 summary: setup  ## print the committed models and their metrics
 	$(PY) -m training.summary models
 
-build: setup  ## build the bento (service + models) into $$BENTOML_HOME
+build: $(SERVE_STAMP)  ## build the bento (service + models) into $$BENTOML_HOME (the serving core only)
 	$(VENV)/bin/bentoml build
 
 image: $(SERVE_STAMP) container-tools  ## the CPU image localhost/rnnserve:cpu (podman; prints its size)
@@ -160,10 +160,10 @@ compare: setup peers  ## rnnserve vs FastAPI vs Triton, side by side (loadtest/r
 soak: setup  ## 10-minute soak: mixed load, failures and worker memory growth (loadtest/results/soak.md)
 	$(PY) -m loadtest.soak
 
-flood:  ## 4x the load one worker carries: fast 503s, bounded latency (loadtest/results/flood.md)
+flood: setup  ## 4x the load one worker carries: fast 503s, bounded latency (loadtest/results/flood.md)
 	$(PY) -m loadtest.flood
 
-hostile:  ## malformed and oversized requests on every route: clear 4xx, bounded memory
+hostile: setup  ## malformed and oversized requests on every route: clear 4xx, bounded memory
 	$(PY) -m loadtest.hostile
 
 clean:  ## remove the virtualenv and caches (not runs/ or models/)

@@ -73,6 +73,15 @@ QUEUE_DROPPED = Counter(
     labelnames=["queue"],
 )
 
+
+def declare_queue(queue: str) -> None:
+    """Create `queue`'s admission series at 0, so that /metrics shows them from the start:
+    a dashboard or an alert reads 0 refusals, not "no data", until the first one."""
+    for reason in ("full", "waited"):
+        QUEUE_REFUSED.labels(queue=queue, reason=reason)
+    QUEUE_DROPPED.labels(queue=queue)
+
+
 GENERATION_ACTIVE = Gauge(
     name="rnnserve_generation_active",
     documentation="Sequences generating in the character model's text loop (continuous batching)",

@@ -455,11 +455,11 @@ def test_images_per_request_limit_on_every_pixel_route(
                 assert r.json()["digits"] == labels
             assert v2_output(v2, "digit")["data"] == labels
         else:
-            refusal(api, 400, f"at most {MAX_IMAGES} items")
             limit = (
                 f"{count} images in one request, over the limit of {MAX_IMAGES} "
                 "(RNNSERVE_MAX_IMAGES_PER_REQUEST)"
             )
+            refusal(api, 400, limit)  # the same words on every pixel route
             refusal(lean, 400, limit)
             refusal(lean_binary, 400, limit)
             v2_refusal(v2, 400, "input 'pixels'", limit)
@@ -516,10 +516,10 @@ def test_text_limit_on_prediction_and_generation(limits_server: Server) -> None:
     refusal(
         httpx.post(f"{url}/next_char", json={"text": longer}, timeout=30),
         400,
-        f"at most {MAX_TEXT} characters",
+        f"text is over the limit of {MAX_TEXT} characters (RNNSERVE_MAX_TEXT_CHARS)",
     )
     r = httpx.post(f"{url}/generate", json={"prompt": longer, "length": 3}, timeout=30)
-    refusal(r, 400, f"at most {MAX_TEXT} characters")
+    refusal(r, 400, f"prompt is over the limit of {MAX_TEXT} characters (RNNSERVE_MAX_TEXT_CHARS)")
     r = httpx.post(f"{url}/v1/generate/stream", json={"prompt": longer, "length": 3}, timeout=30)
     refusal(
         r, 400, f"{MAX_TEXT + 1} characters, over the limit of {MAX_TEXT} (RNNSERVE_MAX_TEXT_CHARS)"
@@ -540,7 +540,7 @@ def test_generate_chars_limit(limits_server: Server) -> None:
     refusal(
         httpx.post(f"{url}/generate", json=too_long, timeout=30),
         400,
-        f"less than or equal to {MAX_GENERATE}",
+        f"length must lie in 1..{MAX_GENERATE} (RNNSERVE_MAX_GENERATE_CHARS)",
     )
     r = httpx.post(f"{url}/v1/generate/stream", json=too_long, timeout=30)
     refusal(r, 400, f"length must lie in 1..{MAX_GENERATE} (RNNSERVE_MAX_GENERATE_CHARS)")
@@ -560,10 +560,12 @@ def test_top_k_limit(limits_server: Server) -> None:
     assert r.status_code == 200 and r.json()["top_k"] == MAX_TOP_K, r.text
 
     over = MAX_TOP_K + 1
-    bound = f"less than or equal to {MAX_TOP_K}"
     refusal(
-        httpx.post(f"{url}/next_char", json={"text": PROMPT, "k": over}, timeout=30), 400, bound
+        httpx.post(f"{url}/next_char", json={"text": PROMPT, "k": over}, timeout=30),
+        400,
+        f"k must lie in 1..{MAX_TOP_K} (RNNSERVE_MAX_TOP_K)",
     )
+    bound = f"top_k must lie in 1..{MAX_TOP_K} (RNNSERVE_MAX_TOP_K)"
     r = httpx.post(
         f"{url}/generate", json={"prompt": PROMPT, "length": 5, "top_k": over}, timeout=30
     )

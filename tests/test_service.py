@@ -60,8 +60,27 @@ def assert_still_serving(client: httpx.Client, digits: tuple[np.ndarray, np.ndar
 
 
 def test_health_and_readiness(client: httpx.Client) -> None:
-    assert client.get("/livez").status_code == 200
-    assert client.get("/readyz").status_code == 200
+    """The probes say what they found, in JSON (BentoML's answer an empty line): a client that
+    reads the body (as KServe's does on /v2/health/*) gets an answer, not a parse error."""
+    for path, body in (("/livez", {"live": True}), ("/healthz", {"live": True})):
+        r = client.get(path)
+        assert r.status_code == 200 and r.json() == body, r.text
+        assert r.headers["content-type"] == "application/json"
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json() == {"ready": True}, r.text
+    head = client.head("/readyz")
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_admission_series_exist_before_the_first_refusal(client: httpx.Client) -> None:
+    """rnnserve_queue_refused and rnnserve_queue_dropped are on /metrics at 0 for every queue
+    from the start: an alert on them reads 0, not "no data"."""
+    text = client.get("/metrics").text
+    queues = ["mnist-rnn", "mnist-birnn", "mnist-bigru", "decoding", "text"]
+    for queue in queues:
+        for reason in ("full", "waited"):
+            assert f'rnnserve_queue_refused_total{{queue="{queue}",reason="{reason}"}}' in text
+        assert f'rnnserve_queue_dropped_total{{queue="{queue}"}}' in text
 
 
 @pytest.mark.slow
@@ -361,9 +380,28 @@ BAD_REQUESTS = [
         422,
         "not in the model's vocabulary",
     ),
-    ("k too large", "/next_char", {"json": {"text": "ROMEO", "k": 1000}}, 400, "less than"),
-    ("temperature", "/generate", {"json": {"prompt": "A", "temperature": 50}}, 400, "less than"),
-    ("length", "/generate", {"json": {"prompt": "A", "length": 10**6}}, 400, "less than"),
+    # a bound that follows a setting names it, in the words of the lean and stream routes
+    (
+        "k too large",
+        "/next_char",
+        {"json": {"text": "ROMEO", "k": 1000}},
+        400,
+        "k must lie in 1..20 (RNNSERVE_MAX_TOP_K)",
+    ),
+    (
+        "temperature",
+        "/generate",
+        {"json": {"prompt": "A", "temperature": 50}},
+        400,
+        "temperature must lie in 0..5",
+    ),
+    (
+        "length",
+        "/generate",
+        {"json": {"prompt": "A", "length": 10**6}},
+        400,
+        "length must lie in 1..1000 (RNNSERVE_MAX_GENERATE_CHARS)",
+    ),
     ("unknown route", "/nope", {"json": {}}, 404, "Not Found"),
     ("missing field", "/classify_pixels", {"json": {"images": [{"model": "rnn"}]}}, 400, "pixels"),
     (
@@ -371,7 +409,7 @@ BAD_REQUESTS = [
         "/classify_pixels",
         {"json": {"images": [{"pixels": ZERO}] * 257}},
         400,
-        "at most 256",
+        "257 images in one request, over the limit of 256 (RNNSERVE_MAX_IMAGES_PER_REQUEST)",
     ),
     (
         "decompression bomb",
@@ -398,20 +436,26 @@ BAD_REQUESTS = [
         415,
         "not a readable image",
     ),
-    ("text over the limit", "/next_char", {"json": {"text": "a" * 2001}}, 400, "at most 2000"),
+    (
+        "text over the limit",
+        "/next_char",
+        {"json": {"text": "a" * 2001}},
+        400,
+        "text is over the limit of 2000 characters (RNNSERVE_MAX_TEXT_CHARS)",
+    ),
     (
         "negative k",
         "/next_char",
         {"json": {"text": "ROMEO", "k": -1}},
         400,
-        "greater than or equal to 1",
+        "k must lie in 1..20 (RNNSERVE_MAX_TOP_K)",
     ),
     (
         "top_k zero",
         "/generate",
         {"json": {"prompt": "A", "top_k": 0}},
         400,
-        "greater than or equal to 1",
+        "top_k must lie in 1..20 (RNNSERVE_MAX_TOP_K)",
     ),
     ("empty prompt", "/generate", {"json": {"prompt": ""}}, 400, "must not be empty"),
     ("wrong method", "/classify_pixels", {"method": "GET"}, 405, "Method Not Allowed"),
@@ -436,7 +480,7 @@ BAD_REQUESTS = [
         "/next_char",
         {"json": {"text": "A", "temperature": 0}},
         400,
-        "greater than 0",
+        "temperature must lie in (0, 5]",
     ),
 ]
 

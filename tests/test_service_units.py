@@ -189,7 +189,9 @@ def test_document_errors_replaces_bentoml_error_schemas_on_every_api() -> None:
     assert body["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/x__Input"
     }
-    assert out["paths"]["/livez"] == {"get": {"responses": {"200": {}}}}
+    livez = out["paths"]["/livez"]["get"]["responses"]  # the JSON body HealthBodyMiddleware makes
+    assert livez["200"]["content"]["application/json"]["schema"]["required"] == ["live"]
+    assert set(livez) == {"200", "503"}
     assert "/v1/m" in out["paths"]
     assert 400 in spec["paths"]["/x"]["post"]["responses"]  # the input is not modified
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service.errors import ClientGone, Overloaded
-from service.metrics import QUEUE_DROPPED, QUEUE_REFUSED, QUEUE_WAITING
+from service.metrics import QUEUE_DROPPED, QUEUE_REFUSED, QUEUE_WAITING, declare_queue
 
 T = TypeVar("T")
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -78,6 +78,7 @@ class ContinuousBatcher:
         max_wait_s: float,
     ) -> None:
         self.name = name
+        declare_queue(name)
         self.predict_batch = predict
         self.max_rows = max_rows
         self.max_queued = max_queued
@@ -190,6 +191,7 @@ class Lane:
 
     def __init__(self, name: str, threads: int, max_waiting: int, setting: str) -> None:
         self.name = name
+        declare_queue(name)
         self.threads = threads
         self.capacity = threads + max_waiting
         self.setting = setting

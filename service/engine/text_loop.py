@@ -52,6 +52,7 @@ from service.metrics import (
     QUEUE_REFUSED,
     QUEUE_WAITING,
     TEXT_READ_ROWS,
+    declare_queue,
 )
 from service.model.inference import CharModel, sample
 
@@ -265,6 +266,7 @@ class LoopStats:
         self.first_char = GENERATION_FIRST_CHAR.labels(model=model)
         self.read_rows = TEXT_READ_ROWS.labels(model=model)
         self.waiting = QUEUE_WAITING.labels(queue="text")
+        declare_queue("text")
         self.batch_sizes: list[int] = []
         self.read_sizes: list[int] = []
         self.first_chars: list[float] = []

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,21 +22,31 @@ from service.http.auth import MISSING_TOKEN, BearerTokens
 from service.http.bentoml_compat import unwrap_error_array
 from service.metrics import BODIES_REFUSED, BODY_BYTES_HELD
 
+# (route path, field, pydantic error type, pydantic message) -> our sentence for a bound that
+# follows a setting, or None (service/http/schemas.py's describe_limit)
+DescribeLimit = Callable[[str, str, str, str], "str | None"]
 
-def _describe_validation(errors: list[dict[str, Any]]) -> str:
-    """pydantic's error list -> one readable sentence per problem."""
+
+def _describe_validation(
+    errors: list[dict[str, Any]], path: str = "", describe_limit: DescribeLimit | None = None
+) -> str:
+    """pydantic's error list -> one readable sentence per problem; a bound that follows a
+    setting is said as the engine says it, naming the setting."""
     parts = []
     for err in errors[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
             msg = "unknown field (not an input of this route)"
-        parts.append(f"{loc}: {msg}" if loc else msg)
+        limit = describe_limit(path, loc, str(err.get("type")), msg) if describe_limit else None
+        parts.append(limit or (f"{loc}: {msg}" if loc else msg))
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return "invalid input: " + "; ".join(parts) + more
 
 
-def normalize_error(status: int, body: bytes) -> bytes:
+def normalize_error(
+    status: int, body: bytes, path: str = "", describe_limit: DescribeLimit | None = None
+) -> bytes:
     """Rewrite any error body into {"error": str, "detail": ...}."""
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
     try:
@@ -53,7 +64,7 @@ def normalize_error(status: int, body: bytes) -> bytes:
             and isinstance(detail[0], dict)
             and "msg" in detail[0]
         ):
-            message = _describe_validation(detail)
+            message = _describe_validation(detail, path, describe_limit)
         return error_body(message, detail)
     if isinstance(data, dict) and "detail" in data:  # Starlette HTTPException
         return error_body(str(data["detail"]), None)
@@ -71,15 +82,19 @@ class ErrorShapeMiddleware:
     `{"error", "detail"}`, or `{"error"}` under `v2_prefix` (the protocol's own shape), so that
     Starlette's plain-text 404/405 pages never reach a client."""
 
-    def __init__(self, app: ASGIApp, v2_prefix: str) -> None:
+    def __init__(
+        self, app: ASGIApp, v2_prefix: str, describe_limit: DescribeLimit | None = None
+    ) -> None:
         self.app = app
         self.v2_prefix = v2_prefix
+        self.describe_limit = describe_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rewrite = v2_error if scope.get("path", "").startswith(self.v2_prefix) else normalize_error
+        path = scope.get("path", "")
+        v2 = path.startswith(self.v2_prefix)
         start: Message | None = None
         chunks: list[bytes] = []
 
@@ -92,7 +107,12 @@ class ErrorShapeMiddleware:
                 chunks.append(message.get("body", b""))
                 if message.get("more_body"):
                     return
-                body = rewrite(start["status"], b"".join(chunks))
+                raw = b"".join(chunks)
+                status = start["status"]
+                if v2:
+                    body = v2_error(status, raw)
+                else:
+                    body = normalize_error(status, raw, path, self.describe_limit)
                 headers = [
                     (k, v)
                     for k, v in start.get("headers", [])
@@ -105,6 +125,49 @@ class ErrorShapeMiddleware:
                 await send({**start, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+class HealthBodyMiddleware:
+    """BentoML's probes answer 200 with an empty line; ours say what they found, as the V2
+    health routes do: `{"live": true}` on /livez and /healthz, `{"ready": true}` on /readyz
+    (BentoML still decides the status; a 503 is shaped by ErrorShapeMiddleware)."""
+
+    BODIES: ClassVar[dict[str, bytes]] = {
+        "/livez": b'{"live": true}',
+        "/healthz": b'{"live": true}',
+        "/readyz": b'{"ready": true}',
+    }
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = self.BODIES.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if body is None:
+            await self.app(scope, receive, send)
+            return
+        ok = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal ok
+            if message["type"] == "http.response.start":
+                ok = message["status"] == 200
+                if ok:
+                    headers = [
+                        (k, v)
+                        for k, v in message.get("headers", [])
+                        if k.lower() not in (b"content-length", b"content-type")
+                    ]
+                    length = b"0" if scope.get("method") == "HEAD" else str(len(body)).encode()
+                    headers += [(b"content-type", b"application/json"), (b"content-length", length)]
+                    message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and ok:
+                if message.get("more_body"):
+                    return  # BentoML's own body (an empty line) is replaced by ours
+                message = {"type": "http.response.body", "body": body}
             await send(message)
 
         await self.app(scope, receive, send_wrapper)

@@ -119,8 +119,29 @@ def document_errors(
         if body and any(m.get("schema", {}).get("required") for m in body["content"].values()):
             body["required"] = True  # no body at all is as invalid as one without a field
         _use_component_schemas(operation, schemas)
+    for route, field in HEALTH_FIELDS.items():  # bodies of HealthBodyMiddleware (middleware.py)
+        operation = spec.get("paths", {}).get(route, {}).get("get")
+        if operation is not None:
+            operation["responses"] = {
+                "200": {
+                    "description": f'`{{"{field}": true}}`',
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {field: {"type": "boolean"}},
+                                "required": [field],
+                            }
+                        }
+                    },
+                },
+                "503": _error_response(503),
+            }
     spec["paths"].update(copy.deepcopy(extra_paths or {}))
     return spec
+
+
+HEALTH_FIELDS = {"/livez": "live", "/healthz": "live", "/readyz": "ready"}
 
 
 INFO = {

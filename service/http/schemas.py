@@ -7,13 +7,14 @@ model directory, so the Swagger page shows exactly what this server accepts.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from service.engine.carried_state import MAX_STATE_CHARS
-from service.engine.parameters import text_parameters
+from service.engine.parameters import Number, text_parameters
 from service.errors import short
 from service.model.cards import CardError, ModelCard, discover_cards, short_name
 from service.settings import get_settings
@@ -231,6 +232,46 @@ CarriedState = Annotated[
 ]
 Seed = Annotated[int, Field(**TEXT.seed.pydantic_bounds())]
 GenerateLength = Annotated[int, Field(**TEXT.length.pydantic_bounds())]
+
+
+# The bounds the BentoML routes' pydantic types take from settings, by route and field, so that
+# a refusal names the setting as the lean and stream routes' do (`describe_limit`).
+BOUNDED_NUMBERS: dict[str, dict[str, Number]] = {
+    "/next_char": {"k": TEXT.k, "temperature": TEXT.softmax_temperature},
+    "/generate": {
+        "length": TEXT.length,
+        "temperature": TEXT.temperature,
+        "top_k": TEXT.top_k,
+        "seed": TEXT.seed,
+    },
+}
+TEXT_FIELDS = {"/next_char": "text", "/generate": "prompt"}
+NUMBER_ERRORS = {"less_than_equal", "less_than", "greater_than_equal", "greater_than"}
+_ACTUAL = re.compile(r"\bnot (\d+)\b")
+
+
+def describe_limit(path: str, field: str, error_type: str, message: str) -> str | None:
+    """pydantic's refusal of a bounded field, in the words the engine uses for the same limit
+    (naming the setting behind it); None for any other error."""
+    number = BOUNDED_NUMBERS.get(path, {}).get(field)
+    if number is not None and error_type in NUMBER_ERRORS:
+        setting = f" ({number.setting})" if number.setting else ""
+        return f"{number.name} must lie in {number.bounds()}{setting}"
+    if TEXT_FIELDS.get(path) == field and error_type == "string_too_long":
+        return (
+            f"{field} is over the limit of {TEXT.max_text_chars} characters "
+            "(RNNSERVE_MAX_TEXT_CHARS)"
+        )
+    if path == "/classify_pixels" and field == "images" and error_type == "too_long":
+        actual = _ACTUAL.search(message)
+        count = f"{actual.group(1)} images" if actual else "more images"
+        return (
+            f"{count} in one request, over the limit of {SETTINGS.max_images_per_request} "
+            "(RNNSERVE_MAX_IMAGES_PER_REQUEST); split the request"
+        )
+    return None
+
+
 DEFAULT_K = int(TEXT.k.default or 1)
 DEFAULT_LENGTH = int(TEXT.length.default or 1)
 DEFAULT_TEMPERATURE = float(TEXT.temperature.default or 0.0)

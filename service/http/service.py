@@ -38,6 +38,7 @@ from service.http.middleware import (
     BearerAuthMiddleware,
     BodyLimitMiddleware,
     ErrorShapeMiddleware,
+    HealthBodyMiddleware,
     WholeBodyMiddleware,
 )
 from service.http.openapi import OpenApiMiddleware, document_errors
@@ -65,6 +66,7 @@ from service.http.schemas import (
     SoftmaxTemperature,
     Temperature,
     TopK,
+    describe_limit,
 )
 from service.http.v2_app import MOUNT_PATH as V2_PATH
 from service.http.v2_app import V2RootMiddleware, v2_app
@@ -307,7 +309,10 @@ _service = cast(Any, RnnServe)
 declare_json_outputs(_service)
 forbid_unknown_fields(_service.apis.values())
 _service.add_asgi_middleware(V2RootMiddleware)
-_service.add_asgi_middleware(ErrorShapeMiddleware, v2_prefix=V2_PATH)  # V2: {"error"}
+_service.add_asgi_middleware(  # V2: {"error"}; limits named as the engine names them
+    ErrorShapeMiddleware, v2_prefix=V2_PATH, describe_limit=describe_limit
+)
+_service.add_asgi_middleware(HealthBodyMiddleware)  # /livez, /readyz: JSON bodies
 _service.add_asgi_middleware(
     BearerAuthMiddleware, tokens=SETTINGS.tokens, exempt=SETTINGS.exempt_paths
 )
