@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +39,21 @@ def big_blank_png(side: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (side, side), 0).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A PNG header that declares width x height pixels over a few bytes of data: what a
+    decompression bomb shows before a byte is decoded (made by hand: Pillow would allocate
+    the whole picture to save it)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )

@@ -18,6 +18,14 @@ from service.imaging.photo import ANALYSIS_SIDE, shrink
 
 # The only parsers an upload ever reaches. Phones' multi-picture JPEGs (MPO) come in as JPEG.
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+# Pillow refuses, in Image.open and in its own words, any image declaring more than twice
+# its global MAX_IMAGE_PIXELS (89,478,485), before our limits are checked: a 16000x16000 PNG
+# got "Image size (256000000 pixels) exceeds limit of 178956970 pixels, could be
+# decompression bomb DOS attack", naming no setting. Our limits (side and aspect from the
+# header, pixels after JPEG's reduced decoding) are checked before a pixel is decoded
+# (decode_image), so Pillow's cruder guard is turned off and ours speak;
+# tests/test_uploads_limits.py reproduces Pillow's refusal with its default.
+Image.MAX_IMAGE_PIXELS = None
 # JPEGs are decoded at 1/2, 1/4 or 1/8 scale while that leaves at least this many pixels a
 # side (draft mode): a 12-megapixel photo costs the decoding of 0.2 megapixels.
 DRAFT_SIDE = ANALYSIS_SIDE * 3 // 4
