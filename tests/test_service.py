@@ -290,15 +290,30 @@ def test_both_backends_agree(
 
 
 @pytest.mark.slow
-def test_sync_http_client(default_server: Server, digits: tuple[np.ndarray, np.ndarray]) -> None:
+def test_sync_http_client_on_every_route(
+    default_server: Server, digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """BentoML's own client, as docs/api.md shows it, on every API of the service (it decodes
+    answers by the server's schema: a null where the schema says array crashed it)."""
     import bentoml
 
     images, labels = digits
+    picture = tmp_path / "digit.png"
+    picture.write_bytes(png_bytes(images[0].astype(np.uint8)))
     with bentoml.SyncHTTPClient(default_server.url) as c:
         answer = c.classify_pixels(images=[{"pixels": images[0].astype(float).tolist()}])
         assert answer[0]["digit"] == labels[0]
+        upload = c.classify_image(image=picture, model="rnn")
+        assert upload["digit"] == labels[0] and "seen" not in upload
+        shown = c.classify_image(image=picture, model="rnn", show_input=True)
+        assert len(shown["seen"]) == 28 and len(shown["seen"][0]) == 28
         nxt = c.next_char(text="ROMEO", k=2)
         assert len(nxt["candidates"]) == 2
+        more = c.next_char(text=":", k=2, state=nxt["state"])
+        assert more["context_chars"] == 6
+        text = c.generate(prompt="ROMEO:\n", length=20, temperature=0.8, seed=7)
+        assert len(text["text"]) == 20 and text["seed"] == 7
+        assert c.metadata()["service"] == "rnnserve"
 
 
 # ---------------------------------------------------------------------------- errors

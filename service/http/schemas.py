@@ -11,7 +11,16 @@ import re
 from typing import Annotated, Any, Literal, cast
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from service.engine.carried_state import MAX_STATE_CHARS
 from service.engine.parameters import Number, text_parameters
@@ -158,9 +167,19 @@ class DigitPrediction(BaseModel):
 class ImagePrediction(DigitPrediction):
     seen: list[list[int]] | None = Field(
         default=None,
-        description="with show_input=true: the 28x28 picture the model saw (0..255, white "
-        "digit on black), as read out of the upload",
+        description="only with show_input=true: the 28x28 picture the model saw (0..255, "
+        "white digit on black), as read out of the upload",
     )
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unasked_seen(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`seen` is in the answer only when asked for: BentoML's own client (SyncHTTPClient)
+        decodes a null where its schema says array by iterating it, and crashed on every
+        classify_image answer without show_input (`'NoneType' object is not iterable`)."""
+        data: dict[str, Any] = handler(self)
+        if data.get("seen") is None:
+            data.pop("seen", None)
+        return data
 
 
 class CharCandidate(BaseModel):
