@@ -130,6 +130,25 @@ def wait_ready(container: Container, timeout: float = 60) -> float:
     raise RuntimeError(f"not ready after {timeout} s:\n{container.logs()[-3000:]}")
 
 
+def earlier_gpu_row(path: Path) -> list[str]:
+    """The GPU row of an earlier report at `path`, dated (a CPU-only run refreshes the CPU row
+    without losing what the GPU image measured); none when there is none."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    date = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Date:")),
+        "",
+    )
+    for line in text.splitlines():
+        if line.startswith("| GPU |"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if "measured" not in cells[-1]:
+                cells[-1] += f"; measured {date.rstrip()} (`--gpu`), not rebuilt since"
+            return ["| " + " | ".join(cells) + " |"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true", help="also build the GPU image")
@@ -154,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu:
         gpu_image, gpu_size, _ = build_image("gpu", home, timeout=3600)
         rows.append(f"| GPU | `{gpu_image}` | {gpu_size:.0f} | not run here (no GPU) |")
+    else:  # the GPU image was not rebuilt: keep its last measured row, saying when that was
+        rows += earlier_gpu_row(args.out)
     command = " ".join(
         ["python -m loadtest.containers", *(argv if argv is not None else sys.argv[1:])]
     )
