@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from service.model.cards import CardError, ModelCard, discover_cards
 
@@ -27,6 +28,21 @@ def architecture(card: ModelCard) -> str:
     return f"{direction}{arch['cell']} {arch['num_layers']}x{arch['hidden_size']}"
 
 
+def training_time(training: dict[str, Any]) -> str:
+    """Epochs and minutes of every training stage, first to last: a model fine-tuned from an
+    earlier run (`started_from`, the photo stage of mnist-bigru) shows both, "20 + 4 ep,
+    23 + 5 min", as the README's table does, not the last stage alone."""
+    stages = []
+    stage: Any = training
+    while isinstance(stage, dict) and "epochs_run" in stage:
+        stages.append(stage)
+        stage = stage.get("started_from")
+    stages.reverse()
+    epochs = " + ".join(str(s["epochs_run"]) for s in stages)
+    minutes = " + ".join(f"{s['wall_time_s'] / 60:.0f}" for s in stages)
+    return f"{epochs} ep, {minutes} min"
+
+
 def rows(cards: list[ModelCard]) -> list[list[str]]:
     table = [
         ["model", "task", "architecture", "params", "metric", "onnx", "sizes (onnx/ts)", "trained"]
@@ -44,7 +60,7 @@ def rows(cards: list[ModelCard]) -> list[list[str]]:
                 headline(card),
                 f"{onnx_export['exporter']} op{onnx_export['opset']}",
                 f"{files['onnx']['bytes'] / 1e6:.2f}/{files['torchscript']['bytes'] / 1e6:.2f} MB",
-                f"{training['epochs_run']} ep, {training['wall_time_s'] / 60:.0f} min",
+                training_time(training),
             ]
         )
     return table
