@@ -466,11 +466,7 @@ def main() -> int:
     servers: list[Server] = []
     try:
         if args.url:  # its process is not ours to time: no CPU column
-            host = args.url.removeprefix("http://")
-            targets = [
-                Target("rnnserve", host, args.grpc, args.url, None, f"{args.url}/metrics", "")
-            ]
-            targets[0].inferred_from = None
+            targets = [Target("rnnserve", args.url.removeprefix("http://"), args.grpc, args.url)]
         else:
             server = start_server(scratch / "rnnserve", model_dir=str(ROOT / "models"))
             servers.append(server)

@@ -156,6 +156,7 @@ class RnnServe:
                 device=registry.device.device,
             ).set(1)
         self.pipelines = Pipelines(registry, SETTINGS)
+        self.grpc: GrpcFrontEnd | None = None  # started by _start_grpc in served workers
         bind_api_methods(self, _service.apis)
         tune_garbage_collector()
         STATE.pipelines = self.pipelines  # ready: the mounted apps and /readyz say so now
@@ -174,7 +175,6 @@ class RnnServe:
     async def _start_grpc(self) -> None:
         """The gRPC front-end of this worker (service/http/grpc_v2), on its event loop. Only in
         `bentoml serve` workers: the in-process app (tests) has no ports of its own."""
-        self.grpc: GrpcFrontEnd | None = None
         if SETTINGS.grpc_port and bentoml.server_context.worker_index is not None:
             self.grpc = GrpcFrontEnd(STATE, SETTINGS)
             await self.grpc.start()

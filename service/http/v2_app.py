@@ -356,6 +356,19 @@ async def infer_chars(pipelines: Pipelines, request: InferRequest) -> dict[str, 
     return outputs
 
 
+async def infer(
+    pipelines: Pipelines, model: LoadedModel, request: InferRequest
+) -> dict[str, np.ndarray]:
+    """A decoded inference request on `model`, whatever the transport (REST or gRPC): its
+    requested outputs checked before the model runs, then the model kind's pipeline."""
+    if isinstance(model, DigitClassifier):
+        check_outputs(request, DIGIT_OUTPUTS)
+        return await infer_digits(pipelines, model, request)
+    assert isinstance(model, CharModel)
+    check_outputs(request, CHAR_OUTPUTS)
+    return await infer_chars(pipelines, request)
+
+
 def find_model(pipelines: Pipelines, name: str, version: str | None) -> LoadedModel:
     registry = pipelines.registry
     models: dict[str, LoadedModel] = dict(registry.digits)
@@ -465,13 +478,7 @@ async def post_infer(request: Request, pipelines: Pipelines, model: LoadedModel)
     body = await request.body()
     header_length = request.headers.get(HEADER_LENGTH)
     parsed = await pipelines.parse(lambda b: parse_infer_request(b, header_length), body)
-    if isinstance(model, DigitClassifier):
-        check_outputs(parsed, DIGIT_OUTPUTS)
-        outputs = await infer_digits(pipelines, model, parsed)
-    else:
-        assert isinstance(model, CharModel)
-        check_outputs(parsed, CHAR_OUTPUTS)
-        outputs = await infer_chars(pipelines, parsed)
+    outputs = await infer(pipelines, model, parsed)
     version = str(model.card.data["version"])
     payload, json_length = encode_infer_response(model.name, version, parsed, outputs)
     if json_length is None:

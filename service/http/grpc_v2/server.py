@@ -48,18 +48,9 @@ from service.http.grpc_v2.proto import grpc_service_pb2 as pb
 from service.http.grpc_v2.proto import health_pb2
 from service.http.grpc_v2.proto import model_config_pb2 as config_pb
 from service.http.grpc_v2.protocol import infer_response, metadata_response, parse_infer
-from service.http.v2_app import (
-    CHAR_OUTPUTS,
-    DIGIT_OUTPUTS,
-    find_model,
-    infer_chars,
-    infer_digits,
-    model_config,
-    model_metadata,
-)
-from service.http.v2_protocol import check_outputs
+from service.http.kernel import INTERNAL
+from service.http.v2_app import find_model, infer, model_config, model_metadata
 from service.metrics import GRPC_CALLS, GRPC_LATENCY
-from service.model.inference import CharModel, DigitClassifier
 from service.settings import PREFIX, Settings
 
 SERVICE = "inference.GRPCInferenceService"
@@ -111,7 +102,6 @@ class GrpcFrontEnd:
         self.settings = settings
         self.auth = BearerTokens(settings.tokens, settings.exempt_paths)
         self.server: grpc.aio.Server | None = None
-        self.port = 0
 
     async def start(self) -> None:
         server = grpc.aio.server(
@@ -123,7 +113,7 @@ class GrpcFrontEnd:
         if ":" in self.settings.grpc_host:
             address = f"[{self.settings.grpc_host}]:{self.settings.grpc_port}"
         try:
-            self.port = server.add_insecure_port(address)
+            server.add_insecure_port(address)
         except RuntimeError as exc:  # grpc says only "Failed to bind"
             raise SystemExit(
                 f"rnnserve cannot start: gRPC cannot listen on {address} ({exc}); set "
@@ -218,7 +208,7 @@ class GrpcFrontEnd:
                     raise
                 code = "INTERNAL"
                 logger.exception("gRPC %s: internal error", method)
-                await context.abort(grpc.StatusCode.INTERNAL, errors_internal())
+                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
                 raise
             finally:
                 GRPC_CALLS.labels(method=method, code=code).inc()
@@ -336,13 +326,7 @@ class GrpcFrontEnd:
         pipelines: Pipelines = self.state.require()
         model = find_model(pipelines, request.model_name, request.model_version or None)
         parsed = parse_infer(request)
-        if isinstance(model, DigitClassifier):
-            check_outputs(parsed, DIGIT_OUTPUTS)
-            outputs = await infer_digits(pipelines, model, parsed)
-        else:
-            assert isinstance(model, CharModel)
-            check_outputs(parsed, CHAR_OUTPUTS)
-            outputs = await infer_chars(pipelines, parsed)
+        outputs = await infer(pipelines, model, parsed)
         return infer_response(model.name, str(model.card.data["version"]), parsed, outputs)
 
 
@@ -359,10 +343,6 @@ def decode(request_type: type[Req], data: bytes) -> Req:
 
 class _UnauthenticatedError(Exception):
     """A call without a valid token where one is needed."""
-
-
-def errors_internal() -> str:
-    return "internal error (logged on the server)"
 
 
 def http_path(method: str, request: Any) -> str:
