@@ -21,7 +21,7 @@ from service.model.cards import load_card
 from service.model.numerics import normalize, softmax
 
 MODEL_DIR = Path(os.environ.get("BASELINE_MODEL_DIR", Path(__file__).parent.parent / "models"))
-CARD = load_card(MODEL_DIR / os.environ.get("BASELINE_MODEL", "mnist-birnn"))
+CARD = load_card(MODEL_DIR / os.environ.get("BASELINE_MODEL", "mnist-birnn") / "1")
 _options = ort.SessionOptions()
 _options.intra_op_num_threads = 1
 _options.inter_op_num_threads = 1

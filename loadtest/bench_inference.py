@@ -26,7 +26,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from service.model.cards import ModelCard, discover_cards
+from service.model.cards import ModelCard
+from service.model.repository import discover_cards
 from training.nets import build_model
 
 BATCHES = (1, 256)

@@ -143,7 +143,7 @@ def per_second(run: Callable[[], Any], rows: int, seconds: float = 2.0) -> float
 
 
 def onnxruntime_check(cpu_only: bool, seconds: float = 2.0) -> dict[str, Any]:
-    from service.model.cards import discover_cards
+    from service.model.repository import discover_cards
 
     results: dict[str, Any] = {}
     for card in discover_cards(ROOT / "models"):
@@ -182,7 +182,7 @@ def onnxruntime_check(cpu_only: bool, seconds: float = 2.0) -> dict[str, Any]:
 def torchscript_check(cpu_only: bool) -> dict[str, Any]:
     import torch
 
-    from service.model.cards import discover_cards
+    from service.model.repository import discover_cards
 
     device = "cpu" if cpu_only else "cuda"
     torch.backends.cudnn.allow_tf32 = False  # as the service's TorchScript backend does

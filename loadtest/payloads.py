@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from service.model.cards import discover_cards
 from service.model.numerics import normalize, softmax
+from service.model.repository import discover_cards
 from training.data import load_mnist_split
 
 ROOT = Path(__file__).resolve().parent.parent

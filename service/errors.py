@@ -65,6 +65,16 @@ class NotReady(ServiceError):
     """The worker is still loading and warming up its models."""
 
 
+class LoadRefused(ServiceError):
+    """A model version that failed its checks before serving (files, contract, recorded
+    examples, warm-up): the last good version keeps serving."""
+
+
+class ControlRefused(ServiceError):
+    """A model-control call the server's mode does not allow (RNNSERVE_MODEL_CONTROL), or one
+    another is still carrying out."""
+
+
 class ClientGone(Exception):
     """The client disconnected before its request was read or answered: nothing to send."""
 
@@ -89,6 +99,8 @@ STATUS: dict[type[ServiceError], Status] = {
     NoCharModel: Status(404, 404, "NOT_FOUND"),
     Overloaded: Status(503, 503, "UNAVAILABLE"),
     NotReady: Status(503, 503, "UNAVAILABLE"),
+    LoadRefused: Status(422, 400, "INVALID_ARGUMENT"),
+    ControlRefused: Status(409, 409, "FAILED_PRECONDITION"),
 }
 
 

@@ -16,19 +16,37 @@ from prometheus_client import Counter, Gauge, Histogram
 INFERENCE_SECONDS = Histogram(
     name="rnnserve_inference_seconds",
     documentation="Model inference time per call (one call may serve a whole batch)",
-    labelnames=["model"],
+    labelnames=["model", "version"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
 )
 INFERENCE_BATCH = Histogram(
     name="rnnserve_inference_batch_size",
     documentation="Rows per model call",
-    labelnames=["model"],
+    labelnames=["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 MODEL_INFO = Gauge(
     name="rnnserve_model_info",
     documentation="Loaded models with their backend and execution provider (value 1)",
-    labelnames=["model", "backend", "provider", "device"],
+    labelnames=["model", "version", "backend", "provider", "device"],
+)
+MODEL_REQUESTS = Counter(
+    name="rnnserve_model_requests",
+    documentation="Requests answered by each model version (every protocol), by outcome "
+    "(ok, or the error's class)",
+    labelnames=["model", "version", "outcome"],
+)
+MODEL_REQUEST_SECONDS = Histogram(
+    name="rnnserve_model_request_seconds",
+    documentation="Time a request spends with its model version: queue, batch and model call",
+    labelnames=["model", "version"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+)
+MODEL_LOADS = Counter(
+    name="rnnserve_model_loads",
+    documentation="Model version loads by outcome: loaded (verified, serving), refused (failed "
+    "a check: the reason is in the repository index and the log), unloaded",
+    labelnames=["model", "version", "outcome"],
 )
 # The lean paths (/v1/digits, the stream, the V2 model routes) skip BentoML's access log and
 # tracing (see service/http/service.py); they count and time themselves here, by route.
@@ -150,9 +168,11 @@ REFUSAL_LOG_SUPPRESSED = Counter(
 )
 
 
-def observe_inference(model: str, seconds: float, batch: int) -> None:
-    INFERENCE_SECONDS.labels(model=model).observe(seconds)
-    INFERENCE_BATCH.labels(model=model).observe(batch)
+def observe_inference(key: str, seconds: float, batch: int) -> None:
+    """`key`: 'name/version' of the model version that ran."""
+    model, _, version = key.rpartition("/")
+    INFERENCE_SECONDS.labels(model=model, version=version).observe(seconds)
+    INFERENCE_BATCH.labels(model=model, version=version).observe(batch)
 
 
 def observe_lean_request(route: str, status: int, started: float) -> None:

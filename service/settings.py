@@ -9,6 +9,7 @@ default.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from functools import lru_cache
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
     )
 
     model_dir: Path = PROJECT_ROOT / "models"
+    version_policy: str = "latest"
+    model_control: Literal["none", "explicit", "poll"] = "none"
+    poll_interval_s: Count = 5
+    control_dir: Path | None = None
+    admin_tokens: str = ""
     backend: Literal["onnx", "torchscript"] = "onnx"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Annotated[int, Field(ge=0)] = 1
@@ -101,7 +107,20 @@ class Settings(BaseSettings):
     state_keys: str = ""
     auth_exempt: str = "/livez,/readyz,/healthz,/metrics,/v2/health/live,/v2/health/ready,/ui,/ui/*"
 
-    @field_validator("backend", "device", mode="before")
+    @field_validator("version_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        """The form of a policy (service/model/repository.py's VersionPolicy reads it)."""
+        word = value.strip().lower().replace(" ", "")
+        if not re.fullmatch(
+            r"latest(:[1-9][0-9]{0,8})?|all|specific:[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*", word
+        ):
+            raise ValueError(
+                "expected latest, latest:N (the newest N), all, or specific:1,3 (those versions)"
+            )
+        return word
+
+    @field_validator("backend", "device", "model_control", mode="before")
     @classmethod
     def _lower_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -118,7 +137,7 @@ class Settings(BaseSettings):
             raise ValueError("expected on/off (or true/false, 1/0)")
         return ON_OFF[word]
 
-    @field_validator("model_dir", mode="before")
+    @field_validator("model_dir", "control_dir", mode="before")
     @classmethod
     def _home(cls, value: object) -> object:
         return Path(value).expanduser() if isinstance(value, str) else value
@@ -127,6 +146,11 @@ class Settings(BaseSettings):
     def tokens(self) -> tuple[str, ...]:
         """The accepted bearer tokens (empty: authentication off)."""
         return tuple(t.strip() for t in self.api_tokens.split(",") if t.strip())
+
+    @property
+    def admin_token_list(self) -> tuple[str, ...]:
+        """The tokens that may call model control (service/http/auth.py has the rule)."""
+        return tuple(t.strip() for t in self.admin_tokens.split(",") if t.strip())
 
     @property
     def state_key_list(self) -> tuple[str, ...]:
@@ -146,6 +170,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{PREFIX}API_TOKENS={self.api_tokens!r} holds no token (only commas and "
                 "spaces); set real tokens, or leave it empty to run without authentication"
+            )
+        if self.admin_tokens.strip() and not self.admin_token_list:
+            raise ValueError(
+                f"{PREFIX}ADMIN_TOKENS={self.admin_tokens!r} holds no token (only commas and "
+                "spaces)"
+            )
+        if set(self.admin_token_list) & set(self.tokens):
+            raise ValueError(
+                f"a token is in both {PREFIX}API_TOKENS and {PREFIX}ADMIN_TOKENS: the admin "
+                "token must be a separate secret (whoever may infer must not load models)"
             )
         for entry in self.exempt_paths:
             prefix = entry.removesuffix("*")
@@ -231,7 +265,19 @@ def get_settings() -> Settings:
 
 
 SETTINGS_DOC: dict[str, str] = {
-    "model_dir": "folder of exported models (one sub-folder with card.json per model)",
+    "model_dir": "the model repository: <name>/<version>/card.json (Triton's layout; versions "
+    "are positive integers)",
+    "version_policy": "which versions of each model are served: latest (the newest), latest:N "
+    "(the newest N), all, or specific:1,3; requests that name no version get the newest served",
+    "model_control": "none (the models are fixed at start-up), explicit (the repository API "
+    "loads and unloads: POST /v2/repository/...), or poll (the repository folder is watched "
+    "and changes applied within `poll_interval_s`)",
+    "poll_interval_s": "model_control=poll: seconds between two looks at the repository",
+    "control_dir": "where the workers of one server agree on what is loaded (model control "
+    "with several workers; default: a folder of the server's own under the temp dir)",
+    "admin_tokens": "comma-separated bearer tokens for the repository API (load, unload, index); "
+    "required there whenever `api_tokens` is set; with neither set, only clients on this "
+    "machine (loopback) may call it",
     "backend": "onnx (onnxruntime, no torch import) or torchscript (imports torch lazily)",
     "device": "auto (GPU when usable, else CPU), cpu (never touch the GPU), "
     "cuda (require a GPU: start-up fails instead of falling back)",

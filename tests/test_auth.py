@@ -33,9 +33,9 @@ PROTECTED = [
     ("GET", "/v2", {}, 200),
     ("GET", "/v2/models/mnist-rnn", {}, 200),
     ("GET", "/v2/models/mnist-rnn/ready", {}, 200),
-    ("GET", "/v2/models/mnist-rnn/versions/1.0.0", {}, 200),
+    ("GET", "/v2/models/mnist-rnn/versions/1", {}, 200),
     ("POST", "/v2/models/mnist-rnn/infer", {"json": V2_DIGIT}, 200),
-    ("POST", "/v2/models/mnist-rnn/versions/1.0.0/infer", {"json": V2_DIGIT}, 200),
+    ("POST", "/v2/models/mnist-rnn/versions/1/infer", {"json": V2_DIGIT}, 200),
     ("GET", "/docs.json", {}, 200),
     ("GET", "/", {}, 200),
 ]

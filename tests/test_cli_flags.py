@@ -168,7 +168,7 @@ def legacy_export(
 ) -> tuple[Path, dict[str, Any], list[np.ndarray]]:
     """`python -m training.export` of the base run with every flag set, and the inputs its
     parity check fed the models."""
-    out = tmp_path_factory.mktemp("exports") / "folder-name"
+    folder = tmp_path_factory.mktemp("exports") / "custom-name"
     inputs: list[np.ndarray] = []
     original = export.classifier_parity
 
@@ -179,9 +179,10 @@ def legacy_export(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(export, "classifier_parity", parity)
         export_legacy(
-            base_run, out, mnist_root, "--tolerance", "1e-3", "--version", "2.3.4", "--name",
+            base_run, folder, mnist_root, "--tolerance", "1e-3", "--version", "3", "--name",
             "custom-name",
         )  # fmt: skip
+    out = folder / "3"
     return out, json.loads((out / "card.json").read_text()), inputs
 
 
@@ -712,7 +713,7 @@ def test_export_flags_land_in_the_card_and_the_onnx_file(
     training flags appear as the card's architecture and hyperparameters."""
     out, card, _ = legacy_export
     assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.onnx", "model.ts"]
-    assert (card["name"], card["version"]) == ("custom-name", "2.3.4")
+    assert (card["name"], card["version"]) == ("custom-name", 3)
     assert card["export"]["tolerance"] == 1e-3
     onnx_info = card["export"]["onnx"]
     assert [c["exporter"] for c in onnx_info["candidates"]] == ["legacy"]
@@ -721,7 +722,7 @@ def test_export_flags_land_in_the_card_and_the_onnx_file(
     proto = onnx.load(str(out / "model.onnx"))
     assert {p.key: p.value for p in proto.metadata_props} == {
         "rnnserve.name": "custom-name",
-        "rnnserve.version": "2.3.4",
+        "rnnserve.version": "3",
     }
     assert proto.opset_import[0].version == export.LEGACY_OPSET
     arch = card["architecture"]
@@ -743,7 +744,7 @@ def test_export_dynamo_only_with_defaults(
     base_run: Path, mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--onnx-exporter dynamo alone is tried (opset 18, the RNN unrolled); without --name,
-    --version, --tolerance the card takes the folder's name, 1.0.0 and 1e-4; without
+    --version, --tolerance the card takes the folder's name, version 1 and 1e-4; without
     --data-dir (and the environment's folder empty) parity runs on seeded noise."""
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -758,10 +759,10 @@ def test_export_dynamo_only_with_defaults(
     monkeypatch.setattr(export, "classifier_parity", parity)
     out = tmp_path / "dyn-model"
     export.main([str(base_run), "--out", str(out), "--onnx-exporter", "dynamo"])
-    card = json.loads((out / "card.json").read_text())
+    card = json.loads((out / "1" / "card.json").read_text())
     assert (card["name"], card["version"], card["export"]["tolerance"]) == (
         "dyn-model",
-        "1.0.0",
+        1,
         1e-4,
     )
     onnx_info = card["export"]["onnx"]
@@ -782,7 +783,7 @@ def test_export_tolerance_zero_is_refused_and_writes_no_model(
         export_legacy(base_run, out, mnist_root, "--tolerance", "0")
     message = str(err.value)
     assert message.startswith("export failed:") and "exceeds tolerance 0.0" in message
-    assert not (out / "card.json").exists() and not (out / "model.onnx").exists()
+    assert not out.exists() or list(out.iterdir()) == []  # no version, no half-written one
 
 
 def _bad_run_dir(case: str, base_run: Path, tmp_path: Path) -> Path:

@@ -11,8 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.model.cards import CardError, discover_cards, load_card
+from service.model.cards import CardError, load_card
 from service.model.numerics import normalize
+from service.model.repository import discover_cards
 from tests.conftest import ROOT
 from training.data import load_mnist_split
 from training.retrace import baked_devices
@@ -32,7 +33,7 @@ def test_every_default_model_is_committed_and_verifies() -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_committed_onnx_runs_at_batch_1_and_256(name: str) -> None:
-    card = load_card(MODELS / name)
+    card = load_card(MODELS / name / "1")
     session = ort.InferenceSession(str(card.file_path("onnx")), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     if card.task == "digit-classification":
@@ -53,7 +54,7 @@ def test_committed_onnx_runs_at_batch_1_and_256(name: str) -> None:
 
 
 def onnx_session(name: str) -> tuple[ort.InferenceSession, dict[str, Any]]:
-    card = load_card(MODELS / name)
+    card = load_card(MODELS / name / "1")
     session = ort.InferenceSession(str(card.file_path("onnx")), providers=["CPUExecutionProvider"])
     return session, card.data
 
@@ -105,7 +106,7 @@ def test_committed_architectures_are_as_named() -> None:
 
 def test_tampering_one_byte_of_a_committed_file_is_caught(tmp_path: Path) -> None:
     for name in sorted(EXPECTED):
-        copy = shutil.copytree(MODELS / name, tmp_path / name)
+        copy = shutil.copytree(MODELS / name / "1", tmp_path / name)
         card = json.loads((copy / "card.json").read_text())
         target = copy / card["files"]["torchscript"]["path"]
         blob = bytearray(target.read_bytes())

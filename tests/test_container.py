@@ -152,7 +152,7 @@ def test_a_tampered_model_in_a_derived_image_stops_start_up(image: str, tmp_path
     (tmp_path / "Containerfile").write_text(
         f"FROM {image}\n"
         "USER root\n"
-        "RUN python -c \"p='/home/bentoml/bento/src/models/mnist-rnn/model.onnx'; "
+        "RUN python -c \"p='/home/bentoml/bento/src/models/mnist-rnn/1/model.onnx'; "
         "b=bytearray(open(p,'rb').read()); b[200]^=255; open(p,'wb').write(b)\"\n"
         "USER bentoml\n"
     )

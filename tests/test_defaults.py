@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.model.cards import discover_cards
+from service.model.repository import discover_cards
 from training import defaults
 
 

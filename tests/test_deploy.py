@@ -50,7 +50,7 @@ def test_bento_carries_code_and_verified_models_only(built_bento: tuple[Path, Pa
     assert (src / "service" / "service.py").is_file()
     for name in ("mnist-rnn", "mnist-birnn", "char-rnn"):
         for f in ("card.json", "model.onnx", "model.ts"):
-            assert (src / "models" / name / f).is_file(), f"{name}/{f}"
+            assert (src / "models" / name / "1" / f).is_file(), f"{name}/1/{f}"
     assert not (src / "training").exists() and not (src / "tests").exists()
     assert (src / "service" / "http" / "web" / "index.html").is_file()
     assert (src / "service" / "http" / "service.py").is_file()

@@ -2,7 +2,7 @@
 
 Every measured figure (a number with a unit: %, ms, s, min, MB, req/s, chars/s, x, nats, ...)
 in README.md, CHANGELOG.md and docs/*.md must appear in a results file under loadtest/results/
-or in a model card (models/*/card.json), or be one of the few settings and limits listed in
+or in a model card (models/*/<N>/card.json), or be one of the few settings and limits listed in
 ALLOWED below. Results tables usually name their unit in the column header (`p99 ms`,
 `req/s`), so a table cell is read with its column's unit; a figure written with its own unit
 is read as written. Also: relative links resolve, every docs page is linked from the README,
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PAGES = [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 RESULTS = sorted((ROOT / "loadtest" / "results").glob("*.md"))
-CARDS = sorted((ROOT / "models").glob("*/card.json"))
+CARDS = sorted((ROOT / "models").glob("*/[0-9]*/card.json"))
 README_MAX_LINES = 200
 
 # How a unit may be written -> the unit it is compared as.

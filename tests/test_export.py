@@ -48,9 +48,9 @@ def exported(
         train.main(
             [*args, *data, "--hidden", "24", "--dry-run", "--no-progress", "--out", str(run_dir)]
         )
-        out = base / "models" / name
-        card = export.export_run(run_dir, out, exporter=exporter, data_dir=str(mnist_root))
-        results[name] = (out, card)
+        folder = base / "models" / name
+        card = export.export_run(run_dir, folder, exporter=exporter, data_dir=str(mnist_root))
+        results[name] = (folder / str(card["version"]), card)
     return results
 
 
@@ -88,7 +88,7 @@ def test_exported_files_match_the_checkpoint_recomputed_here(
     PyTorch model against onnxruntime and TorchScript."""
     out, card = exported[name]
     model = train.model_from_checkpoint(
-        train.load_checkpoint(out.parent.parent / "runs" / name / "best.pt")
+        train.load_checkpoint(out.parent.parent.parent / "runs" / name / "best.pt")
     )
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     scripted = torch.jit.load(str(out / "model.ts"))
@@ -250,7 +250,11 @@ def test_export_fails_when_parity_is_impossible(
     )
     with pytest.raises(export.ExportError, match="exceeds tolerance"):
         export.export_run(
-            run_dir, tmp_path / "out", exporter="legacy", tolerance=0.0, data_dir=str(mnist_root)
+            run_dir,
+            tmp_path / "mnist-x",
+            exporter="legacy",
+            tolerance=0.0,
+            data_dir=str(mnist_root),
         )
 
 
@@ -264,7 +268,7 @@ def test_retrace_rewrites_a_device_baked_torchscript_with_the_same_weights(
     model_dir = tmp_path / "mnist-rnn"
     shutil.copytree(out, model_dir)
     model = train.model_from_checkpoint(
-        train.load_checkpoint(out.parent.parent / "runs" / "mnist-rnn" / "best.pt")
+        train.load_checkpoint(out.parent.parent.parent / "runs" / "mnist-rnn" / "best.pt")
     )
     assert isinstance(model, SequenceClassifier)
     rnn, fc = model.rnn, model.fc

@@ -25,7 +25,7 @@ from loadtest.payloads import digits
 from loadtest.servers import Server, start_server, wait_exit, worker_processes
 from service.http.grpc_v2.proto import grpc_service_pb2 as pb
 from service.http.grpc_v2.proto import health_pb2, model_config_pb2
-from service.model.cards import discover_cards
+from service.model.repository import discover_cards
 from tests.conftest import ROOT, metric_value
 
 pytestmark = pytest.mark.slow

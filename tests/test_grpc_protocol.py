@@ -21,7 +21,7 @@ from service.http.grpc_v2.proto import model_config_pb2
 from service.http.grpc_v2.protocol import infer_response, parse_infer
 from service.http.grpc_v2.server import http_path
 from service.http.v2_protocol import serialize_strings
-from service.model.cards import discover_cards
+from service.model.repository import discover_cards
 from tests.conftest import ROOT
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ def test_every_error_has_a_grpc_status() -> None:
 def test_grpc_calls_are_judged_by_the_http_path_of_the_same_operation() -> None:
     assert http_path("ServerLive", pb.ServerLiveRequest()) == "/v2/health/live"
     assert http_path("Check", None) == "/readyz"
-    infer = pb.ModelInferRequest(model_name="mnist-rnn", model_version="1.0.0")
-    assert http_path("ModelInfer", infer) == "/v2/models/mnist-rnn/versions/1.0.0/infer"
+    infer = pb.ModelInferRequest(model_name="mnist-rnn", model_version="1")
+    assert http_path("ModelInfer", infer) == "/v2/models/mnist-rnn/versions/1/infer"
     assert http_path("ModelConfig", pb.ModelConfigRequest(name="a")) == "/v2/models/a/config"
     assert http_path("ModelMetadata", pb.ModelMetadataRequest(name="a")) == "/v2/models/a"

@@ -131,7 +131,7 @@ def test_work_of_clients_that_gave_up_never_reaches_the_model(server: Server) ->
     (one 64-image call each), the rest are dropped from the queue when their turn comes."""
     labels = 'model="mnist-bigru"'
     calls_before = metric(server.url, "rnnserve_inference_batch_size_count", labels)
-    dropped_before = metric(server.url, "rnnserve_queue_dropped_total", 'queue="mnist-bigru"')
+    dropped_before = metric(server.url, "rnnserve_queue_dropped_total", 'queue="mnist-bigru/1"')
     body = bytes(64 * 784)
     headers = {"content-type": "application/octet-stream", "x-tensor-shape": "64,28,28"}
 
@@ -150,7 +150,7 @@ def test_work_of_clients_that_gave_up_never_reaches_the_model(server: Server) ->
     gave_up = asyncio.run(impatient())
     time.sleep(1.0)  # let the queue drain
     calls = metric(server.url, "rnnserve_inference_batch_size_count", labels) - calls_before
-    dropped = metric(server.url, "rnnserve_queue_dropped_total", 'queue="mnist-bigru"')
+    dropped = metric(server.url, "rnnserve_queue_dropped_total", 'queue="mnist-bigru/1"')
     print(f"gave up: {gave_up}, model calls: {calls:.0f}, dropped: {dropped - dropped_before:.0f}")
     assert gave_up >= 10
     assert dropped - dropped_before >= 5

@@ -710,7 +710,7 @@ def test_digit_queue_refuses_when_full_or_waited_too_long(
     Retry-After, counted by reason; the model is free and right afterwards."""
     url = queues_server.url
     refused = "rnnserve_queue_refused_total"
-    labels = {reason: f'queue="mnist-bigru",reason="{reason}"' for reason in ("full", "waited")}
+    labels = {reason: f'queue="mnist-bigru/1",reason="{reason}"' for reason in ("full", "waited")}
     before = {reason: metric_value(url, refused, label) for reason, label in labels.items()}
     heavy, heavy_headers = binary_digits(
         np.repeat(uint8(pool), -(-1024 // len(pool)), axis=0)[:1024]

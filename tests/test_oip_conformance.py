@@ -25,7 +25,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
 from loadtest.servers import Server
-from service.model.cards import discover_cards
+from service.model.repository import discover_cards
 from tests.conftest import FIXTURES, ROOT
 
 pytestmark = pytest.mark.slow

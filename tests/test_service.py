@@ -76,7 +76,7 @@ def test_admission_series_exist_before_the_first_refusal(client: httpx.Client) -
     """rnnserve_queue_refused and rnnserve_queue_dropped are on /metrics at 0 for every queue
     from the start: an alert on them reads 0, not "no data"."""
     text = client.get("/metrics").text
-    queues = ["mnist-rnn", "mnist-birnn", "mnist-bigru", "decoding", "text"]
+    queues = ["mnist-rnn/1", "mnist-birnn/1", "mnist-bigru/1", "decoding", "text"]
     for queue in queues:
         for reason in ("full", "waited"):
             assert f'rnnserve_queue_refused_total{{queue="{queue}",reason="{reason}"}}' in text
@@ -181,8 +181,8 @@ def char_model_top(text: str, k: int, temperature: float = 1.0) -> list[tuple[st
     onnxruntime directly (the model's quality itself: tests/test_committed_models.py)."""
     import onnxruntime as ort
 
-    card = json.loads((MODELS / "char-rnn" / "card.json").read_text())
-    session = ort.InferenceSession(str(MODELS / "char-rnn" / "model.onnx"))
+    card = json.loads((MODELS / "char-rnn" / "1" / "card.json").read_text())
+    session = ort.InferenceSession(str(MODELS / "char-rnn" / "1" / "model.onnx"))
     vocab = card["vocabulary"]
     rows, _, hidden = card["inputs"][1]["shape"]
     ids = np.array([[vocab.index(c) for c in text]], dtype=np.int64)

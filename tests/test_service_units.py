@@ -239,9 +239,10 @@ def test_a_model_file_changed_after_the_check_is_refused_at_load(tmp_path: Path)
     the start-up check and the load (a time-of-check/time-of-use race) is refused."""
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models" / "mnist-rnn", models / "mnist-rnn")
-    settings = Settings.from_env({"RNNSERVE_MODEL_DIR": str(models), "RNNSERVE_DEVICE": "cpu"})
+    settings_env = {"RNNSERVE_MODEL_DIR": str(models), "RNNSERVE_DEVICE": "cpu"}
+    settings = Settings.from_env({**settings_env, "RNNSERVE_DEFAULT_DIGIT_MODEL": "mnist-rnn"})
     checked = preflight(settings)  # every file verified
-    onnx_file = models / "mnist-rnn" / "model.onnx"
+    onnx_file = models / "mnist-rnn" / "1" / "model.onnx"
     blob = bytearray(onnx_file.read_bytes())
     blob[-1] ^= 0xFF
     onnx_file.write_bytes(bytes(blob))

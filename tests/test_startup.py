@@ -23,7 +23,7 @@ def copy_models(tmp_path: Path) -> Path:
 
 def test_tampered_model_stops_start_up_naming_the_file(tmp_path: Path) -> None:
     models = copy_models(tmp_path)
-    onnx_file = models / "mnist-rnn" / "model.onnx"
+    onnx_file = models / "mnist-rnn" / "1" / "model.onnx"
     blob = bytearray(onnx_file.read_bytes())
     blob[100] ^= 0xFF
     onnx_file.write_bytes(bytes(blob))
@@ -34,7 +34,7 @@ def test_tampered_model_stops_start_up_naming_the_file(tmp_path: Path) -> None:
 
 def test_missing_model_file_stops_start_up(tmp_path: Path) -> None:
     models = copy_models(tmp_path)
-    (models / "char-rnn" / "model.onnx").unlink()
+    (models / "char-rnn" / "1" / "model.onnx").unlink()
     server = start_server(tmp_path, model_dir=str(models), wait=False)
     assert wait_exit(server) != 0
     assert "model.onnx is missing" in server.log()

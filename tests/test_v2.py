@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from loadtest.payloads import digits
 from loadtest.servers import Server
-from service.model.cards import discover_cards
+from service.model.repository import discover_cards
 from tests.conftest import ROOT
 
 if TYPE_CHECKING:

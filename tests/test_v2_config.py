@@ -16,8 +16,8 @@ import pytest
 
 from service.engine.pipeline import ServingState
 from service.http.v2_app import model_config, model_metadata, v2_app
-from service.model.cards import discover_cards
 from service.model.inference import DigitClassifier
+from service.model.repository import discover_cards
 from service.settings import Settings
 from tests.conftest import ROOT
 
@@ -196,9 +196,9 @@ def test_before_the_models_are_loaded_the_config_is_a_503() -> None:
     ("method", "path", "allow"),
     [
         ("POST", "/v2/models/mnist-rnn/config", "GET, HEAD"),
-        ("DELETE", "/v2/models/char-rnn/versions/1.0.0/config", "GET, HEAD"),
+        ("DELETE", "/v2/models/char-rnn/versions/1/config", "GET, HEAD"),
         ("GET", "/v2/models/mnist-rnn/infer", "POST"),
-        ("PUT", "/v2/models/mnist-rnn/versions/1.0.0/infer", "POST"),
+        ("PUT", "/v2/models/mnist-rnn/versions/1/infer", "POST"),
         ("POST", "/v2/models/mnist-rnn", "GET, HEAD"),
         ("POST", "/v2/models/mnist-rnn/ready", "GET, HEAD"),
         ("POST", "/v2/health/ready", "GET, HEAD"),

@@ -181,9 +181,10 @@ class RecordingPipelines(Pipelines):
         state: np.ndarray | None,
         carried: list[object] | None = None,
         carried_out: bool = True,
+        version: int | None = None,
     ) -> CharSteps:
         self.calls.append({"carried": carried, "carried_out": carried_out})
-        return await super().char_logits(ids, state, carried, carried_out)
+        return await super().char_logits(ids, state, carried, carried_out, version)
 
 
 def test_carried_states_are_computed_only_when_wanted() -> None:
@@ -207,7 +208,7 @@ def test_carried_states_are_computed_only_when_wanted() -> None:
             header["outputs"] = [{"name": n} for n in outputs]
         pipelines.calls.clear()
         request = parse_infer_request(json.dumps(header).encode(), None)
-        answer = asyncio.run(infer_chars(pipelines, request))
+        answer = asyncio.run(infer_chars(pipelines, pipelines.char_model(), request))
         assert pipelines.calls == [{"carried": [state, state], "carried_out": computed}]
         assert ("carried_state_out" in answer) is computed, outputs
 

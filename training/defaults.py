@@ -96,7 +96,7 @@ def train_one(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     extra: list[str] = []
     if stage != "train":
-        start = runs / name / "best.pt" if stage == "finetune" else Path("models", name, "model.ts")
+        start = runs / name / "best.pt" if stage == "finetune" else committed_file(name)
         extra = ["--init-from", str(start), *PHOTO_FINE_TUNE]
     cmd = [
         sys.executable,
@@ -200,13 +200,27 @@ CALIBRATION = ["--per-kind", "300", "--blanks", "600", "--big-photos", "20"]
 ONNX_EXPORTER = "auto"
 
 
+# The committed defaults are version 1 of each model; rebuilding them replaces that version.
+DEFAULT_VERSION = 1
+
+
+def committed_file(name: str) -> Path:
+    """The committed default's TorchScript file (the photo stage may start from it)."""
+    return Path("models", name, str(DEFAULT_VERSION), "model.ts")
+
+
 def export_all(names: list[str], runs: Path, models: Path, data_dir: str | None) -> None:
     for name in names:
         card = export.export_run(
-            final_run(name, runs), models / name, exporter=ONNX_EXPORTER, data_dir=data_dir
+            final_run(name, runs),
+            models / name,
+            exporter=ONNX_EXPORTER,
+            version=DEFAULT_VERSION,
+            data_dir=data_dir,
         )
         print(
-            f"[{name}] exported via {card['export']['onnx']['exporter']} -> {models / name}",
+            f"[{name}] exported via {card['export']['onnx']['exporter']} -> "
+            f"{models / name / str(DEFAULT_VERSION)}",
             file=sys.stderr,
         )
     if any(name in PHOTO_MODELS for name in names):
@@ -234,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from-committed",
         action="store_true",
-        help="finetune: start from models/<name>/model.ts instead of runs/<name>/best.pt",
+        help="finetune: start from models/<name>/1/model.ts instead of runs/<name>/best.pt",
     )
     parser.add_argument("--only", nargs="+", choices=list(DEFAULT_MODELS), help="a subset")
     parser.add_argument("--runs", type=Path, default=Path("runs"))

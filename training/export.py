@@ -2,6 +2,10 @@
 
     python -m training.export runs/mnist-birnn --out models/mnist-birnn
 
+writes the next version of the model, `models/mnist-birnn/<N>/` (one above the newest there;
+`--version N` chooses, and replaces that version). The folder is written under a hidden name
+and renamed when complete, so a server watching the repository never sees half a version.
+
 For each model the ONNX file is produced by the exporter that is both *correct* and *faster*:
 with `--onnx-exporter auto` (the default) both torch exporters are tried; a candidate is
 rejected when its graph fails `onnx.checker`, fixes an axis that must stay dynamic, or
@@ -14,6 +18,7 @@ legacy exporter emits native RNN/LSTM/GRU ops with every axis dynamic.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -33,6 +38,8 @@ import onnxruntime as ort
 import torch
 
 from service.model.cards import CARD_FILE, SCHEMA_VERSION, describe_file, load_card, sha256_file
+from service.model.examples import examples_section
+from service.model.repository import load_version, next_version, valid_name
 from training import data as D
 from training.checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.nets import CharLM, SequenceClassifier
@@ -531,16 +538,65 @@ def try_onnx_candidate(
     return cand, path
 
 
+def example_feeds(model: torch.nn.Module, data_dir: str | None) -> dict[str, np.ndarray]:
+    """The inputs recorded in the card's examples (service/model/examples.py): four real test
+    digits for a classifier, two 16-character rows from a fresh state for the char model."""
+    if isinstance(model, SequenceClassifier):
+        return {"pixels": np.ascontiguousarray(classifier_inputs(data_dir)[:4])}
+    assert isinstance(model, CharLM)
+    cfg = model.config
+    rng = np.random.default_rng(0)
+    return {
+        "ids": rng.integers(0, cfg.vocab_size, (2, 16), dtype=np.int64),
+        "state": np.zeros((cfg.state_rows, 2, cfg.hidden_size), dtype=np.float32),
+    }
+
+
+def record_examples(
+    reference: Runner, feeds: dict[str, np.ndarray], output_names: list[str], tolerance: float
+) -> dict[str, Any]:
+    """The card's `examples`: `feeds` and what the PyTorch `reference` gives for them."""
+    outputs = dict(zip(output_names, reference(feeds), strict=True))
+    about = (
+        "inputs recorded at export with PyTorch's outputs; the service runs them through every "
+        "model it loads and refuses one that differs by more than the tolerance"
+    )
+    return examples_section([(feeds, outputs)], tolerance, about)
+
+
 def export_run(
     run_dir: Path,
-    out_dir: Path,
+    model_folder: Path,
     exporter: str = "auto",
     tolerance: float = 1e-4,
-    version: str = "1.0.0",
+    version: int | None = None,
     name: str | None = None,
     data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Export one run directory into `out_dir` and return the card written there."""
+    """Export one run directory as a version of the model in `model_folder` (a folder of the
+    repository) and return the card written: version `version`, or the next one. A failed
+    export leaves no version behind, not even a half-written one."""
+    try:
+        return _export_run(run_dir, model_folder, exporter, tolerance, version, name, data_dir)
+    except BaseException:
+        for staging in model_folder.glob(".incoming-*"):
+            shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            model_folder.rmdir()  # only when empty: a folder this export created
+        raise
+
+
+def _export_run(
+    run_dir: Path,
+    model_folder: Path,
+    exporter: str = "auto",
+    tolerance: float = 1e-4,
+    version: int | None = None,
+    name: str | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Export one run directory as a version of the model in `model_folder` (a folder of the
+    repository) and return the card written: version `version`, or the next one."""
     if not run_dir.is_dir():
         raise ExportError(
             f"{run_dir} is not a run directory: give the folder training.train wrote "
@@ -549,7 +605,14 @@ def export_run(
     ckpt = load_checkpoint(run_dir / "best.pt")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     model = model_from_checkpoint(ckpt)
-    name = name or out_dir.name
+    name = name or model_folder.name
+    if not valid_name(name) or name != model_folder.name:
+        raise ExportError(
+            f"{name!r}: a model's name is its repository folder's name ({model_folder.name!r}), "
+            "letters, digits, . _ -"
+        )
+    version = version or next_version(model_folder)
+    out_dir = model_folder / f".incoming-{version}"  # renamed to <version> when complete
     reference = torch_runner(model)
     spec: KindSpec
     if isinstance(model, SequenceClassifier):
@@ -566,7 +629,8 @@ def export_run(
         def parity_fn(ref: Runner, cand: Runner) -> Parity:
             return charlm_parity(ref, cand, char_model, tolerance)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="rnnserve-export-") as tmp:
         workdir = Path(tmp)
         # TorchScript
@@ -581,7 +645,7 @@ def export_run(
         exporters = ("dynamo", "legacy") if exporter == "auto" else (exporter,)
         candidates = [
             try_onnx_candidate(
-                e, model, spec, workdir, reference, parity_fn, tolerance, name, version
+                e, model, spec, workdir, reference, parity_fn, tolerance, name, str(version)
             )
             for e in exporters
         ]
@@ -637,6 +701,12 @@ def export_run(
             "onnx_version": onnx.__version__,
             "onnxruntime_version": ort.__version__,
         },
+        "examples": record_examples(
+            reference,
+            example_feeds(model, data_dir),
+            [o["name"] for o in contract["outputs"]],
+            tolerance,
+        ),
         "files": {
             "onnx": describe_file(out_dir, ONNX_FILE),
             "torchscript": describe_file(out_dir, TORCHSCRIPT_FILE),
@@ -644,6 +714,11 @@ def export_run(
     }
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     load_card(out_dir)  # what we wrote must pass the same check the service applies
+    final = model_folder / str(version)
+    if final.exists():  # --version N given: that version is replaced
+        shutil.rmtree(final)
+    out_dir.rename(final)
+    load_version(model_folder.parent, name, version)
     return card
 
 
@@ -654,7 +729,13 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("run_dir", type=Path, help="a run directory written by training.train")
-    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the model's folder in the repository (models/<name>): a version folder is "
+        "written inside it",
+    )
     parser.add_argument(
         "--onnx-exporter",
         choices=("auto", "legacy", "dynamo"),
@@ -667,7 +748,11 @@ def main(argv: list[str] | None = None) -> None:
         default=1e-4,
         help="max |logit difference| vs PyTorch (written in the card)",
     )
-    parser.add_argument("--version", default="1.0.0", help="model version for the card")
+    parser.add_argument(
+        "--version",
+        type=int,
+        help="version to write (replaces it if present; default: one above the newest)",
+    )
     parser.add_argument("--name", help="model name (default: the output folder's name)")
     parser.add_argument("--data-dir", help="data root for real parity inputs (optional)")
     args = parser.parse_args(argv)
@@ -688,7 +773,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{card['name']}: ONNX via {onnx_info['exporter']} (opset {onnx_info['opset']}), "
         f"max |diff| ONNX {onnx_info['parity_vs_pytorch']['max_abs_diff']:.2e}, TorchScript "
         f"{card['export']['torchscript']['parity_vs_pytorch']['max_abs_diff']:.2e} "
-        f"-> {args.out}",
+        f"-> {args.out / str(card['version'])}",
         file=sys.stderr,
     )
     for cand in onnx_info["candidates"]:

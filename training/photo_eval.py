@@ -29,8 +29,8 @@ import onnxruntime as ort
 from service.errors import UnusableInput
 from service.imaging.photo import read_digit
 from service.imaging.uploads import ImageLimits, decode_image
-from service.model.cards import discover_cards
 from service.model.numerics import normalize, softmax
+from service.model.repository import discover_cards
 from training import data as D
 from training import photos as P
 
@@ -193,8 +193,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_calibration(models_root: Path, result: dict[str, Any]) -> None:
     """Record each model's calibration in its card, where the service reads it."""
+    cards = {card.name: card for card in discover_cards(models_root, verify=False)}
     for name, calibration in result["calibration"].items():
-        path = models_root / name / "card.json"
+        path = cards[name].directory / "card.json"  # the newest version's, the one evaluated
         card = json.loads(path.read_text())
         card["calibration"] = {
             "confidence_threshold": calibration["threshold"],

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.model.cards import CardError, ModelCard, discover_cards
+from service.model.cards import CardError, ModelCard
+from service.model.repository import discover_cards
 
 
 def headline(card: ModelCard) -> str:

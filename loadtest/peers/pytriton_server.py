@@ -42,7 +42,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    folder = ROOT / "models" / args.model
+    folder = ROOT / "models" / args.model / "1"
     card = json.loads((folder / "card.json").read_text())
     onnx_file = card["files"]["onnx"]["path"]
     norm = card["inputs"][0]["normalization"]

@@ -133,6 +133,24 @@ class StateCodec:
 
     # ------------------------------------------------------------------ decode
 
+    @staticmethod
+    def peek_version(token: object) -> int | None:
+        """The model version a state names, read without any check (None when unreadable):
+        only to choose the codec that then checks the state whole."""
+        if not isinstance(token, str) or not token.startswith(PREFIX):
+            return None
+        text = token[len(PREFIX) : len(PREFIX) + 700]  # the header's most: 518 bytes
+        text = text[: len(text) - len(text) % 4]
+        try:
+            raw = base64.b64decode(text.translate(_TO_STANDARD), validate=True)
+            if not raw.startswith(MAGIC):
+                return None
+            _, at = _short_string(raw, 6)  # the model's name
+            version, _ = _short_string(raw, at)
+        except (binascii.Error, ValueError, IndexError, UnicodeDecodeError):
+            return None
+        return int(version) if version.isdecimal() and len(version) < 10 else None
+
     def decode(self, token: object) -> Carried:
         """The state a client sent back, or StateError saying what is wrong with it: its
         length bound and encoding first, then the tag (so a truncated state fails its
@@ -187,6 +205,11 @@ class StateCodec:
         text = token[len(PREFIX) :]
         if not text.isascii():
             raise StateError(f"this state holds characters that are not base64url: {RESEND}")
+        if len(text) % 4 == 1:  # no string of whole bytes has this length: cut or extended
+            raise StateError(
+                "this state failed its integrity check: it is truncated or extended (send it "
+                f"back exactly as received), or {RESEND}"
+            )
         try:  # validate: b64decode would otherwise skip characters outside the alphabet
             raw = base64.b64decode(
                 text.translate(_TO_STANDARD) + "=" * (-len(text) % 4), validate=True

@@ -15,7 +15,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from service.imaging.uploads import ImageLimits, decode_image
 from service.model.inference import CharModel, DigitClassifier, ModelRegistry
 from service.model.numerics import softmax, top_k
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.engine.control_plane import ControlPlane
 
 T = TypeVar("T")
 # Bodies above this size are parsed on the decoding thread, not on the event loop, so that
@@ -89,43 +92,79 @@ class Generation:
         return self.codec.encode(finished.state, finished.logits, self.context_chars)
 
 
+@dataclass
+class TextLane:
+    """One version of the character model behind its text loop, with its state codec."""
+
+    model: CharModel
+    loop: TextLoop
+    codec: StateCodec
+
+
 class Pipelines:
-    """One worker's models behind their queues: what every route calls after decoding."""
+    """One worker's models behind their queues: what every route calls after decoding.
+
+    Each served model version has its own queue (a digit batcher, or a text loop and state
+    codec), so a batch never mixes versions. `sync` follows the registry after model control
+    changes it: new versions get queues, unloaded ones finish what they hold and are let go.
+    """
 
     def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
         self.parameters = text_parameters(settings)
-        rows = settings.max_batch_size if settings.batching else 1  # off: one request a call
-        self.batchers = {
-            name: ContinuousBatcher(
-                name,
-                model.predict,
-                rows,
-                settings.max_queued_images,
-                settings.max_queue_wait_ms / 1000,
-            )
-            for name, model in registry.digits.items()
-        }
+        self.rows = settings.max_batch_size if settings.batching else 1  # off: one a call
+        # by model key (name/version), with the model object each queue runs
+        self.batchers: dict[str, tuple[DigitClassifier, ContinuousBatcher]] = {}
+        self.text_lanes: dict[int, TextLane] = {}  # by version of the character model
         self.decoding = Lane(
             "decoding", 1, settings.max_queued_decodes, "RNNSERVE_MAX_QUEUED_DECODES"
         )
-        self.text_loop: TextLoop | None = None
-        self.codec: StateCodec | None = None
-        if registry.char is not None:
-            self.text_loop = TextLoop(
-                registry.char,
-                rows,
-                settings.max_queued_text,
-                settings.max_queue_wait_ms / 1000,
-                settings.max_active_generations,
-                settings.max_queued_generations,
-                settings.generation_joins_per_step,
-            )
-            self.codec = StateCodec(identity_of(registry.char), settings.state_key_list)
         self.image_limits = ImageLimits(
             settings.max_image_pixels, settings.max_image_side, settings.max_image_aspect
         )
+        self.sync()
+
+    def sync(self) -> None:
+        """Queues for every served version, none for the others (their queued work ends)."""
+        s = self.settings
+        served = self.registry.served.models()
+        digits = {m.key: m for m in served if isinstance(m, DigitClassifier)}
+        chars = {m.version: m for m in served if isinstance(m, CharModel)}
+        for key in [k for k, (m, _) in self.batchers.items() if digits.get(k) is not m]:
+            self.batchers.pop(key)  # its queued requests hold it until they are answered
+        for key, model in digits.items():
+            if key not in self.batchers:
+                batcher = ContinuousBatcher(
+                    key, model.predict, self.rows, s.max_queued_images, s.max_queue_wait_ms / 1000
+                )
+                self.batchers[key] = (model, batcher)
+        for version in [v for v, lane in self.text_lanes.items() if chars.get(v) is not lane.model]:
+            self.text_lanes.pop(version).loop.retire()
+        for version, char in chars.items():
+            if version not in self.text_lanes:
+                loop = TextLoop(
+                    char,
+                    self.rows,
+                    s.max_queued_text,
+                    s.max_queue_wait_ms / 1000,
+                    s.max_active_generations,
+                    s.max_queued_generations,
+                    s.generation_joins_per_step,
+                )
+                codec = StateCodec(identity_of(char), s.state_key_list)
+                self.text_lanes[version] = TextLane(char, loop, codec)
+
+    @property
+    def text_loop(self) -> TextLoop | None:
+        """The newest character model's text loop (None without one)."""
+        char = self.registry.char
+        return self.text_lanes[char.version].loop if char is not None else None
+
+    @property
+    def codec(self) -> StateCodec | None:
+        char = self.registry.char
+        return self.text_lanes[char.version].codec if char is not None else None
 
     # ------------------------------------------------------------------ decoding help
 
@@ -137,14 +176,24 @@ class Pipelines:
 
     # ------------------------------------------------------------------ digits
 
-    def digit_model(self, name: str | None) -> DigitClassifier:
-        return self.registry.digit_model(name)
+    def digit_model(self, name: str | None, version: int | None = None) -> DigitClassifier:
+        return self.registry.digit_model(name, version)
 
-    async def classify(self, images: np.ndarray, model_name: str | None) -> Classified:
+    def batcher(self, model: DigitClassifier) -> ContinuousBatcher:
+        """The queue of `model`'s version (the one it was looked up as, even if model control
+        has unloaded it since: it finishes there)."""
+        lane = self.batchers.get(model.key)
+        if lane is None or lane[0] is not model:
+            raise NotReady(f"model {model.key} was just unloaded; retry to reach the newest")
+        return lane[1]
+
+    async def classify(
+        self, images: np.ndarray, model_name: str | None, version: int | None = None
+    ) -> Classified:
         """(28, 28) or (N, 28, 28) pixels on 0..255, one model -> probabilities (N, 10)."""
         images = digit_images(images, self.settings.max_images_per_request)
-        model = self.digit_model(model_name)
-        return Classified(model, await self.batchers[model.name].predict(images))
+        model = self.digit_model(model_name, version)
+        return Classified(model, await self.batcher(model).predict(images))
 
     async def classify_each(
         self, images: np.ndarray, model_names: Sequence[str | None]
@@ -154,15 +203,17 @@ class Pipelines:
         images = digit_images(images, self.settings.max_images_per_request)
         models = [self.digit_model(name) for name in model_names]
         rows: dict[str, list[int]] = {}
+        chosen: dict[str, DigitClassifier] = {}
         for i, model in enumerate(models):
-            rows.setdefault(model.name, []).append(i)
+            rows.setdefault(model.key, []).append(i)
+            chosen[model.key] = model
         results = await asyncio.gather(
-            *(self.batchers[name].predict(images[indices]) for name, indices in rows.items())
+            *(self.batcher(chosen[key]).predict(images[indices]) for key, indices in rows.items())
         )
         answers: list[tuple[DigitClassifier, np.ndarray]] = [None] * len(models)  # type: ignore[list-item]
-        for (name, indices), probs in zip(rows.items(), results, strict=True):
+        for (key, indices), probs in zip(rows.items(), results, strict=True):
             for i, row in zip(indices, probs, strict=True):
-                answers[i] = (self.registry.digits[name], row)
+                answers[i] = (chosen[key], row)
         return answers
 
     async def classify_upload(
@@ -171,7 +222,7 @@ class Pipelines:
         """An uploaded picture -> (answer, the 28x28 uint8 the model saw)."""
         model = self.digit_model(model_name)  # before any decoding work
         pixels = await self.decoding.run(self.read_digit, data)
-        probs = await self.batchers[model.name].predict(pixels[None].astype(np.float32))
+        probs = await self.batcher(model).predict(pixels[None].astype(np.float32))
         return Classified(model, probs), pixels
 
     def read_digit(self, data: bytes) -> np.ndarray:
@@ -179,13 +230,25 @@ class Pipelines:
 
     # ------------------------------------------------------------------ text
 
-    def char_model(self) -> CharModel:
-        return self.registry.char_model()
+    def char_model(self, version: int | None = None) -> CharModel:
+        return self.registry.char_model(version)
 
-    def _text(self) -> tuple[CharModel, TextLoop, StateCodec]:
-        model = self.char_model()
-        assert self.text_loop is not None and self.codec is not None  # there is a char model
-        return model, self.text_loop, self.codec
+    def _text(
+        self, version: int | None = None, state: object | None = None
+    ) -> tuple[CharModel, TextLoop, StateCodec]:
+        """The character model's lane: at `version`, else the version a carried `state` names
+        when it is served (a text goes on where it began, through a rollout that keeps the
+        old version), else the newest."""
+        if version is None and state is not None:
+            named = StateCodec.peek_version(state)
+            char = self.registry.char
+            if named is not None and char is not None and named in self.text_lanes:
+                version = named
+        model = self.char_model(version)
+        lane = self.text_lanes.get(model.version)
+        if lane is None or lane.model is not model:
+            raise NotReady(f"model {model.key} was just unloaded; retry to reach the newest")
+        return model, lane.loop, lane.codec
 
     def carried(self, codec: StateCodec, state: object | None) -> Carried | None:
         """A carried state sent back by a client, checked (StateError, a 400, says why)."""
@@ -196,7 +259,7 @@ class Pipelines:
     ) -> NextChars:
         """The k most probable characters after `text` (after the carried `state`, then
         `text` holds only what follows it and may be empty), with the new state."""
-        model, loop, codec = self._text()
+        model, loop, codec = self._text(state=state)
         text_length(text, self.settings.max_text_chars, empty_ok=state is not None)
         self.parameters.k.check(k)
         self.parameters.softmax_temperature.check(temperature)
@@ -222,11 +285,12 @@ class Pipelines:
         state: np.ndarray | None,
         carried: list[object] | None = None,
         carried_out: bool = True,
+        version: int | None = None,
     ) -> CharSteps:
         """V2's raw step: ids (rows, steps) from a fresh state, a raw `state` (state_rows,
         rows, hidden) or one carried state per row -> logits (rows, steps, vocab), the new
         state, and (with `carried_out`) the new carried states."""
-        model, loop, codec = self._text()
+        model, loop, codec = self._text(version, carried[0] if carried else None)
         s = self.settings
         ids = char_ids(ids, len(model.vocab), s.max_char_rows, s.max_text_chars, s.max_char_ids)
         rows = ids.shape[0]
@@ -278,7 +342,7 @@ class Pipelines:
         """Validate and admit a generation (after the carried `state`, if any: `prompt` then
         holds only what follows it and may be empty). Every check happens here, before the
         first character, so a stream never starts for a request that would fail."""
-        model, loop, codec = self._text()
+        model, loop, codec = self._text(state=state)
         text_length(prompt, self.settings.max_text_chars, "prompt", empty_ok=state is not None)
         for parameter, value in zip(
             self.parameters.generation(), (length, temperature, top_k, seed), strict=True
@@ -319,6 +383,8 @@ class Pipelines:
             "default_digit_model": self.settings.default_digit_model,
             "digit_model_names": registry.digit_model_names(),
             "vocabulary": registry.char.vocab if registry.char else None,
+            "model_control": self.settings.model_control,
+            "version_policy": self.settings.version_policy,
             "models": registry.describe(),
             # what a client may ask for: the demo page sizes its inputs from these
             "limits": {
@@ -361,6 +427,7 @@ class ServingState:
 
     def __init__(self) -> None:
         self.pipelines: Pipelines | None = None
+        self.control: ControlPlane | None = None  # model control (engine/control_plane.py)
 
     def require(self) -> Pipelines:
         if self.pipelines is None:

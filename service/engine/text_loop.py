@@ -335,6 +335,7 @@ class TextLoop:
         self.checked_at = 0.0
         self.streamed_at = 0.0
         self.stats = LoopStats(model.name)
+        self.retired = False  # model control unloaded this version: end once idle
 
     # ------------------------------------------------------------------ event-loop side
 
@@ -416,6 +417,12 @@ class TextLoop:
         finally:
             sequence.abandoned = True
 
+    def retire(self) -> None:
+        """This version is no longer served: its thread finishes the work it holds, then
+        ends, and lets go of the model (work that still arrives restarts it)."""
+        self.retired = True
+        self.wakeup.set()
+
     def _start(self) -> None:
         if self.thread is None:
             self.thread = threading.Thread(
@@ -467,6 +474,12 @@ class TextLoop:
     def _run(self) -> None:
         while True:
             if self.idle:
+                if self.retired:
+                    with self.lock:  # work queued under the lock is seen here, or restarts us
+                        if self.idle:
+                            self.thread = None
+                            return
+                    continue
                 self.wakeup.wait()
                 self.wakeup.clear()
                 continue

@@ -14,7 +14,7 @@ Inputs (values are raw pixels, white ink on black, as in MNIST):
 - `application/octet-stream`: the raw tensor, little-endian, C order, with headers
   `X-Tensor-Shape: N,28,28` (or `28,28`) and `X-Tensor-Datatype: UINT8` (default) or `FP32`,
   model in the query (`?model=rnn`). In the spirit of Triton's binary tensor extension.
-Answer: `{"model", "provider", "digits": [N ints], "confident": [N bools],
+Answer: `{"model", "model_version", "provider", "digits": [N ints], "confident": [N bools],
 "probabilities": [[10 floats] x N]}` (confident: see DigitPrediction in service/http/schemas.py).
 """
 
@@ -132,6 +132,7 @@ def encode(answer: Classified) -> bytes:
     return orjson.dumps(
         {
             "model": answer.model.name,
+            "model_version": answer.model.version,
             "provider": answer.model.backend.provider,
             "digits": probs.argmax(axis=1),
             "confident": answer.model.confident(probs),
@@ -204,9 +205,16 @@ LEAN_DOC = {
                     "application/json": {
                         "schema": {
                             "type": "object",
-                            "required": ["model", "provider", "digits", "probabilities"],
+                            "required": [
+                                "model",
+                                "model_version",
+                                "provider",
+                                "digits",
+                                "probabilities",
+                            ],
                             "properties": {
                                 "model": {"type": "string"},
+                                "model_version": {"type": "integer"},
                                 "provider": {"type": "string"},
                                 "digits": {"type": "array", "items": {"type": "integer"}},
                                 "probabilities": {

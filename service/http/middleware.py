@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.engine.validation import parse_count
 from service.errors import ClientGone, error_body
 from service.http.asgi import replay_body, send_error
-from service.http.auth import MISSING_TOKEN, BearerTokens
+from service.http.auth import ADMIN_PREFIX, MISSING_TOKEN, BearerTokens, admin_refusal
 from service.http.bentoml_compat import unwrap_error_array
 from service.metrics import BODIES_REFUSED, BODY_BYTES_HELD
 
@@ -181,14 +181,42 @@ class BearerAuthMiddleware:
     default: they hold no data, the page sends the token.
     """
 
-    def __init__(self, app: ASGIApp, tokens: tuple[str, ...], exempt: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tokens: tuple[str, ...],
+        exempt: tuple[str, ...],
+        admin_tokens: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.check = BearerTokens(tokens, exempt)
+        self.admin = BearerTokens(admin_tokens, ())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self.check.open_path(
-            scope.get("path", "")
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (
+            path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
         ):
+            offered = [v for k, v in scope.get("headers", ()) if k == b"authorization"]
+            client = scope.get("client")
+            refusal = admin_refusal(
+                self.admin, self.check.enabled, offered, client[0] if client else None
+            )
+            if refusal is None:
+                await self.app(scope, receive, send)
+                return
+            status, reason = refusal
+            body = error_body(reason)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            if status == 401:
+                headers.append((b"www-authenticate", b'Bearer realm="rnnserve-admin"'))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["type"] not in ("http", "websocket") or self.check.open_path(path):
             await self.app(scope, receive, send)
             return
         offered = [v for k, v in scope.get("headers", ()) if k == b"authorization"]

@@ -25,7 +25,8 @@ from pydantic import (
 from service.engine.carried_state import MAX_STATE_CHARS
 from service.engine.parameters import Number, text_parameters
 from service.errors import short
-from service.model.cards import CardError, ModelCard, discover_cards, short_name
+from service.model.cards import CardError, ModelCard, short_name
+from service.model.repository import discover_cards
 from service.settings import get_settings
 
 SETTINGS = get_settings()
@@ -67,7 +68,9 @@ DEFAULT_DIGIT_MODEL = short_name(SETTINGS.default_digit_model)
 
 
 def _known_model(name: str) -> str:
-    if DIGIT_MODEL_NAMES and name not in DIGIT_MODEL_NAMES:
+    """With the models fixed at start-up the schema knows their names; under model control
+    a model may arrive later, and the registry answers for unknown names (400 either way)."""
+    if SETTINGS.model_control == "none" and DIGIT_MODEL_NAMES and name not in DIGIT_MODEL_NAMES:
         raise ValueError(f"unknown model {short(name)}; choose one of {DIGIT_MODEL_NAMES}")
     return name
 
@@ -77,7 +80,11 @@ DigitModelName = Annotated[
     AfterValidator(_known_model),
     Field(
         description="which digit classifier answers (short or full name)",
-        json_schema_extra={"enum": DIGIT_MODEL_NAMES} if DIGIT_MODEL_NAMES else None,
+        json_schema_extra=(
+            {"enum": DIGIT_MODEL_NAMES}
+            if DIGIT_MODEL_NAMES and SETTINGS.model_control == "none"
+            else None
+        ),
     ),
 ]
 
@@ -161,6 +168,7 @@ class DigitPrediction(BaseModel):
     )
     probabilities: list[float] = Field(description="probability of each digit 0..9")
     model: str = Field(description="the model that answered")
+    model_version: int = Field(description="the version of the model that computed this answer")
     provider: str = Field(description="where it ran, e.g. CPUExecutionProvider")
 
 
@@ -197,6 +205,7 @@ class NextCharResponse(BaseModel):
     text: str = Field(description="the characters read by this request")
     candidates: list[CharCandidate] = Field(description="most probable first")
     model: str
+    model_version: int = Field(description="the version of the model that computed this answer")
     provider: str
     state: str = Field(description=STATE_DESCRIPTION)
     context_chars: int = Field(description="characters the state has read in all")
@@ -209,6 +218,7 @@ class GenerateResponse(BaseModel):
     temperature: float
     top_k: int | None
     model: str
+    model_version: int = Field(description="the version of the model that computed this answer")
     provider: str
     state: str = Field(
         description="the carried state after the prompt and the generated text: send it back "

@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import os
 import secrets
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar, cast
@@ -21,6 +23,8 @@ import numpy as np
 from pydantic import Field
 from starlette.responses import Response
 
+from service.engine.control_plane import ControlPlane
+from service.engine.coordination import default_directory as default_control_dir
 from service.engine.pipeline import Pipelines, ServingState
 from service.errors import ClientGone, ServiceError
 from service.http.bentoml_compat import (
@@ -151,18 +155,46 @@ class RnnServe:
         for info in registry.describe():
             MODEL_INFO.labels(
                 model=info["name"],
+                version=str(info["version"]),
                 backend=info["backend"],
                 provider=info["provider"],
                 device=registry.device.device,
             ).set(1)
         self.pipelines = Pipelines(registry, SETTINGS)
         self.grpc: GrpcFrontEnd | None = None  # started by _start_grpc in served workers
+        self.control = ControlPlane(self.pipelines, bentoml.server_context.worker_index)
         bind_api_methods(self, _service.apis)
         tune_garbage_collector()
+        if self.control.coordinator is None:
+            self._ready()
+        # else: ready once this worker serves what the other workers agreed (_start_control)
+
+    def _ready(self) -> None:
+        STATE.control = self.control
         STATE.pipelines = self.pipelines  # ready: the mounted apps and /readyz say so now
 
     def __is_ready__(self) -> bool:
         return STATE.pipelines is not None
+
+    # ------------------------------------------------------------------ model control
+
+    @bentoml.on_deployment
+    def _fresh_control_dir() -> None:  # BentoML makes it a staticmethod
+        """Once, before any worker: an agreement left by an earlier server (same pid) goes."""
+        if SETTINGS.model_control != "none" and SETTINGS.workers > 1:
+            directory = SETTINGS.control_dir or default_control_dir(os.getpid())
+            shutil.rmtree(directory, ignore_errors=True)
+
+    @bentoml.on_startup
+    async def _start_control(self) -> None:
+        """Joins the workers' agreement (a restarted worker serves what the others serve),
+        then watches it, and the repository in poll mode."""
+        await self.control.start()
+        self._ready()
+
+    @bentoml.on_shutdown
+    async def _stop_control(self) -> None:
+        await self.control.stop()
 
     # ------------------------------------------------------------------ gRPC
 
@@ -243,6 +275,7 @@ class RnnServe:
                 for c, p in answer.candidates
             ],
             model=answer.model.name,
+            model_version=answer.model.version,
             provider=answer.model.backend.provider,
             state=answer.state,
             context_chars=answer.context_chars,
@@ -274,6 +307,7 @@ class RnnServe:
             temperature=temperature,
             top_k=top_k,
             model=model.name,
+            model_version=model.version,
             provider=model.backend.provider,
             state=generation.state(),
             context_chars=generation.context_chars,
@@ -295,6 +329,7 @@ def prediction(model: DigitClassifier, probs: np.ndarray) -> DigitPrediction:
         confident=bool(model.confident(probs)),
         probabilities=probs.round(6).tolist(),
         model=model.name,
+        model_version=model.version,
         provider=model.backend.provider,
     )
 
@@ -314,7 +349,10 @@ _service.add_asgi_middleware(  # V2: {"error"}; limits named as the engine names
 )
 _service.add_asgi_middleware(HealthBodyMiddleware)  # /livez, /readyz: JSON bodies
 _service.add_asgi_middleware(
-    BearerAuthMiddleware, tokens=SETTINGS.tokens, exempt=SETTINGS.exempt_paths
+    BearerAuthMiddleware,
+    tokens=SETTINGS.tokens,
+    exempt=SETTINGS.exempt_paths,
+    admin_tokens=SETTINGS.admin_token_list,
 )
 _service.add_asgi_middleware(
     BodyLimitMiddleware,

@@ -67,6 +67,7 @@ from service.http.v2_protocol import (
 )
 from service.metrics import observe_lean_request
 from service.model.inference import CharModel, DigitClassifier, LoadedModel
+from service.model.repository import VersionPolicy
 from service.model.runtime import CUDA_PROVIDER_OPTIONS
 from service.settings import Settings
 
@@ -115,7 +116,7 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
         ]
     return {
         "name": model.name,
-        "versions": [str(model.card.data["version"])],
+        "versions": [str(model.version)],
         "platform": PLATFORMS.get(model.backend_name, model.backend_name),
         "inputs": inputs,
         "outputs": outputs,
@@ -218,9 +219,7 @@ def model_config(model: LoadedModel, settings: Settings, device: str) -> dict[st
         "name": model.name,
         "platform": meta["platform"],
         "backend": BACKENDS.get(model.backend_name, model.backend_name),
-        # one version served per model, the card's; Triton's version numbers are integers,
-        # ours are the card's strings, so the policy says "the latest one" rather than which
-        "version_policy": {"latest": {"num_versions": 1}},
+        "version_policy": VersionPolicy.parse(settings.version_policy).triton(),
         "max_batch_size": batch,
         "input": [
             {
@@ -294,7 +293,7 @@ async def infer_digits(
     if pixels.ndim != 3:  # the pipeline also takes one 28x28; V2's contract is [-1, 28, 28]
         raise BadInput(f"input 'pixels': shape must be [N, 28, 28]; got {list(pixels.shape)}")
     try:
-        answer = await pipelines.classify(pixels, model.name)
+        answer = await pipelines.classify(pixels, model.name, model.version)
     except ServiceError as exc:
         if not isinstance(exc, errors.Overloaded | errors.NotReady):
             exc.message = f"input 'pixels': {exc.message}"
@@ -334,7 +333,9 @@ def carried_states(request: InferRequest) -> list[object] | None:
     return states
 
 
-async def infer_chars(pipelines: Pipelines, request: InferRequest) -> dict[str, np.ndarray]:
+async def infer_chars(
+    pipelines: Pipelines, model: CharModel, request: InferRequest
+) -> dict[str, np.ndarray]:
     _only_inputs(request, CHAR_INPUTS, CHAR_REQUIRED)
     if request.datatypes["ids"] not in ("INT64", "INT32"):
         raise BadInput("input 'ids': datatype must be INT64 (or INT32)")
@@ -346,6 +347,7 @@ async def infer_chars(pipelines: Pipelines, request: InferRequest) -> dict[str, 
         request.inputs.get("state"),
         carried_states(request),
         carried_out=wants_carried,
+        version=model.version,
     )
     outputs = {
         "logits": steps.logits.astype(np.float32),
@@ -366,20 +368,25 @@ async def infer(
         return await infer_digits(pipelines, model, request)
     assert isinstance(model, CharModel)
     check_outputs(request, CHAR_OUTPUTS)
-    return await infer_chars(pipelines, request)
+    return await infer_chars(pipelines, model, request)
 
 
 def find_model(pipelines: Pipelines, name: str, version: str | None) -> LoadedModel:
+    """`name` (or its alias) at `version` (V2 versions are strings of the integer), or its
+    newest served version."""
     registry = pipelines.registry
-    models: dict[str, LoadedModel] = dict(registry.digits)
-    if registry.char is not None:
-        models[registry.char.name] = registry.char
-    model = models.get(registry.aliases.get(name, name))
+    served = sorted({m.name for m in registry.served.models()})
+    newest = registry.find(name)
+    if newest is None:
+        raise UnknownModel(f"unknown model {short(name)}; this server has {served}")
+    if version is None:
+        return newest
+    number = int(version) if version.isdecimal() and len(version) < 10 else None
+    model = registry.find(name, number) if number is not None else None
     if model is None:
-        raise UnknownModel(f"unknown model {short(name)}; this server has {sorted(models)}")
-    if version is not None and version != str(model.card.data["version"]):
         raise UnknownModel(
-            f"model {name!r} has no version {version[:64]!r}; it has {model.card.data['version']!r}"
+            f"model {newest.name!r} has no version {version[:64]!r} loaded; it serves "
+            f"{[str(v) for v in registry.version_list(newest.name)]}"
         )
     return model
 
@@ -429,11 +436,50 @@ class V2Routes:
         ready = self.state.pipelines is not None
         return json_response({"ready": ready}, 200 if ready else 503)
 
+    # ------------------------------------------------------------------ model control
+
+    def control_route(
+        self, action: Callable[[Request, Any], Awaitable[Response]], label: str
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def route(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                self.state.require()
+                control = self.state.control
+                if control is None:
+                    raise errors.NotReady("model control is starting; retry shortly")
+                response = await action(request, control)
+            except ServiceError as exc:
+                response = refusal_response(label, exc, v2=True)
+            except (errors.ClientGone, ClientDisconnect):
+                response = Response(status_code=499)
+            except Exception:
+                response = as_response(*internal_error(f"{request.method} {label}", v2=True))
+            observe_lean_request(label, response.status_code, started)
+            return response
+
+        return route
+
     def app(self) -> Starlette:
         routes = [
             Route("/", self.server_metadata, methods=["GET"]),
             Route("/health/live", self.live, methods=["GET"]),
             Route("/health/ready", self.ready, methods=["GET"]),
+            Route(
+                "/repository/index",
+                self.control_route(repository_index, "/v2 repository index"),
+                methods=["POST"],
+            ),
+            Route(
+                "/repository/models/{name}/load",
+                self.control_route(repository_load, "/v2 repository load"),
+                methods=["POST"],
+            ),
+            Route(
+                "/repository/models/{name}/unload",
+                self.control_route(repository_unload, "/v2 repository unload"),
+                methods=["POST"],
+            ),
         ]
         for prefix in ("/models/{name}", "/models/{name}/versions/{version}"):
             routes += [
@@ -469,6 +515,51 @@ async def get_model_ready(_: Request, pipelines: Pipelines, model: LoadedModel) 
     return json_response({"name": model.name, "ready": True})
 
 
+async def control_body(request: Request, allowed: set[str]) -> dict[str, Any]:
+    """A repository call's optional JSON body (Triton's): `parameters` we act on, refused
+    when they ask for what this server does not do (a config override, files in the body)."""
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadInput("the body must be JSON (or empty)") from None
+    if not isinstance(data, dict):
+        raise BadInput("the body must be a JSON object")
+    unknown = sorted(set(data) - {"parameters", "ready"})
+    parameters = data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadInput("'parameters' must be an object")
+    unknown += sorted(f"parameters.{k}" for k in set(parameters) - allowed)
+    if unknown:
+        raise BadInput(
+            f"{unknown[:5]} not supported: a version is loaded from the repository folder, "
+            "as exported and verified (no configuration or files in the request)"
+        )
+    return data
+
+
+async def repository_index(request: Request, control: Any) -> Response:
+    data = await control_body(request, set())
+    ready = data.get("ready", False)
+    if not isinstance(ready, bool):
+        raise BadInput("'ready' must be true or false")
+    return json_response(control.index(ready_only=ready))
+
+
+async def repository_load(request: Request, control: Any) -> Response:
+    await control_body(request, set())
+    await control.load(request.path_params["name"])
+    return Response(b"", status_code=200)
+
+
+async def repository_unload(request: Request, control: Any) -> Response:
+    await control_body(request, {"unload_dependents"})
+    await control.unload(request.path_params["name"])
+    return Response(b"", status_code=200)
+
+
 async def post_infer(request: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
     accepted_media_type(
         request.headers.raw,
@@ -479,8 +570,7 @@ async def post_infer(request: Request, pipelines: Pipelines, model: LoadedModel)
     header_length = request.headers.get(HEADER_LENGTH)
     parsed = await pipelines.parse(lambda b: parse_infer_request(b, header_length), body)
     outputs = await infer(pipelines, model, parsed)
-    version = str(model.card.data["version"])
-    payload, json_length = encode_infer_response(model.name, version, parsed, outputs)
+    payload, json_length = encode_infer_response(model.name, str(model.version), parsed, outputs)
     if json_length is None:
         return Response(payload, media_type="application/json")
     return Response(

@@ -1,4 +1,4 @@
-"""Model cards: the contract between training and serving (`models/<name>/card.json`).
+"""Model cards: the contract between training and serving (`models/<name>/<version>/card.json`).
 
 A card says what a model is, what it expects and returns, how it scored, and which files hold
 it with their sizes and sha256 digests. This module reads and verifies cards; it uses only the
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 CARD_FILE = "card.json"
-SCHEMA_VERSION = 1
+# 2: integer `version` (the repository folder's name) and recorded `examples`.
+SCHEMA_VERSION = 2
 TASKS = ("digit-classification", "next-character")
 REQUIRED_KEYS = (
     "schema_version",
@@ -28,6 +29,7 @@ REQUIRED_KEYS = (
     "metrics",
     "training",
     "export",
+    "examples",
     "files",
 )
 FILE_FORMATS = ("onnx", "torchscript")
@@ -61,6 +63,10 @@ class ModelCard:
     @property
     def name(self) -> str:
         return str(self.data["name"])
+
+    @property
+    def version(self) -> int:
+        return int(self.data["version"])
 
     @property
     def task(self) -> str:
@@ -159,7 +165,15 @@ def load_card(model_dir: Path, verify: bool = True) -> ModelCard:
     if data["schema_version"] != SCHEMA_VERSION:
         raise CardError(
             f"{card_path}: schema_version {data['schema_version']!r}, expected {SCHEMA_VERSION}"
+            + (
+                " (a schema 1 card: python -m training.upgrade_card upgrades it)"
+                if data["schema_version"] == 1
+                else ""
+            )
         )
+    version = data["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CardError(f"{card_path}: version {version!r} is not a positive integer")
     if data["task"] not in TASKS:
         raise CardError(f"{card_path}: unknown task {data['task']!r} (expected one of {TASKS})")
     if verify:
@@ -170,13 +184,3 @@ def load_card(model_dir: Path, verify: bool = True) -> ModelCard:
 def short_name(name: str) -> str:
     """'mnist-birnn' -> 'birnn': the alias clients may use for a classifier."""
     return name.removeprefix("mnist-")
-
-
-def discover_cards(models_root: Path, verify: bool = True) -> list[ModelCard]:
-    """Every model folder (one holding a card.json) under `models_root`, sorted by name."""
-    if not models_root.is_dir():
-        raise CardError(f"model directory {models_root} does not exist")
-    return [
-        load_card(card_file.parent, verify=verify)
-        for card_file in sorted(models_root.glob(f"*/{CARD_FILE}"))
-    ]

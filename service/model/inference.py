@@ -1,7 +1,10 @@
 """Loaded models and what the endpoints ask of them, free of any HTTP or BentoML concern.
 
-`ModelRegistry.load` verifies every card in the model directory (a bad or missing file stops
-start-up with a message naming it), opens each model on the chosen device, and warms it up.
+`open_model` turns a verified card into a served model: runtime session, the checks of
+service/model/verify.py (contract, recorded examples), warm-up. `ModelRegistry` holds what a
+worker serves as one immutable `Served` snapshot (every loaded version of every model), which
+model control replaces in a single assignment: a request holds the model object it looked up,
+so it finishes on that version whatever is loaded meanwhile.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from typing import Any
 import numpy as np
 
 from service.errors import NoCharModel, UnknownModel, short
-from service.model.cards import ModelCard, discover_cards, short_name
+from service.model.cards import CardError, ModelCard, short_name
 from service.model.numerics import encode_text, normalize, softmax, top_k
+from service.model.repository import VersionPolicy, discover_cards
 from service.model.runtime import Backend, DeviceChoice, choose_device, load_backend
+from service.model.verify import verify_loaded
 from service.settings import Settings
 
 logger = logging.getLogger("bentoml.rnnserve")
 
-# observer(model_name, seconds, batch_size): hooks inference timing into metrics
+# observer("name/version", seconds, batch_size): hooks inference timing into metrics
 Observer = Callable[[str, float, int], None]
 
 
@@ -67,10 +72,19 @@ class LoadedModel:
     def name(self) -> str:
         return self.card.name
 
+    @property
+    def version(self) -> int:
+        return self.card.version
+
+    @property
+    def key(self) -> str:
+        """'name/version': what queues and logs call this model version."""
+        return f"{self.name}/{self.version}"
+
     def run(self, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
         started = time.perf_counter()
         outputs = self.backend.run(feeds)
-        self.observe(self.name, time.perf_counter() - started, batch)
+        self.observe(self.key, time.perf_counter() - started, batch)
         return outputs
 
     def describe(self) -> dict[str, Any]:
@@ -167,25 +181,104 @@ class CharModel(LoadedModel):
 
 
 def preflight(settings: Settings) -> tuple[list[ModelCard], DeviceChoice]:
-    """Checks that need no model session: every card and file verified, device policy met.
+    """Checks that need no model session: every served card and file verified, device policy
+    met.
 
     Run at import of the service module, so `bentoml serve` itself exits non-zero with the
     message when they fail (a failure inside a worker would leave the server process up with
     no worker). Each worker repeats the checks when it loads the models.
     """
-    cards = discover_cards(settings.model_dir)  # verifies every file's sha256
+    policy = VersionPolicy.parse(settings.version_policy)
+    cards = discover_cards(settings.model_dir, policy=policy)  # verifies every file's sha256
     if not cards:
-        raise FileNotFoundError(f"no models (*/card.json) under {settings.model_dir}")
+        raise FileNotFoundError(
+            f"no models (<name>/<version>/card.json) under {settings.model_dir}"
+        )
     return cards, choose_device(settings.device)
 
 
+def open_model(
+    card: ModelCard, settings: Settings, device: DeviceChoice, observe: Observer = _no_observer
+) -> LoadedModel:
+    """A card (its files already checked against their sha256) as a model ready to serve:
+    the runtime session on the verified bytes, the contract and recorded examples checked
+    (CardError says what failed), then a warm-up of the shapes the hot path uses."""
+    backend = load_backend(card, settings, device)
+    verify_loaded(card, backend)
+    model: LoadedModel
+    if card.task == "digit-classification":
+        digits = DigitClassifier(card, backend, settings.backend, observe)
+        for batch in (1, min(8, settings.max_batch_size)):
+            digits.predict(np.zeros((batch, 28, 28), dtype=np.uint8))
+        model = digits
+    else:
+        char = CharModel(card, backend, settings.backend, observe)
+        char.generate(char.vocab[0], 2, 1.0, None, seed=0)
+        model = char
+    logger.info(
+        "model %s version %s (%s): backend %s, provider %s; device %s (%s)",
+        card.name,
+        card.version,
+        card.task,
+        settings.backend,
+        backend.provider,
+        device.device,
+        device.reason,
+    )
+    return model
+
+
+@dataclass(frozen=True)
+class Served:
+    """Every model version one worker serves, at one moment. Never changed: model control
+    builds a new one (`with_model`, `without`) and the registry swaps it in."""
+
+    versions: dict[str, dict[int, LoadedModel]]  # name -> version -> model
+
+    def newest(self, name: str) -> LoadedModel | None:
+        served = self.versions.get(name)
+        return served[max(served)] if served else None
+
+    def find(self, name: str, version: int | None) -> LoadedModel | None:
+        """`name` at `version`, or its newest served version when `version` is None."""
+        if version is None:
+            return self.newest(name)
+        return self.versions.get(name, {}).get(version)
+
+    def with_model(self, model: LoadedModel) -> Served:
+        versions = {name: dict(v) for name, v in self.versions.items()}
+        versions.setdefault(model.name, {})[model.version] = model
+        return Served(versions)
+
+    def without(self, name: str, version: int | None = None) -> Served:
+        """Without `name` at `version` (every version when None)."""
+        versions = {n: dict(v) for n, v in self.versions.items()}
+        if version is None:
+            versions.pop(name, None)
+        else:
+            versions.get(name, {}).pop(version, None)
+            if not versions.get(name):
+                versions.pop(name, None)
+        return Served(versions)
+
+    def models(self) -> list[LoadedModel]:
+        """Every served version, by name, newest version first."""
+        return [
+            self.versions[name][v]
+            for name in sorted(self.versions)
+            for v in sorted(self.versions[name], reverse=True)
+        ]
+
+
 class ModelRegistry:
-    def __init__(self, settings: Settings, device: DeviceChoice) -> None:
+    """What one worker serves: the current `Served` snapshot, and lookups by name, alias and
+    version. The newest served version of a model answers requests that name no version."""
+
+    def __init__(self, settings: Settings, device: DeviceChoice, observe: Observer) -> None:
         self.settings = settings
         self.device = device
-        self.digits: dict[str, DigitClassifier] = {}
-        self.char: CharModel | None = None
-        self.aliases: dict[str, str] = {}
+        self.observe = observe
+        self.served = Served({})
 
     @classmethod
     def load(
@@ -196,64 +289,90 @@ class ModelRegistry:
     ) -> ModelRegistry:
         """`checked`: a preflight result this process already has (saves hashing twice)."""
         cards, device = checked if checked is not None else preflight(settings)
-        registry = cls(settings, device)
+        registry = cls(settings, device, observe)
+        served = Served({})
         for card in cards:
-            backend = load_backend(card, settings, device)
-            if card.task == "digit-classification":
-                model = DigitClassifier(card, backend, settings.backend, observe)
-                registry.digits[card.name] = model
-                registry.aliases[short_name(card.name)] = card.name
-            else:
-                if registry.char is not None:
-                    raise ValueError(
-                        f"two next-character models ({registry.char.name}, {card.name}) "
-                        f"in {settings.model_dir}: keep one"
-                    )
-                registry.char = CharModel(card, backend, settings.backend, observe)
-            logger.info(
-                "model %s (%s): backend %s, provider %s; device %s (%s)",
-                card.name,
-                card.task,
-                settings.backend,
-                backend.provider,
-                device.device,
-                device.reason,
-            )
-        if settings.default_digit_model not in registry.digits and registry.digits:
-            raise ValueError(
-                f"RNNSERVE_DEFAULT_DIGIT_MODEL={settings.default_digit_model!r} is not among "
-                f"the loaded classifiers {sorted(registry.digits)}"
-            )
-        registry.warm_up()
+            served = served.with_model(open_model(card, settings, device, observe))
+        registry.check(served)
+        registry.served = served
         return registry
 
-    def warm_up(self) -> None:
-        """One real inference per model (and per batch shape the hot path uses)."""
-        for model in self.digits.values():
-            for batch in (1, min(8, self.settings.max_batch_size)):
-                model.predict(np.zeros((batch, 28, 28), dtype=np.uint8))
-        if self.char is not None:
-            self.char.generate(self.char.vocab[0], 2, 1.0, None, seed=0)
+    def check(self, served: Served) -> None:
+        """What a snapshot must hold to be served (CardError otherwise): one next-character
+        model at most, and the default classifier among the classifiers when there are any."""
+        kinds: dict[str, list[str]] = {}
+        for model in served.models():
+            kinds.setdefault(model.card.task, []).append(model.name)
+        chars = sorted(set(kinds.get("next-character", [])))
+        if len(chars) > 1:
+            raise CardError(
+                f"two next-character models ({', '.join(chars)}) in {self.settings.model_dir}: "
+                "keep one (several versions of it are fine)"
+            )
+        digits = set(kinds.get("digit-classification", []))
+        if digits and self.settings.default_digit_model not in digits:
+            raise CardError(
+                f"RNNSERVE_DEFAULT_DIGIT_MODEL={self.settings.default_digit_model!r} is not "
+                f"among the loaded classifiers {sorted(digits)}"
+            )
 
-    def digit_model(self, requested: str | None) -> DigitClassifier:
+    # ------------------------------------------------------------------ lookups
+
+    @property
+    def digits(self) -> dict[str, DigitClassifier]:
+        """Each classifier's newest served version, by name."""
+        found = (self.served.newest(name) for name in sorted(self.served.versions))
+        return {m.name: m for m in found if isinstance(m, DigitClassifier)}
+
+    @property
+    def char(self) -> CharModel | None:
+        """The next-character model's newest served version."""
+        for name in self.served.versions:
+            model = self.served.newest(name)
+            if isinstance(model, CharModel):
+                return model
+        return None
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return {short_name(name): name for name in self.digits}
+
+    def find(self, name: str, version: int | None = None) -> LoadedModel | None:
+        """A model by name or alias, at `version` or its newest."""
+        return self.served.find(self.aliases.get(name, name), version)
+
+    def digit_model(self, requested: str | None, version: int | None = None) -> DigitClassifier:
         name = requested or self.settings.default_digit_model
-        name = self.aliases.get(name, name)
-        if name not in self.digits:
+        model = self.find(name, version)
+        if not isinstance(model, DigitClassifier):
+            if version is not None and isinstance(self.find(name), DigitClassifier):
+                raise UnknownModel(
+                    f"model {short(requested)} has no version {version} loaded; it serves "
+                    f"{self.version_list(self.aliases.get(name, name))}"
+                )
             raise UnknownModel(
                 f"unknown model {short(requested)}; choose one of {self.digit_model_names()}"
             )
-        return self.digits[name]
+        return model
+
+    def version_list(self, name: str) -> list[int]:
+        """The served versions of `name`, newest first."""
+        return sorted(self.served.versions.get(name, {}), reverse=True)
 
     def digit_model_names(self) -> list[str]:
         return sorted(self.aliases) + sorted(self.digits)
 
-    def char_model(self) -> CharModel:
-        if self.char is None:
+    def char_model(self, version: int | None = None) -> CharModel:
+        char = self.char
+        if char is None:
             raise NoCharModel("no next-character model is loaded on this server")
-        return self.char
+        model = self.served.find(char.name, version)
+        if not isinstance(model, CharModel):
+            raise UnknownModel(
+                f"model {char.name} has no version {version} loaded; it serves "
+                f"{self.version_list(char.name)}"
+            )
+        return model
 
     def describe(self) -> list[dict[str, Any]]:
-        models: list[LoadedModel] = [*self.digits.values()]
-        if self.char is not None:
-            models.append(self.char)
-        return [m.describe() for m in models]
+        return [m.describe() for m in self.served.models()]

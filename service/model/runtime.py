@@ -128,6 +128,17 @@ class OnnxBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(self.session.run(self.output_names, feeds))
 
+    def signature(self) -> dict[str, list[tuple[str, str, list[Any]]]]:
+        """The graph's inputs and outputs as (name, element type, shape): what verify.py
+        compares with the card."""
+        return {
+            part: [(t.name, t.type, list(t.shape)) for t in tensors]
+            for part, tensors in (
+                ("inputs", self.session.get_inputs()),
+                ("outputs", self.session.get_outputs()),
+            )
+        }
+
 
 class TorchScriptBackend:
     def __init__(self, card: ModelCard, device: str, threads: int) -> None:

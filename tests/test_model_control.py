@@ -1,0 +1,224 @@
+"""Model control in one worker, on a copy of the committed repository and real onnxruntime:
+verified loads, refused loads that leave the last good version serving, the index, version
+policies, and requests in flight across a swap (service/engine/lifecycle.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from loadtest.bench_swap import KEEP, corrupt_byte, new_version
+from service.engine.lifecycle import ModelControl
+from service.engine.pipeline import Pipelines
+from service.errors import LoadRefused, UnknownModel
+from service.model.examples import decode_array, encode_array
+from service.model.inference import ModelRegistry
+from service.model.repository import VersionPolicy, next_version
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = "mnist-rnn"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    for name in KEEP:
+        shutil.copytree(ROOT / "models" / name / "1", root / name / "1")
+    return root
+
+
+def pipelines_for(repo: Path, **env: str) -> Pipelines:
+    values = {"RNNSERVE_MODEL_DIR": str(repo), "RNNSERVE_DEVICE": "cpu"}
+    values.update({f"RNNSERVE_{k.upper()}": v for k, v in env.items()})
+    settings = Settings.from_env(values)
+    return Pipelines(ModelRegistry.load(settings), settings)
+
+
+def digit() -> np.ndarray:
+    pixels = np.zeros((1, 28, 28), np.uint8)
+    pixels[0, 6:22, 13:15] = 255
+    return pixels
+
+
+def classify(p: Pipelines, version: int | None = None) -> int:
+    answer = asyncio.run(p.classify(digit(), DIGITS, version))
+    return answer.model.version
+
+
+def test_a_new_version_is_verified_then_serves_and_the_policy_unloads_the_old(
+    repo: Path,
+) -> None:
+    p = pipelines_for(repo)
+    control = ModelControl(p)
+    assert classify(p) == 1
+    new_version(repo, DIGITS, 2)
+    assert asyncio.run(control.load(DIGITS)) == [2]
+    assert classify(p) == 2
+    with pytest.raises(UnknownModel, match="has no version 1 loaded; it serves \\[2\\]"):
+        classify(p, 1)
+    states = {(r["name"], r["version"]): r for r in control.index()}
+    assert states[(DIGITS, "2")]["state"] == "READY"
+    assert states[(DIGITS, "1")] == {
+        "name": DIGITS,
+        "version": "1",
+        "state": "UNAVAILABLE",
+        "reason": "unloaded",
+    }
+    # roll back: the previous version, by the policy that names it
+    rollback = pipelines_for(repo, version_policy="specific:1")
+    assert classify(rollback) == 1
+
+
+def test_latest_two_serves_both_and_a_request_may_name_either(repo: Path) -> None:
+    new_version(repo, DIGITS, 2)
+    p = pipelines_for(repo, version_policy="latest:2")
+    assert classify(p) == 2 and classify(p, 1) == 1 and classify(p, 2) == 2
+    assert p.registry.version_list(DIGITS) == [2, 1]
+    assert set(p.batchers) >= {f"{DIGITS}/1", f"{DIGITS}/2"}  # a queue per version
+
+
+def wrong_example(card: dict[str, Any], folder: Path) -> None:
+    """The recorded outputs no longer those of the files (as if the card belonged to other
+    weights): checksums pass, the examples do not."""
+    case = card["examples"]["cases"][0]["outputs"]
+    logits = decode_array(case["logits"], "test")
+    case["logits"] = encode_array(logits + np.float32(0.01))
+
+
+def wrong_shape(card: dict[str, Any], folder: Path) -> None:
+    card["inputs"][0]["shape"] = [-1, 28, 27]
+
+
+def missing_file(card: dict[str, Any], folder: Path) -> None:
+    (folder / "model.onnx").unlink()
+
+
+def no_examples(card: dict[str, Any], folder: Path) -> None:
+    card["examples"] = {"tolerance": 1e-4, "cases": []}
+
+
+def unreadable_card(card: dict[str, Any], folder: Path) -> None:
+    card.clear()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (corrupt_byte, "sha256 .* does not match the card"),
+        (wrong_example, "differs from the recorded one by 0.01"),
+        (wrong_shape, "has shape .* in the model, \\[-1, 28, 27\\] in the card"),
+        (missing_file, "missing"),
+        (no_examples, "examples hold no cases"),
+        (unreadable_card, "missing keys"),
+    ],
+)
+def test_a_refused_version_changes_nothing_that_serves(
+    repo: Path, change: Any, reason: str
+) -> None:
+    p = pipelines_for(repo)
+    control = ModelControl(p)
+    served = p.registry.served
+    new_version(repo, DIGITS, 2, change)
+    with pytest.raises(LoadRefused, match=reason):
+        asyncio.run(control.load(DIGITS))
+    assert p.registry.served is served and classify(p) == 1  # the last good one answers
+    row = next(r for r in control.index() if r["version"] == "2")
+    assert row["state"] == "UNAVAILABLE" and row["reason"]
+
+
+def test_requests_in_flight_finish_and_every_later_one_gets_the_new_version(
+    repo: Path,
+) -> None:
+    p = pipelines_for(repo)
+    control = ModelControl(p)
+    new_version(repo, DIGITS, 2)
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        before = [asyncio.create_task(p.classify(digit(), DIGITS)) for _ in range(64)]
+        await asyncio.sleep(0)  # queued with version 1's batcher
+        await control.load(DIGITS)
+        after = await asyncio.gather(*(p.classify(digit(), DIGITS) for _ in range(64)))
+        done = await asyncio.gather(*before)
+        return [a.model.version for a in done], [a.model.version for a in after]
+
+    before, after = asyncio.run(scenario())
+    assert before == [1] * 64  # finished on the version they started on
+    assert after == [2] * 64
+
+
+def test_the_text_model_swaps_and_a_state_continues_on_its_own_version(repo: Path) -> None:
+    new_version(repo, "char-rnn", 2)
+    p = pipelines_for(repo, version_policy="latest:2")
+    first = asyncio.run(p.next_chars("To be", 3, 1.0))
+    assert first.model.version == 2
+    old = asyncio.run(p.char_logits(np.array([[1, 2]]), None, version=1))
+    state_v1 = old.carried[0]
+    # a state of version 1 goes on on version 1 while it is served
+    after = asyncio.run(p.next_chars("", 3, 1.0, state_v1))
+    assert after.model.version == 1
+    only_newest = pipelines_for(repo)
+    with pytest.raises(Exception, match="belongs to char-rnn 1"):
+        asyncio.run(only_newest.next_chars("", 3, 1.0, state_v1))
+
+
+def test_unloading_the_default_classifier_is_refused(repo: Path) -> None:
+    p = pipelines_for(repo)
+    control = ModelControl(p)
+    with pytest.raises(LoadRefused, match="RNNSERVE_DEFAULT_DIGIT_MODEL"):
+        asyncio.run(control.unload("mnist-bigru"))
+    asyncio.run(control.unload(DIGITS))
+    with pytest.raises(UnknownModel):
+        classify(p)
+    assert asyncio.run(control.load(DIGITS)) == [1] and classify(p) == 1
+
+
+def test_unknown_and_invalid_names_are_refused(repo: Path) -> None:
+    control = ModelControl(pipelines_for(repo))
+    for name in ("nope", "../etc", ""):
+        with pytest.raises(UnknownModel):
+            asyncio.run(control.load(name))
+
+
+def test_poll_mode_follows_the_folder(repo: Path) -> None:
+    p = pipelines_for(repo)
+    control = ModelControl(p)
+    asyncio.run(control.poll())
+    assert classify(p) == 1  # nothing changed
+    new_version(repo, DIGITS, 2)
+    asyncio.run(control.poll())
+    assert classify(p) == 2
+    new_version(repo, DIGITS, 3, corrupt_byte)
+    asyncio.run(control.poll())
+    asyncio.run(control.poll())  # refused once, not tried again while unchanged
+    assert classify(p) == 2
+    shutil.rmtree(repo / DIGITS / "3")
+    shutil.rmtree(repo / DIGITS / "2")
+    asyncio.run(control.poll())
+    assert classify(p) == 1
+
+
+def test_version_policies_parse_and_select() -> None:
+    assert VersionPolicy.parse("latest").select([1, 3, 2]) == [3]
+    assert VersionPolicy.parse("latest:2").select([1, 3, 2]) == [3, 2]
+    assert VersionPolicy.parse("all").select([1, 2]) == [2, 1]
+    assert VersionPolicy.parse("specific:1,3").select([1, 2, 3]) == [3, 1]
+    assert VersionPolicy.parse("latest:2").triton() == {"latest": {"num_versions": 2}}
+    for bad in ("newest", "latest:0", "specific:", "all:2", "specific:a"):
+        with pytest.raises(ValueError, match="not a version policy"):
+            VersionPolicy.parse(bad)
+
+
+def test_export_numbers_versions_after_the_newest(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    assert next_version(folder) == 1
+    (folder / "1").mkdir(parents=True)
+    (folder / "7").mkdir()
+    (folder / ".incoming-8").mkdir()
+    (folder / "notes").mkdir()
+    assert next_version(folder) == 8

@@ -1,0 +1,116 @@
+"""Model control on a real `bentoml serve`: with 2 and 3 workers a load call reaches one
+worker, and by the time it answers every worker serves the new version (no request fails,
+none after the call answers from the old version); a corrupted version is refused with the
+last good one serving; the routes fail closed (service/engine/coordination.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtest.bench_swap import KEEP, Traffic, copy_repository, corrupt_byte, new_version
+from loadtest.servers import start_server
+from service.http.auth import BearerTokens, admin_refusal
+
+MODEL = "mnist-rnn"
+INFER = {
+    "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 28, 28], "data": [0.0] * 784}]
+}
+
+
+def repository(tmp_path: Path) -> Path:
+    return copy_repository(tmp_path / "models")
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_every_worker_switches_before_the_load_call_answers(tmp_path: Path, workers: int) -> None:
+    repo = repository(tmp_path)
+    server = start_server(
+        tmp_path, model_dir=str(repo), workers=str(workers), model_control="explicit"
+    )
+    try:
+        load = f"{server.url}/v2/repository/models/{MODEL}/load"
+        with Traffic(server.url, 16) as traffic:
+            time.sleep(1.0)
+            new_version(repo, MODEL, 2)
+            r = httpx.post(load, timeout=180)
+            assert r.status_code == 200, r.text
+            switched = time.monotonic()
+            time.sleep(1.5)
+            new_version(repo, MODEL, 3, corrupt_byte)
+            refused = httpx.post(load, timeout=180)
+            refused_at = time.monotonic()
+            time.sleep(1.0)
+        results = traffic.results
+        failures = [r for r in results if r[2] != 200]
+        assert not failures, failures[:5]
+        after = traffic.since(switched)
+        assert len(after) > 50 and {r[3] for r in after} == {"2"}, {r[3] for r in after}
+        assert refused.status_code == 400 and "sha256" in refused.json()["error"], refused.text
+        assert {r[3] for r in traffic.since(refused_at)} == {"2"}
+        index = httpx.post(f"{server.url}/v2/repository/index", timeout=30).json()
+        states = {(row["name"], row["version"]): row for row in index}
+        assert states[(MODEL, "2")]["state"] == "READY"
+        assert states[(MODEL, "3")]["state"] == "UNAVAILABLE"
+        assert "sha256" in states[(MODEL, "3")]["reason"]
+        meta = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=30).json()
+        assert meta["versions"] == ["2"]
+        # readiness of one version: false (not 200) for the refused one
+        ready = httpx.get(f"{server.url}/v2/models/{MODEL}/versions/3/ready", timeout=30)
+        assert ready.status_code != 200
+    finally:
+        assert server.stop() == 0, server.log()[-3000:]
+
+
+def test_model_control_is_refused_where_the_mode_does_not_allow_it(tmp_path: Path) -> None:
+    server = start_server(tmp_path, model_dir=str(repository(tmp_path)))
+    try:
+        r = httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=30)
+        assert r.status_code == 409 and "RNNSERVE_MODEL_CONTROL" in r.json()["error"]
+        index = httpx.post(f"{server.url}/v2/repository/index", json={"ready": True}, timeout=30)
+        assert {row["name"] for row in index.json()} == set(KEEP)
+    finally:
+        server.stop()
+
+
+def test_the_control_routes_need_the_admin_token(tmp_path: Path) -> None:
+    server = start_server(
+        tmp_path,
+        model_dir=str(repository(tmp_path)),
+        model_control="explicit",
+        api_tokens="infer-token",
+        admin_tokens="admin-token",
+    )
+    url = f"{server.url}/v2/repository/models/{MODEL}/load"
+    try:
+        for headers in ({}, {"authorization": "Bearer infer-token"}):
+            r = httpx.post(url, headers=headers, timeout=30)
+            assert r.status_code == 401 and "admin token" in r.json()["error"], r.text
+        r = httpx.post(url, headers={"authorization": "Bearer admin-token"}, timeout=60)
+        assert r.status_code == 200, r.text
+        # the admin token is not an inference token
+        infer = httpx.post(
+            f"{server.url}/v2/models/{MODEL}/infer",
+            json=INFER,
+            headers={"authorization": "Bearer admin-token"},
+            timeout=30,
+        )
+        assert infer.status_code == 401
+    finally:
+        server.stop()
+
+
+def test_the_admin_rule_fails_closed() -> None:
+    none, admin = BearerTokens((), ()), BearerTokens(("adm",), ())
+    bearer = [b"Bearer adm"]
+    assert admin_refusal(admin, True, bearer, "10.0.0.9") is None
+    assert admin_refusal(admin, False, [b"Bearer x"], "127.0.0.1") is not None
+    closed = admin_refusal(none, True, bearer, "127.0.0.1")
+    assert closed is not None and closed[0] == 403  # API tokens and no admin token: closed
+    assert admin_refusal(none, False, [], "127.0.0.1") is None  # no tokens: this machine only
+    assert admin_refusal(none, False, [], "::1") is None
+    remote = admin_refusal(none, False, [], "10.0.0.9")
+    assert remote is not None and remote[0] == 403 and "loopback" in remote[1]
