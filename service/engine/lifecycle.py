@@ -229,9 +229,7 @@ class ModelControl:
         try:
             for folder in model_folders(self.root):
                 for version in versions_on_disk(folder):
-                    known.setdefault(
-                        (folder.name, version), VersionState(UNAVAILABLE, NOT_LOADED)
-                    )
+                    known.setdefault((folder.name, version), VersionState(UNAVAILABLE, NOT_LOADED))
         except CardError:
             pass  # a repository that cannot be read lists what this worker knows
         rows = []
