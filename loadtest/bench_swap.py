@@ -171,7 +171,7 @@ def run(workers: int, clients: int, cycles: int) -> dict[str, Any]:
             after = traffic.since(refused_at)
             result["corrupted"] = {
                 "status": status,
-                "error": error[:300],
+                "error": error[:1000],
                 "load_call_s": round(seconds, 3),
                 "requests_after": len(after),
                 "versions_after": sorted({r[3] for r in after}),

@@ -222,3 +222,42 @@ def test_export_numbers_versions_after_the_newest(tmp_path: Path) -> None:
     (folder / ".incoming-8").mkdir()
     (folder / "notes").mkdir()
     assert next_version(folder) == 8
+
+
+def test_a_loading_version_is_not_ready_and_the_old_one_answers_meanwhile(repo: Path) -> None:
+    p = pipelines_for(repo)
+    control = ModelControl(p)
+    new_version(repo, DIGITS, 2)
+    seen: list[tuple[str | None, int]] = []
+
+    def during() -> None:
+        state = control.version_state(DIGITS, 2)
+        seen.append((state.state if state else None, p.registry.find(DIGITS).version))  # type: ignore[union-attr]
+
+    control.on_change = during
+    asyncio.run(control.load(DIGITS))
+    assert seen[0] == ("LOADING", 1)  # loading: version 2 not ready, version 1 serves
+    assert seen[-1] == ("READY", 2)
+
+
+def test_a_load_may_bring_tritons_version_policy_and_nothing_else() -> None:
+    from service.engine.control_plane import load_policy
+    from service.errors import BadInput
+
+    assert load_policy(None) is None
+    assert load_policy('{"name": "m"}') is None
+    rollback = load_policy('{"version_policy": {"specific": {"versions": [1]}}}')
+    assert rollback == VersionPolicy("specific", versions=(1,))
+    assert load_policy('{"version_policy": {"latest": {"num_versions": 2}}}') == VersionPolicy(
+        "latest", count=2
+    )
+    assert load_policy('{"version_policy": {"all": {}}}') == VersionPolicy("all")
+    for bad, says in (
+        ('{"max_batch_size": 8}', "not supported"),
+        ('{"version_policy": {"specific": {"versions": []}}}', "version_policy is"),
+        ('{"version_policy": {"latest": {"num_versions": true}}}', "version_policy is"),
+        ("not json", "not JSON"),
+        ("[1]", "JSON object"),
+    ):
+        with pytest.raises(BadInput, match=says):
+            load_policy(bad)

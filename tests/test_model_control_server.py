@@ -5,6 +5,7 @@ last good one serving; the routes fail closed (service/engine/coordination.py)."
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -114,3 +115,50 @@ def test_the_admin_rule_fails_closed() -> None:
     assert admin_refusal(none, False, [], "::1") is None
     remote = admin_refusal(none, False, [], "10.0.0.9")
     assert remote is not None and remote[0] == 403 and "loopback" in remote[1]
+
+
+def test_tritons_own_clients_drive_model_control_over_http_and_grpc(tmp_path: Path) -> None:
+    """tritonclient's repository calls, HTTP and gRPC, against one explicit-mode server."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    repo = repository(tmp_path)
+    server = start_server(tmp_path, model_dir=str(repo), model_control="explicit")
+    try:
+        http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+        grpc = grpcclient.InferenceServerClient(server.grpc_target)
+        index = {(m["name"], m["version"]): m["state"] for m in http.get_model_repository_index()}
+        assert index[(MODEL, "1")] == "READY"
+        new_version(repo, MODEL, 2)
+        http.load_model(MODEL)
+        assert http.is_model_ready(MODEL, "2") and not http.is_model_ready(MODEL, "1")
+        assert grpc.is_model_ready(MODEL, "2")
+        grpc_index = grpc.get_model_repository_index(as_json=True)["models"]
+        assert {(m["name"], m.get("version"), m.get("state")) for m in grpc_index} >= {
+            (MODEL, "2", "READY"),
+            (MODEL, "1", "UNAVAILABLE"),
+        }
+        grpc.unload_model(MODEL)
+        assert not grpc.is_model_ready(MODEL)
+        grpc.load_model(MODEL)
+        assert http.is_model_ready(MODEL)
+        new_version(repo, MODEL, 3, corrupt_byte)
+        with pytest.raises(InferenceServerException, match="sha256"):
+            grpc.load_model(MODEL)
+        with pytest.raises(InferenceServerException, match="sha256"):
+            http.load_model(MODEL)
+        assert http.get_model_metadata(MODEL)["versions"] == ["2"]
+        with pytest.raises(InferenceServerException, match="not supported"):
+            http.load_model(MODEL, config='{"max_batch_size": 4}')
+        # a rollback: Triton's config override naming the previous version
+        previous = json.dumps({"version_policy": {"specific": {"versions": [1]}}})
+        http.load_model(MODEL, config=previous)
+        assert http.is_model_ready(MODEL, "1") and not http.is_model_ready(MODEL, "2")
+        both = json.dumps({"version_policy": {"specific": {"versions": [1, 2]}}})
+        grpc.load_model(MODEL, config=both)
+        assert http.get_model_metadata(MODEL)["versions"] == ["2", "1"]
+        with pytest.raises(InferenceServerException, match="version_policy is"):
+            grpc.load_model(MODEL, config='{"version_policy": {"latest": {"num_versions": 0}}}')
+    finally:
+        assert server.stop() == 0

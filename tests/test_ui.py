@@ -180,6 +180,9 @@ def test_a_photo_is_uploaded_read_and_answered(page: Any, tmp_path: Path) -> Non
     page.set_input_files("#photo", str(photo))
     default = page.locator('.model[data-model="mnist-bigru"] .digit')
     sync_api.expect(default).to_have_text("4", timeout=10_000)
+    # each card names the version that answered
+    title = page.locator('.model[data-model="mnist-bigru"] h3')
+    sync_api.expect(title).to_have_text("mnist-bigru v1")
     answers = shown_digits(page)
     assert len(answers) == 3 and sum(a == "4" for a in answers.values()) >= 2, answers
     assert page.locator("#photo-view").is_visible()

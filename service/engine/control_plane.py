@@ -10,19 +10,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 
 from service.engine.coordination import WATCH_S, Coordinator, default_directory
 from service.engine.lifecycle import NOT_LOADED, READY, UNAVAILABLE, ModelControl, refused_control
 from service.engine.pipeline import Pipelines
-from service.errors import LoadRefused, ServiceError
+from service.errors import BadInput, LoadRefused, ServiceError
+from service.model.repository import VersionPolicy
 
 logger = logging.getLogger("bentoml.rnnserve")
 
 # How long a control call waits for the other workers to switch: each verifies and warms up
 # the version itself (a second or two for these models; a slow disk or a busy machine more).
 SWITCH_TIMEOUT_S = 120.0
+
+
+def load_policy(config: object) -> VersionPolicy | None:
+    """The version policy a load call's `config` parameter brings (Triton's config override,
+    a JSON string), or None. Only the version policy may be overridden: a version is served
+    as exported and verified, so anything else in it is refused."""
+    if config is None:
+        return None
+    if not isinstance(config, str):
+        raise BadInput("parameter 'config' must be a string holding a JSON object")
+    try:
+        data = json.loads(config)
+    except ValueError:
+        raise BadInput("parameter 'config' is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadInput("parameter 'config' must be a JSON object")
+    other = sorted(set(data) - {"name", "version_policy"})
+    if other:
+        raise BadInput(
+            f"config {other[:5]} not supported: a load may choose versions ('version_policy') "
+            "and nothing else; a version is served as exported and verified"
+        )
+    if "version_policy" not in data:
+        return None
+    try:
+        return VersionPolicy.from_triton(data["version_policy"])
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
 
 
 class ControlPlane:
@@ -50,15 +80,15 @@ class ControlPlane:
                     row["reason"] = reason
         return rows
 
-    async def load(self, name: str) -> list[int]:
+    async def load(self, name: str, policy: VersionPolicy | None = None) -> list[int]:
         if self.mode != "explicit":
             raise refused_control(self.mode, "loading a model")
         if self.coordinator is None:
-            return await self.control.load(name)
+            return await self.control.load(name, policy)
         async with self.coordinator.locked():
             await self._catch_up()
             try:
-                versions = await self.control.load(name)
+                versions = await self.control.load(name, policy)
             finally:
                 self._share_refusals()
             await self._share()

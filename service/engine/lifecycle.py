@@ -91,28 +91,32 @@ class ModelControl:
         """What this worker serves now, as the versions of each model."""
         return {name: sorted(v) for name, v in self.registry.served.versions.items()}
 
-    def selected(self, name: str) -> list[int]:
-        """The versions the policy serves of `name` from what is on disk."""
+    def selected(self, name: str, policy: VersionPolicy | None = None) -> list[int]:
+        """The versions `policy` (by default the server's) serves of `name` from what is on
+        disk."""
+        policy = policy or self.policy
         if not valid_name(name):
             raise UnknownModel(f"{short(name)} is not a model name (letters, digits, . _ -)")
         folder = self.root / name
         if not folder.is_dir():
             raise UnknownModel(f"the repository {self.root} has no model {short(name)}")
-        chosen = self.policy.select(versions_on_disk(folder))
+        chosen = policy.select(versions_on_disk(folder))
         if not chosen:
             raise LoadRefused(
                 f"model {name}: no version folder ({folder}/<N>/card.json) that the version "
-                f"policy {self.policy} selects"
+                f"policy {policy} selects; on disk: {versions_on_disk(folder)}"
             )
         return chosen
 
     # ------------------------------------------------------------------ changes
 
-    async def load(self, name: str) -> list[int]:
-        """Triton's load: the versions the policy selects of `name`, verified and swapped in;
-        versions it no longer selects are unloaded. All or nothing."""
+    async def load(self, name: str, policy: VersionPolicy | None = None) -> list[int]:
+        """Triton's load: the versions the policy selects of `name` (a load call may bring
+        its own, as Triton's config override: how a rollback names the previous version),
+        verified and swapped in; versions it no longer selects are unloaded. All or
+        nothing."""
         async with self.lock:
-            wanted = {**self.desired(), name: self.selected(name)}
+            wanted = {**self.desired(), name: self.selected(name, policy)}
             await self._apply(wanted)
             return wanted[name]
 

@@ -385,7 +385,8 @@ class Pipelines:
             "vocabulary": registry.char.vocab if registry.char else None,
             "model_control": self.settings.model_control,
             "version_policy": self.settings.version_policy,
-            "models": registry.describe(),
+            "models": registry.describe(),  # every served version, newest first
+            "versions": {name: registry.version_list(name) for name in registry.served.versions},
             # what a client may ask for: the demo page sizes its inputs from these
             "limits": {
                 "max_images_per_request": self.settings.max_images_per_request,

@@ -47,6 +47,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__, errors
+from service.engine.control_plane import load_policy
 from service.engine.pipeline import Pipelines, ServingState
 from service.errors import BadInput, ServiceError, UnknownModel, short
 from service.http.kernel import (
@@ -94,7 +95,7 @@ def _tensor_meta(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": shape}
 
 
-def model_metadata(model: LoadedModel) -> dict[str, Any]:
+def model_metadata(model: LoadedModel, versions: list[int] | None = None) -> dict[str, Any]:
     if isinstance(model, DigitClassifier):
         inputs = [_tensor_meta("pixels", "FP32", [-1, 28, 28])]
         outputs = [
@@ -116,7 +117,8 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
         ]
     return {
         "name": model.name,
-        "versions": [str(model.version)],
+        # every served version, newest first (the metadata of one version names that one)
+        "versions": [str(v) for v in (versions or [model.version])],
         "platform": PLATFORMS.get(model.backend_name, model.backend_name),
         "inputs": inputs,
         "outputs": outputs,
@@ -415,7 +417,12 @@ class V2Routes:
         try:
             pipelines = self.state.require()
             params = request.path_params
-            model = find_model(pipelines, params["name"], params.get("version"))
+            try:
+                model = find_model(pipelines, params["name"], params.get("version"))
+            except UnknownModel:
+                if handler is get_model_ready and (unready := self.unready(params)) is not None:
+                    return unready
+                raise
             return await handler(request, pipelines, model)
         except ServiceError as exc:
             return refusal_response(label, exc, v2=True)
@@ -423,6 +430,22 @@ class V2Routes:
             return Response(status_code=499)  # log a traceback
         except Exception:
             return as_response(*internal_error(f"{request.method} {label}", v2=True))
+
+    def unready(self, params: dict[str, Any]) -> Response | None:
+        """Readiness of a version model control knows and does not serve (loading, refused,
+        unloaded): `ready: false` with its state and reason, a 503 as for the server's
+        readiness (tritonclient reads any status but 200 as not ready)."""
+        control = self.state.control
+        version = params.get("version")
+        if control is None or version is None or not version.isdecimal() or len(version) > 9:
+            return None
+        known = control.control.version_state(params["name"], int(version))
+        if known is None:
+            return None
+        body = {"name": params["name"], "ready": False, "state": known.state}
+        if known.reason:
+            body["reason"] = known.reason
+        return json_response(body, 503)
 
     async def server_metadata(self, _: Request) -> Response:
         return json_response(
@@ -503,8 +526,19 @@ class V2Routes:
         return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
-async def get_model_metadata(_: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
-    return json_response(model_metadata(model))
+async def get_model_metadata(
+    request: Request, pipelines: Pipelines, model: LoadedModel
+) -> Response:
+    return json_response(model_metadata(model, served_versions(request.path_params, pipelines)))
+
+
+def served_versions(params: dict[str, Any], pipelines: Pipelines) -> list[int] | None:
+    """For the metadata of a model (no version in the path): every version it serves."""
+    if params.get("version"):
+        return None
+    return pipelines.registry.version_list(
+        pipelines.registry.aliases.get(params["name"], params["name"])
+    )
 
 
 async def get_model_config(_: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
@@ -549,8 +583,9 @@ async def repository_index(request: Request, control: Any) -> Response:
 
 
 async def repository_load(request: Request, control: Any) -> Response:
-    await control_body(request, set())
-    await control.load(request.path_params["name"])
+    data = await control_body(request, {"config"})
+    policy = load_policy((data.get("parameters") or {}).get("config"))
+    await control.load(request.path_params["name"], policy)
     return Response(b"", status_code=200)
 
 

@@ -63,6 +63,34 @@ class VersionPolicy:
             "specific:1,3 (those versions)"
         )
 
+    @classmethod
+    def from_triton(cls, policy: object) -> VersionPolicy:
+        """Triton's model-configuration form: {"latest": {"num_versions": N}}, {"all": {}}
+        or {"specific": {"versions": [...]}} (what a load call's config may carry)."""
+        usage = (
+            'a version_policy is {"latest": {"num_versions": N}}, {"all": {}} or '
+            '{"specific": {"versions": [1, 3]}}'
+        )
+        if not isinstance(policy, dict) or len(policy) != 1:
+            raise ValueError(usage)
+        ((kind, body),) = policy.items()
+        body = body if isinstance(body, dict) else None
+        if kind == "all" and body == {}:
+            return cls("all")
+        if kind == "latest" and body is not None and set(body) <= {"num_versions"}:
+            count = body.get("num_versions", 1)
+            if isinstance(count, int) and not isinstance(count, bool) and count >= 1:
+                return cls("latest", count=count)
+        if kind == "specific" and body is not None and set(body) == {"versions"}:
+            versions = body["versions"]
+            if (
+                isinstance(versions, list)
+                and versions
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in versions)
+            ):
+                return cls("specific", versions=tuple(sorted(set(versions))))
+        raise ValueError(usage)
+
     def select(self, available: list[int]) -> list[int]:
         """The versions to serve among `available`, newest first."""
         newest_first = sorted(available, reverse=True)

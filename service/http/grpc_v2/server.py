@@ -22,8 +22,10 @@ is cancelled in the pipeline too: waiting work is dropped before it reaches the 
 Messages are bounded by RNNSERVE_MAX_REQUEST_BYTES (gRPC answers RESOURCE_EXHAUSTED before
 the handler runs), metadata by RNNSERVE_MAX_HEADER_BYTES, calls held at once by
 RNNSERVE_GRPC_MAX_CALLS, and a call's time by RNNSERVE_TIMEOUT_S (DEADLINE_EXCEEDED, as
-HTTP's 504) as well as by the client's deadline. Triton's calls we do not serve (shared
-memory, statistics, the repository, tracing, logging, streaming) answer UNIMPLEMENTED.
+HTTP's 504) as well as by the client's deadline. The repository calls (index, load, unload)
+are model control as over HTTP (service/engine/control_plane.py), under the admin rule of
+service/http/auth.py (PERMISSION_DENIED where HTTP says 403). Triton's calls we do not serve
+(shared memory, statistics, tracing, logging, streaming) answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from service import __version__, errors
+from service.engine.control_plane import ControlPlane, load_policy
 from service.engine.pipeline import Pipelines, ServingState
 from service.errors import ServiceError
 from service.http.asgi import log_refusal
-from service.http.auth import MISSING_TOKEN, BearerTokens
+from service.http.auth import MISSING_TOKEN, BearerTokens, admin_refusal
 from service.http.grpc_v2.proto import grpc_service_pb2 as pb
 from service.http.grpc_v2.proto import health_pb2
 from service.http.grpc_v2.proto import model_config_pb2 as config_pb
@@ -101,6 +104,7 @@ class GrpcFrontEnd:
         self.state = state
         self.settings = settings
         self.auth = BearerTokens(settings.tokens, settings.exempt_paths)
+        self.admin = BearerTokens(settings.admin_token_list, ())
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -144,6 +148,15 @@ class GrpcFrontEnd:
                 "ModelMetadata": rpc(self.model_metadata, pb.ModelMetadataRequest, "ModelMetadata"),
                 "ModelConfig": rpc(self.model_config, pb.ModelConfigRequest, "ModelConfig"),
                 "ModelInfer": rpc(self.model_infer, pb.ModelInferRequest, "ModelInfer"),
+                "RepositoryIndex": rpc(
+                    self.repository_index, pb.RepositoryIndexRequest, "RepositoryIndex"
+                ),
+                "RepositoryModelLoad": rpc(
+                    self.repository_load, pb.RepositoryModelLoadRequest, "RepositoryModelLoad"
+                ),
+                "RepositoryModelUnload": rpc(
+                    self.repository_unload, pb.RepositoryModelUnloadRequest, "RepositoryModelUnload"
+                ),
             },
         )
 
@@ -195,10 +208,11 @@ class GrpcFrontEnd:
                     )
                 await context.abort(grpc.StatusCode[code], exc.message, trailers)
                 raise  # unreachable: abort raises
-            except _UnauthenticatedError:
-                code = "UNAUTHENTICATED"
-                log_refusal(f"gRPC {method}", 401, MISSING_TOKEN)
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, MISSING_TOKEN)
+            except _UnauthenticatedError as exc:
+                status, reason = exc.args if exc.args else (401, MISSING_TOKEN)
+                code = "UNAUTHENTICATED" if status == 401 else "PERMISSION_DENIED"
+                log_refusal(f"gRPC {method}", status, reason)
+                await context.abort(grpc.StatusCode[code], reason)
                 raise
             except asyncio.CancelledError:  # the client cancelled, or its deadline passed
                 code = "CANCELLED"
@@ -221,13 +235,18 @@ class GrpcFrontEnd:
         )
 
     def _authenticate(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
-        if not self.auth.enabled or self.auth.open_path(http_path(method, request)):
-            return
         offered = [
             value.encode() if isinstance(value, str) else value
             for key, value in (context.invocation_metadata() or ())
             if key == "authorization"
         ]
+        if method.startswith("Repository"):  # model control: the admin rule, as over HTTP
+            refusal = admin_refusal(self.admin, self.auth.enabled, offered, peer_host(context))
+            if refusal is not None:
+                raise _UnauthenticatedError(*refusal)
+            return
+        if not self.auth.enabled or self.auth.open_path(http_path(method, request)):
+            return
         if not self.auth.authorized(offered):
             raise _UnauthenticatedError
 
@@ -314,7 +333,8 @@ class GrpcFrontEnd:
     ) -> pb.ModelMetadataResponse:
         pipelines = self.state.require()
         model = find_model(pipelines, request.name, request.version or None)
-        return metadata_response(model_metadata(model))
+        versions = None if request.version else pipelines.registry.version_list(model.name)
+        return metadata_response(model_metadata(model, versions))
 
     async def model_config(self, request: pb.ModelConfigRequest, _: Any) -> pb.ModelConfigResponse:
         pipelines = self.state.require()
@@ -327,7 +347,70 @@ class GrpcFrontEnd:
         model = find_model(pipelines, request.model_name, request.model_version or None)
         parsed = parse_infer(request)
         outputs = await infer(pipelines, model, parsed)
-        return infer_response(model.name, str(model.card.data["version"]), parsed, outputs)
+        return infer_response(model.name, str(model.version), parsed, outputs)
+
+    # ------------------------------------------------------------------ model control
+
+    def _control(self) -> ControlPlane:
+        self.state.require()
+        if self.state.control is None:
+            raise errors.NotReady("model control is starting; retry shortly")
+        return self.state.control
+
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest, _: Any
+    ) -> pb.RepositoryIndexResponse:
+        _no_other_repository(request.repository_name)
+        rows = self._control().index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+        )
+
+    async def repository_load(
+        self, request: pb.RepositoryModelLoadRequest, _: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        _no_other_repository(request.repository_name)
+        _no_parameters(request.parameters, {"config"})
+        config = request.parameters.get("config")
+        policy = load_policy(None if config is None else config.string_param)
+        await self._control().load(request.model_name, policy)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(
+        self, request: pb.RepositoryModelUnloadRequest, _: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        _no_other_repository(request.repository_name)
+        _no_parameters(request.parameters, {"unload_dependents"})
+        await self._control().unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _no_other_repository(name: str) -> None:
+    if name:
+        raise errors.BadInput(
+            f"this server has one repository (RNNSERVE_MODEL_DIR); leave repository_name empty, "
+            f"not {errors.short(name)}"
+        )
+
+
+def _no_parameters(parameters: Any, allowed: frozenset[str] | set[str] = frozenset()) -> None:
+    unknown = sorted(set(parameters) - set(allowed))
+    if unknown:
+        raise errors.BadInput(
+            f"parameters {unknown[:5]} not supported: a version is loaded from the repository "
+            "folder, as exported and verified (no configuration or files in the request)"
+        )
+
+
+def peer_host(context: grpc.aio.ServicerContext) -> str | None:
+    """The client's address from gRPC's peer string ('ipv4:127.0.0.1:5000', 'ipv6:[::1]:5000')."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return None
 
 
 def decode(request_type: type[Req], data: bytes) -> Req:
@@ -361,5 +444,7 @@ def http_path(method: str, request: Any) -> str:
     name = getattr(request, "model_name", "") or getattr(request, "name", "")
     version = getattr(request, "model_version", "") or getattr(request, "version", "")
     base = f"/v2/models/{name}" + (f"/versions/{version}" if version else "")
+    if method.startswith("Repository"):
+        return "/v2/repository" + (f"/models/{name}" if name else "/index")
     suffix = {"ModelReady": "/ready", "ModelConfig": "/config", "ModelInfer": "/infer"}
     return base + suffix.get(method, "")

@@ -224,6 +224,11 @@ function renderModels(answers) {
     card.dataset.model = model;
     const title = document.createElement("h3");
     title.textContent = model;
+    const version = document.createElement("small");
+    version.className = "version";
+    // the version that computed this answer (the newest served, unless a rollout holds two)
+    version.textContent = answer ? ` v${answer.model_version}` : "";
+    title.append(version);
     const digit = document.createElement("div");
     digit.className = "digit";
     digit.textContent = answer ? String(answer.digit) : "–";
@@ -610,11 +615,12 @@ async function start() {
     applyLimits(meta.limits);
     const classifiers = meta.models.filter((m) => m.task === "digit-classification");
     const preferred = meta.default_digit_model;
-    digitModels = classifiers.map((m) => m.name)
+    digitModels = [...new Set(classifiers.map((m) => m.name))] // one card per model
       .sort((a, b) => (b === preferred) - (a === preferred) || a.localeCompare(b));
-    const char = meta.models.find((m) => m.task === "next-character");
+    const char = meta.models.find((m) => m.task === "next-character"); // its newest version
     const providers = [...new Set(meta.models.map((m) => m.provider))].join(", ");
-    setStatus(`${digitModels.length} digit models · ${char ? char.name : "no text model"} · ` +
+    const text = char ? `${char.name} v${char.version}` : "no text model";
+    setStatus(`${digitModels.length} digit models · ${text} · ` +
       `${meta.device} (${providers}) · rnnserve ${meta.version}`);
     document.body.dataset.ready = "true";
   } catch (error) {
