@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from loadtest.bench_swap import KEEP, Traffic, copy_repository, corrupt_byte, new_version
-from loadtest.servers import start_server
+from loadtest.servers import Server, start_server
 from service.http.auth import BearerTokens, admin_refusal
 
 MODEL = "mnist-rnn"
@@ -162,3 +163,81 @@ def test_tritons_own_clients_drive_model_control_over_http_and_grpc(tmp_path: Pa
             grpc.load_model(MODEL, config='{"version_policy": {"latest": {"num_versions": 0}}}')
     finally:
         assert server.stop() == 0
+
+
+def versions_answered(url: str, requests: int = 40) -> set[str]:
+    """The versions that answer `requests` inferences, each on a new connection (so that
+    every worker is reached)."""
+    seen = set()
+    for _ in range(requests):
+        r = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=INFER, timeout=30)
+        assert r.status_code == 200, r.text
+        seen.add(r.json()["model_version"])
+    return seen
+
+
+def workers_of(server: Server) -> list[psutil.Process]:
+    """The server's live worker processes."""
+    found = []
+    for proc in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and "worker" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_restarted_worker_serves_what_the_others_agreed(tmp_path: Path) -> None:
+    """After a rollback to version 1 (which the start-up policy would not choose), a worker
+    that dies and is restarted serves version 1 as well (it joins the agreement in its
+    start-up hook, before it is ready; the watch would correct it within 0.1 s otherwise)."""
+    repo = repository(tmp_path)
+    new_version(repo, MODEL, 2)
+    server = start_server(tmp_path, model_dir=str(repo), workers="2", model_control="explicit")
+    try:
+        assert versions_answered(server.url) == {"2"}
+        rollback = {"parameters": {"config": '{"version_policy": {"specific": {"versions": [1]}}}'}}
+        r = httpx.post(
+            f"{server.url}/v2/repository/models/{MODEL}/load", json=rollback, timeout=180
+        )
+        assert r.status_code == 200, r.text
+        assert versions_answered(server.url) == {"1"}
+        workers = workers_of(server)
+        assert len(workers) == 2
+        workers[0].kill()
+        started = "Completed async startup hook: _start_control"
+        deadline = time.monotonic() + 90
+        while server.log().count(started) < 3:  # two at start, one for the new worker
+            assert time.monotonic() < deadline, "no worker was restarted"
+            time.sleep(0.5)
+        assert len(workers_of(server)) == 2 and workers[0].pid not in {
+            p.pid for p in workers_of(server)
+        }
+        time.sleep(2)
+        for _ in range(3):  # the restarted worker takes connections: none answers 2
+            assert versions_answered(server.url) == {"1"}
+    finally:
+        server.stop()
+
+
+def test_poll_mode_applies_a_new_version_within_the_interval(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    server = start_server(tmp_path, model_dir=str(repo), model_control="poll", poll_interval_s="1")
+    try:
+        assert versions_answered(server.url, 3) == {"1"}
+        r = httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=30)
+        assert r.status_code == 409  # poll mode: the folder decides, not calls
+        new_version(repo, MODEL, 2)
+        deadline = time.monotonic() + 20
+        while versions_answered(server.url, 1) != {"2"}:
+            assert time.monotonic() < deadline, "version 2 never served"
+            time.sleep(0.2)
+        new_version(repo, MODEL, 3, corrupt_byte)
+        time.sleep(3)
+        assert versions_answered(server.url, 5) == {"2"}
+        index = httpx.post(f"{server.url}/v2/repository/index", timeout=30).json()
+        refused = next(row for row in index if row["name"] == MODEL and row["version"] == "3")
+        assert refused["state"] == "UNAVAILABLE" and "sha256" in refused["reason"]
+    finally:
+        server.stop()

@@ -262,6 +262,33 @@ def test_metrics_count_exactly_the_requests_sent(client: httpx.Client, provider:
     text = client.get("/metrics").text
     info = [line for line in text.splitlines() if line.startswith("rnnserve_model_info{")]
     assert len(info) == 4 and all(f'provider="{provider}"' in line for line in info), info
+    assert all('version="1"' in line for line in info)
+
+
+def test_model_metrics_count_requests_per_model_version(client: httpx.Client) -> None:
+    """rnnserve_model_requests by model, version and outcome, whatever the route."""
+    labels = 'model="mnist-rnn",outcome="{}",version="1"'
+    ok = metric_value(client, "rnnserve_model_requests_total", labels.format("ok"))
+    bad = metric_value(client, "rnnserve_model_requests_total", labels.format("BadInput"))
+    timed = metric_value(client, "rnnserve_model_request_seconds_count", 'model="mnist-rnn"')
+    blank = np.zeros((1, 28, 28)).tolist()
+    for body in ({"pixels": blank, "model": "rnn"}, {"pixels": blank, "model": "rnn"}):
+        assert client.post("/v1/digits", json=body).status_code == 200
+    v2 = {
+        "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 28, 28], "data": [0] * 784}]
+    }
+    answer = client.post("/v2/models/mnist-rnn/infer", json=v2).json()
+    assert answer["model_version"] == "1"
+    v2["inputs"][0]["data"] = [1e9] * 784  # out of range: refused by the pipeline
+    assert client.post("/v2/models/mnist-rnn/infer", json=v2).status_code == 400
+    assert metric_value(client, "rnnserve_model_requests_total", labels.format("ok")) == ok + 3
+    assert (
+        metric_value(client, "rnnserve_model_requests_total", labels.format("BadInput")) == bad + 1
+    )
+    assert (
+        metric_value(client, "rnnserve_model_request_seconds_count", 'model="mnist-rnn"')
+        == timed + 3
+    )
 
 
 @pytest.mark.slow

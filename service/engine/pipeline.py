@@ -12,8 +12,10 @@ and plain values, which they encode. Nothing here knows HTTP: problems are domai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,10 +28,11 @@ from service.engine.parameters import text_parameters
 from service.engine.text_loop import GenerationRequest, TextLoop
 from service.engine.text_loop import Sequence as TextSequence
 from service.engine.validation import char_ids, char_state, digit_images, text_length
-from service.errors import BadInput, NotReady
+from service.errors import BadInput, ClientGone, NotReady, ServiceError
 from service.imaging.photo import read_digit
 from service.imaging.uploads import ImageLimits, decode_image
-from service.model.inference import CharModel, DigitClassifier, ModelRegistry
+from service.metrics import MODEL_REQUEST_SECONDS, MODEL_REQUESTS
+from service.model.inference import CharModel, DigitClassifier, LoadedModel, ModelRegistry
 from service.model.numerics import softmax, top_k
 from service.settings import Settings
 
@@ -191,9 +194,10 @@ class Pipelines:
         self, images: np.ndarray, model_name: str | None, version: int | None = None
     ) -> Classified:
         """(28, 28) or (N, 28, 28) pixels on 0..255, one model -> probabilities (N, 10)."""
-        images = digit_images(images, self.settings.max_images_per_request)
         model = self.digit_model(model_name, version)
-        return Classified(model, await self.batcher(model).predict(images))
+        with served_by(model):  # a refusal of the pixels is counted against the model named
+            images = digit_images(images, self.settings.max_images_per_request)
+            return Classified(model, await self.batcher(model).predict(images))
 
     async def classify_each(
         self, images: np.ndarray, model_names: Sequence[str | None]
@@ -207,9 +211,15 @@ class Pipelines:
         for i, model in enumerate(models):
             rows.setdefault(model.key, []).append(i)
             chosen[model.key] = model
-        results = await asyncio.gather(
-            *(self.batcher(chosen[key]).predict(images[indices]) for key, indices in rows.items())
-        )
+        with contextlib.ExitStack() as counted:
+            for model in chosen.values():
+                counted.enter_context(served_by(model))
+            results = await asyncio.gather(
+                *(
+                    self.batcher(chosen[key]).predict(images[indices])
+                    for key, indices in rows.items()
+                )
+            )
         answers: list[tuple[DigitClassifier, np.ndarray]] = [None] * len(models)  # type: ignore[list-item]
         for (key, indices), probs in zip(rows.items(), results, strict=True):
             for i, row in zip(indices, probs, strict=True):
@@ -221,8 +231,9 @@ class Pipelines:
     ) -> tuple[Classified, np.ndarray]:
         """An uploaded picture -> (answer, the 28x28 uint8 the model saw)."""
         model = self.digit_model(model_name)  # before any decoding work
-        pixels = await self.decoding.run(self.read_digit, data)
-        probs = await self.batcher(model).predict(pixels[None].astype(np.float32))
+        with served_by(model):
+            pixels = await self.decoding.run(self.read_digit, data)
+            probs = await self.batcher(model).predict(pixels[None].astype(np.float32))
         return Classified(model, probs), pixels
 
     def read_digit(self, data: bytes) -> np.ndarray:
@@ -260,24 +271,25 @@ class Pipelines:
         """The k most probable characters after `text` (after the carried `state`, then
         `text` holds only what follows it and may be empty), with the new state."""
         model, loop, codec = self._text(state=state)
-        text_length(text, self.settings.max_text_chars, empty_ok=state is not None)
-        self.parameters.k.check(k)
-        self.parameters.softmax_temperature.check(temperature)
-        ids = model.encode(text)  # unknown characters: 422 before queueing
-        start = self.carried(codec, state)
-        if start is not None and len(ids) == 0:  # nothing new: the state has the answer
-            last, after = start.logits, start.state
-        else:
-            result = await loop.read(ids[None, :], _state_of([start], model))
-            last, after = result.last[0], result.state[:, 0]
-        probs = softmax(last, temperature)
-        chars = (start.chars if start else 0) + len(ids)
-        return NextChars(
-            model,
-            [(model.vocab[i], float(probs[i])) for i in top_k(probs, k)],
-            codec.encode(after, last, chars),
-            chars,
-        )
+        with served_by(model):
+            text_length(text, self.settings.max_text_chars, empty_ok=state is not None)
+            self.parameters.k.check(k)
+            self.parameters.softmax_temperature.check(temperature)
+            ids = model.encode(text)  # unknown characters: 422 before queueing
+            start = self.carried(codec, state)
+            if start is not None and len(ids) == 0:  # nothing new: the state has the answer
+                last, after = start.logits, start.state
+            else:
+                result = await loop.read(ids[None, :], _state_of([start], model))
+                last, after = result.last[0], result.state[:, 0]
+            probs = softmax(last, temperature)
+            chars = (start.chars if start else 0) + len(ids)
+            return NextChars(
+                model,
+                [(model.vocab[i], float(probs[i])) for i in top_k(probs, k)],
+                codec.encode(after, last, chars),
+                chars,
+            )
 
     async def char_logits(
         self,
@@ -291,36 +303,39 @@ class Pipelines:
         rows, hidden) or one carried state per row -> logits (rows, steps, vocab), the new
         state, and (with `carried_out`) the new carried states."""
         model, loop, codec = self._text(version, carried[0] if carried else None)
-        s = self.settings
-        ids = char_ids(ids, len(model.vocab), s.max_char_rows, s.max_text_chars, s.max_char_ids)
-        rows = ids.shape[0]
-        chars = [0] * rows
-        if state is not None and carried is not None:
-            raise BadInput("send either 'state' (raw FP32) or 'carried_state' (BYTES), not both")
-        if carried is not None:
-            if len(carried) != rows:
+        with served_by(model):
+            s = self.settings
+            ids = char_ids(ids, len(model.vocab), s.max_char_rows, s.max_text_chars, s.max_char_ids)
+            rows = ids.shape[0]
+            chars = [0] * rows
+            if state is not None and carried is not None:
                 raise BadInput(
-                    f"'carried_state' has {len(carried)} state(s) for {rows} row(s) of ids: one "
-                    "per row"
+                    "send either 'state' (raw FP32) or 'carried_state' (BYTES), not both"
                 )
-            starts = [self._row_state(codec, c, i) for i, c in enumerate(carried)]
-            chars = [c.chars for c in starts]
-            begin = _state_of(starts, model)
-        elif state is not None:
-            begin = char_state(state, (model.state_rows, rows, model.hidden))
-        else:
-            begin = model.fresh_state(rows)
-        result = await loop.read(ids, begin, every_position=True)
-        assert result.logits is not None
-        out = (
-            [
-                codec.encode(result.state[:, i], result.last[i], chars[i] + ids.shape[1])
-                for i in range(rows)
-            ]
-            if carried_out
-            else []
-        )
-        return CharSteps(result.logits, result.state, out)
+            if carried is not None:
+                if len(carried) != rows:
+                    raise BadInput(
+                        f"'carried_state' has {len(carried)} state(s) for {rows} row(s) of ids: "
+                        "one per row"
+                    )
+                starts = [self._row_state(codec, c, i) for i, c in enumerate(carried)]
+                chars = [c.chars for c in starts]
+                begin = _state_of(starts, model)
+            elif state is not None:
+                begin = char_state(state, (model.state_rows, rows, model.hidden))
+            else:
+                begin = model.fresh_state(rows)
+            result = await loop.read(ids, begin, every_position=True)
+            assert result.logits is not None
+            out = (
+                [
+                    codec.encode(result.state[:, i], result.last[i], chars[i] + ids.shape[1])
+                    for i in range(rows)
+                ]
+                if carried_out
+                else []
+            )
+            return CharSteps(result.logits, result.state, out)
 
     @staticmethod
     def _row_state(codec: StateCodec, token: object, row: int) -> Carried:
@@ -348,10 +363,11 @@ class Pipelines:
             self.parameters.generation(), (length, temperature, top_k, seed), strict=True
         ):
             parameter.check(value)
-        ids = model.encode(prompt)
-        carried = self.carried(codec, state)
-        request = GenerationRequest(ids, length, temperature, top_k, seed, carried, streaming)
-        sequence = loop.submit(request, CLIENT_LEFT.get())  # 503 here when full
+        with served_by(model):  # admission counted here; a stream's time is its own metric
+            ids = model.encode(prompt)
+            carried = self.carried(codec, state)
+            request = GenerationRequest(ids, length, temperature, top_k, seed, carried, streaming)
+            sequence = loop.submit(request, CLIENT_LEFT.get())  # 503 here when full
         chars = (carried.chars if carried else 0) + len(ids) + length
         return Generation(model, loop, sequence, codec, chars)
 
@@ -396,6 +412,29 @@ class Pipelines:
                 "max_request_bytes": self.settings.max_request_bytes,
             },
         }
+
+
+@contextlib.contextmanager
+def served_by(model: LoadedModel) -> Iterator[None]:
+    """Counts and times one request on the model version that answers it (every protocol):
+    rnnserve_model_requests by outcome, rnnserve_model_request_seconds for the answered."""
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        yield
+    except ServiceError as exc:
+        outcome = type(exc).__name__
+        raise
+    except (asyncio.CancelledError, ClientGone):
+        outcome = "cancelled"
+        raise
+    finally:
+        version = str(model.version)
+        MODEL_REQUESTS.labels(model=model.name, version=version, outcome=outcome).inc()
+        if outcome == "ok":
+            MODEL_REQUEST_SECONDS.labels(model=model.name, version=version).observe(
+                time.perf_counter() - started
+            )
 
 
 def identity_of(model: CharModel) -> ModelIdentity:

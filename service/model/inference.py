@@ -234,10 +234,23 @@ class Served:
     builds a new one (`with_model`, `without`) and the registry swaps it in."""
 
     versions: dict[str, dict[int, LoadedModel]]  # name -> version -> model
+    # derived once (every request looks models up): newest by name, classifiers, aliases
+    newest_of: dict[str, LoadedModel] = field(init=False, repr=False)
+    digits: dict[str, DigitClassifier] = field(init=False, repr=False)
+    char: CharModel | None = field(init=False, repr=False)
+    aliases: dict[str, str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        newest = {n: v[max(v)] for n, v in sorted(self.versions.items()) if v}
+        digits = {n: m for n, m in newest.items() if isinstance(m, DigitClassifier)}
+        chars = [m for m in newest.values() if isinstance(m, CharModel)]
+        object.__setattr__(self, "newest_of", newest)
+        object.__setattr__(self, "digits", digits)
+        object.__setattr__(self, "char", chars[0] if chars else None)
+        object.__setattr__(self, "aliases", {short_name(n): n for n in digits})
 
     def newest(self, name: str) -> LoadedModel | None:
-        served = self.versions.get(name)
-        return served[max(served)] if served else None
+        return self.newest_of.get(name)
 
     def find(self, name: str, version: int | None) -> LoadedModel | None:
         """`name` at `version`, or its newest served version when `version` is None."""
@@ -321,21 +334,16 @@ class ModelRegistry:
     @property
     def digits(self) -> dict[str, DigitClassifier]:
         """Each classifier's newest served version, by name."""
-        found = (self.served.newest(name) for name in sorted(self.served.versions))
-        return {m.name: m for m in found if isinstance(m, DigitClassifier)}
+        return self.served.digits
 
     @property
     def char(self) -> CharModel | None:
         """The next-character model's newest served version."""
-        for name in self.served.versions:
-            model = self.served.newest(name)
-            if isinstance(model, CharModel):
-                return model
-        return None
+        return self.served.char
 
     @property
     def aliases(self) -> dict[str, str]:
-        return {short_name(name): name for name in self.digits}
+        return self.served.aliases
 
     def find(self, name: str, version: int | None = None) -> LoadedModel | None:
         """A model by name or alias, at `version` or its newest."""
