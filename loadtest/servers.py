@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,14 +22,34 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` different free 127.0.0.1 ports (held together while chosen: ports chosen one
-    after another may be the same one twice)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives client sockets (Linux: ip_local_port_range)."""
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different free 127.0.0.1 ports, outside the kernel's ephemeral range: a port
+    from that range can be taken by any client connection (the load generators open
+    thousands) between the choice and the server's bind. Held together while chosen."""
+    low, high = ephemeral_range()
+    candidates = [p for p in range(20000, 65000) if not low <= p <= high]
+    sockets: list[socket.socket] = []
+    try:
+        for port in random.sample(candidates, min(len(candidates), 400)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+            if len(sockets) == count:
+                return [int(s.getsockname()[1]) for s in sockets]
+        raise RuntimeError(f"no {count} free ports outside the ephemeral range {low}-{high}")
     finally:
         for sock in sockets:
             sock.close()

@@ -70,6 +70,8 @@ ALLOWED = {
     "64 KiB": "JSON bodies above this are parsed off the event loop (service/engine/pipeline.py)",
     "1,000 ms": "RNNSERVE_MAX_QUEUE_WAIT_MS default (service/settings.py)",
     "30 s": "RNNSERVE_TIMEOUT_S default (service/settings.py)",
+    "0.1 s": "how often a worker looks for a new model-control generation, WATCH_S "
+    "(service/engine/coordination.py)",
     "60 s": "the least idle time of a gRPC connection (service/http/grpc_v2/server.py)",
     "20 ms": "a stream gets an event at most every STREAM_EVERY_S (service/engine/text_loop.py)",
     "5 ms": "the text loop looks for departed clients every CHECK_EVERY_S "

@@ -75,7 +75,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
 
 def initial_weights(path: Path) -> dict[str, torch.Tensor]:
     """Weights to start from (fine-tuning): an rnnserve checkpoint (best.pt) or an exported
-    TorchScript model (models/<name>/model.ts). The architecture flags must match it."""
+    TorchScript model (models/<name>/<version>/model.ts). The architecture flags must match it."""
     if path.suffix == ".ts":
         try:
             scripted = torch.jit.load(str(path), map_location="cpu")

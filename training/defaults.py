@@ -82,7 +82,7 @@ PHOTO_MODELS = ("mnist-bigru",)
 
 
 def final_run(name: str, runs: Path) -> Path:
-    """The run that is exported as models/<name>."""
+    """The run that is exported as models/<name>/1 (the committed default version)."""
     return runs / (f"{name}-photos" if name in PHOTO_MODELS else name)
 
 

@@ -9,7 +9,7 @@ outputs on CPU (identical up to float noise) and that its code names no device, 
 and updates the card's checksum. The ONNX file is untouched (its zeros already follow the
 batch).
 
-    python -m training.retrace models/mnist-rnn models/mnist-birnn models/mnist-bigru
+    python -m training.retrace models/mnist-rnn/1 models/mnist-birnn/1 models/mnist-bigru/1
 """
 
 from __future__ import annotations
