@@ -116,6 +116,19 @@ class Traffic:
         with self.lock:
             return [r for r in self.results if r[0] >= moment]
 
+    def latency_ms(self, start: float, end: float) -> dict[str, float]:
+        """p50 and p99 of the answered requests sent between `start` and `end`."""
+        with self.lock:
+            took = sorted(
+                1000 * (r[1] - r[0]) for r in self.results if start <= r[0] < end and r[2] == 200
+            )
+        if not took:
+            return {"p50": 0.0, "p99": 0.0}
+        return {
+            "p50": round(took[len(took) // 2], 1),
+            "p99": round(took[min(len(took) - 1, int(len(took) * 0.99))], 1),
+        }
+
     def failed(self) -> list[tuple[float, float, int, str]]:
         with self.lock:
             return [r for r in self.results if r[2] != 200]
@@ -151,11 +164,18 @@ def run(workers: int, clients: int, cycles: int) -> dict[str, Any]:
     try:
         with Traffic(server.url, clients) as traffic:
             time.sleep(3)
+            steady = time.monotonic()
+            time.sleep(3)
             new_version(repo, MODEL, 2)
+            calling = time.monotonic()
             status, seconds, error = control(server, "load")
             switched = time.monotonic()
             time.sleep(3)
             after = traffic.since(switched)
+            result["latency_ms"] = {
+                "steady, 3 s before": traffic.latency_ms(steady, calling),
+                "during the load call and 3 s after": traffic.latency_ms(calling, time.monotonic()),
+            }
             result["swap"] = {
                 "status": status,
                 "error": error,
@@ -225,6 +245,13 @@ def report(result: dict[str, Any], command: str) -> str:
         "",
         f"{result['requests']:,} requests in all, **{result['failed']} failed**. The refused "
         f"load said: `{bad['error']}`",
+        "",
+        "| requests sent | p50 ms | p99 ms |",
+        "| --- | ---: | ---: |",
+        *(
+            f"| {window} | {ms['p50']} | {ms['p99']} |"
+            for window, ms in result["latency_ms"].items()
+        ),
         "",
         f"{result['cycles']} unload + load cycles: the workers' resident memory "
         f"{mem['workers_rss_mb_before']} MB before, {mem['workers_rss_mb_after']} MB after "
