@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,24 @@ def unreadable_card(card: dict[str, Any], folder: Path) -> None:
     card.clear()
 
 
+def garbage_with_a_matching_card(card: dict[str, Any], folder: Path) -> None:
+    """A file that is not ONNX, with a card made to match it: the checksums pass, the runtime
+    cannot read it."""
+    import hashlib
+
+    garbage = b"not an onnx model" * 100
+    (folder / "model.onnx").write_bytes(garbage)
+    entry = card["files"]["onnx"]
+    entry["bytes"], entry["sha256"] = len(garbage), hashlib.sha256(garbage).hexdigest()
+
+
+def nan_outputs(card: dict[str, Any], folder: Path) -> None:
+    """Examples whose inputs make the model answer NaN (as a model with NaN weights would)."""
+    case = card["examples"]["cases"][0]
+    pixels = decode_array(case["inputs"]["pixels"], "test")
+    case["inputs"]["pixels"] = encode_array(np.full_like(pixels, np.nan))
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
@@ -116,6 +135,8 @@ def unreadable_card(card: dict[str, Any], folder: Path) -> None:
         (missing_file, "missing"),
         (no_examples, "examples hold no cases"),
         (unreadable_card, "missing keys"),
+        (nan_outputs, "holds NaN or infinity"),
+        (garbage_with_a_matching_card, "refused: .*(protobuf|INVALID|parse|Load model)"),
     ],
 )
 def test_a_refused_version_changes_nothing_that_serves(
@@ -261,3 +282,60 @@ def test_a_load_may_bring_tritons_version_policy_and_nothing_else() -> None:
     ):
         with pytest.raises(BadInput, match=says):
             load_policy(bad)
+
+
+def test_a_generation_in_flight_finishes_on_its_version_across_a_swap(repo: Path) -> None:
+    p = pipelines_for(repo)
+    control = ModelControl(p)
+    new_version(repo, "char-rnn", 2)
+
+    async def scenario() -> tuple[int, str, int]:
+        generation = p.generation("ROMEO:", 400, 0.8, None, 7, streaming=False)
+        chunks = generation.chunks()
+        first = await chunks.__anext__()
+        await control.load("char-rnn")  # version 1 unloaded while it generates
+        rest = "".join([c async for c in chunks])
+        after = await p.next_chars("To", 1, 1.0)
+        return generation.model.version, first + rest, after.model.version
+
+    version, text, newest = asyncio.run(scenario())
+    assert version == 1 and len(text) == 400 and newest == 2
+    # the same seed on version 1 alone gives the same text: the swap did not disturb it
+    alone = pipelines_for(repo, version_policy="specific:1")
+    assert asyncio.run(alone.generate("ROMEO:", 400, 0.8, None, 7))[1] == text
+
+
+def test_readiness_of_a_loading_or_refused_version_is_false_with_its_state(repo: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette suggests httpx2 for its TestClient
+        from starlette.testclient import TestClient
+
+    from service.engine.control_plane import ControlPlane
+    from service.engine.lifecycle import LOADING, VersionState
+    from service.engine.pipeline import ServingState
+    from service.http.v2_app import v2_app
+
+    p = pipelines_for(repo, model_control="explicit")
+    state = ServingState()
+    state.pipelines, state.control = p, ControlPlane(p, None)
+    client = TestClient(v2_app(state))
+    assert client.get(f"/models/{DIGITS}/versions/1/ready").json() == {
+        "name": DIGITS,
+        "ready": True,
+    }
+    state.control.control.states[(DIGITS, 2)] = VersionState(LOADING)
+    r = client.get(f"/models/{DIGITS}/versions/2/ready")
+    assert r.status_code == 503 and r.json() == {"name": DIGITS, "ready": False, "state": LOADING}
+    assert client.get(f"/models/{DIGITS}/versions/9/ready").status_code == 404  # unknown
+    new_version(repo, DIGITS, 3, corrupt_byte)
+    refused = client.post(f"/repository/models/{DIGITS}/load")
+    assert refused.status_code == 400 and "sha256" in refused.json()["error"]
+    r = client.get(f"/models/{DIGITS}/versions/3/ready")
+    assert (
+        r.status_code == 503
+        and r.json()["state"] == "UNAVAILABLE"
+        and "sha256" in r.json()["reason"]
+    )
+    assert client.post(f"/repository/models/{DIGITS}/load", content=b"[1]").status_code == 400
+    unknown = client.post(f"/repository/models/{DIGITS}/load", json={"parameters": {"files": 1}})
+    assert unknown.status_code == 400 and "not supported" in unknown.json()["error"]

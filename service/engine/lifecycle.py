@@ -35,7 +35,6 @@ from service.model.repository import (
     valid_name,
     versions_on_disk,
 )
-from service.model.runtime import DeviceError
 
 logger = logging.getLogger("bentoml.rnnserve")
 
@@ -139,14 +138,20 @@ class ModelControl:
         it is), check the whole, swap it in; LoadRefused, with nothing changed, otherwise."""
         served = self.registry.served
         opened: dict[tuple[str, int], LoadedModel] = {}
-        for name, versions in wanted.items():
-            for version in versions:
-                current = served.find(name, version)
-                folder = self.root / name / str(version)
-                unchanged = self.digests.get((name, version)) == card_digest(folder)
-                if current is not None and unchanged:
-                    continue
-                opened[(name, version)] = await self._open(name, version)
+        try:
+            for name, versions in wanted.items():
+                for version in versions:
+                    current = served.find(name, version)
+                    folder = self.root / name / str(version)
+                    unchanged = self.digests.get((name, version)) == card_digest(folder)
+                    if current is not None and unchanged:
+                        continue
+                    opened[(name, version)] = await self._open(name, version)
+        except LoadRefused as exc:  # the versions opened for this change do not serve either
+            for key in opened:
+                if served.find(*key) is None:
+                    self.states[key] = VersionState(UNAVAILABLE, f"not loaded: {exc.message}")
+            raise
         new = Served(
             {
                 name: {v: opened.get((name, v)) or served.versions[name][v] for v in versions}
@@ -177,15 +182,16 @@ class ModelControl:
                 self.registry.device,
                 self.registry.observe,
             )
-        except (CardError, DeviceError, OSError, ValueError, RuntimeError) as exc:
-            reason = f"version {version} of {name} refused: {exc}"
+        except Exception as exc:  # any failure to load is a refusal: the last good one serves
+            detail = str(exc)[:1000]
+            reason = f"version {version} of {name} refused: {detail}"
             logger.warning("model control: %s", reason)
             MODEL_LOADS.labels(model=name, version=str(version), outcome="refused").inc()
             served = self.registry.served.find(name, version) is not None
             self.states[key] = (
-                VersionState(READY, f"a reload was refused: {exc}")
+                VersionState(READY, f"a reload was refused: {detail}")
                 if served and previous is not None
-                else VersionState(UNAVAILABLE, str(exc))
+                else VersionState(UNAVAILABLE, detail)
             )
             raise LoadRefused(reason) from None
         self.digests[key] = card_digest(card.directory)
