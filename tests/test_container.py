@@ -162,7 +162,7 @@ def test_a_tampered_model_in_a_derived_image_stops_start_up(image: str, tmp_path
     try:
         assert container.exit_code(timeout=60) != 0
         log = container.logs()
-        assert "mnist-rnn/model.onnx: sha256" in log and "does not match the card" in log, log[
+        assert "mnist-rnn/1/model.onnx: sha256" in log and "does not match the card" in log, log[
             -2000:
         ]
     finally:

@@ -191,7 +191,11 @@ def test_card_contract_fields(exported: dict[str, tuple[Path, dict]]) -> None:
     for fmt in ("onnx", "torchscript"):
         entry = card["files"][fmt]
         assert entry["bytes"] == (exported["mnist-bilstm"][0] / entry["path"]).stat().st_size
+    # what the digits it was trained on look like (training/input_check.py), from the data
+    low, high = card["input_check"]["bounds"]["ink"]
+    assert 0 < low < high < 1
     char = exported["char-gru"][1]
+    assert "input_check" not in char
     assert len(char["vocabulary"]) == char["outputs"][0]["shape"][-1]
     assert char["metrics"]["val_bits_per_char"] > 0
 

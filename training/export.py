@@ -552,6 +552,17 @@ def example_feeds(model: torch.nn.Module, data_dir: str | None) -> dict[str, np.
     }
 
 
+def input_check_section(model: torch.nn.Module, data_dir: str | None) -> dict[str, Any]:
+    """A classifier's `input_check` (what MNIST digits look like: training/input_check.py),
+    when the MNIST data is at hand; nothing for the char model."""
+    if not isinstance(model, SequenceClassifier):
+        return {}
+    from training.input_check import for_export
+
+    section = for_export(data_dir)
+    return {"input_check": section} if section is not None else {}
+
+
 def record_examples(
     reference: Runner, feeds: dict[str, np.ndarray], output_names: list[str], tolerance: float
 ) -> dict[str, Any]:
@@ -701,6 +712,7 @@ def _export_run(
             "onnx_version": onnx.__version__,
             "onnxruntime_version": ort.__version__,
         },
+        **input_check_section(model, data_dir),
         "examples": record_examples(
             reference,
             example_feeds(model, data_dir),

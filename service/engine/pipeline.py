@@ -49,6 +49,18 @@ LARGE_BODY_BYTES = 64 * 1024
 class Classified:
     model: DigitClassifier
     probabilities: np.ndarray  # (N, 10) float32
+    typical: np.ndarray  # (N,) bool: each input looks like a digit (model/input_check.py)
+
+    @property
+    def confident(self) -> np.ndarray:
+        """(N,) bool: the top probability reaches the calibrated threshold, for an input that
+        looks like a digit (a blank or noise array is never a confident answer)."""
+        return self.model.confident(self.probabilities) & self.typical
+
+
+def _split(checked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """predict_checked's (N, 11) -> probabilities (N, 10) and typical (N,) bool."""
+    return checked[:, :10], checked[:, 10] > 0.5
 
 
 @dataclass(frozen=True)
@@ -139,7 +151,11 @@ class Pipelines:
         for key, model in digits.items():
             if key not in self.batchers:
                 batcher = ContinuousBatcher(
-                    key, model.predict, self.rows, s.max_queued_images, s.max_queue_wait_ms / 1000
+                    key,
+                    model.predict_checked,
+                    self.rows,
+                    s.max_queued_images,
+                    s.max_queue_wait_ms / 1000,
                 )
                 self.batchers[key] = (model, batcher)
         for version in [v for v, lane in self.text_lanes.items() if chars.get(v) is not lane.model]:
@@ -197,13 +213,13 @@ class Pipelines:
         model = self.digit_model(model_name, version)
         with served_by(model):  # a refusal of the pixels is counted against the model named
             images = digit_images(images, self.settings.max_images_per_request)
-            return Classified(model, await self.batcher(model).predict(images))
+            return Classified(model, *_split(await self.batcher(model).predict(images)))
 
     async def classify_each(
         self, images: np.ndarray, model_names: Sequence[str | None]
-    ) -> list[tuple[DigitClassifier, np.ndarray]]:
+    ) -> list[Classified]:
         """Images that each name their model: one batched call per distinct model, answers
-        in the images' order as (model, probabilities (10,))."""
+        in the images' order, one image each."""
         images = digit_images(images, self.settings.max_images_per_request)
         models = [self.digit_model(name) for name in model_names]
         rows: dict[str, list[int]] = {}
@@ -220,10 +236,11 @@ class Pipelines:
                     for key, indices in rows.items()
                 )
             )
-        answers: list[tuple[DigitClassifier, np.ndarray]] = [None] * len(models)  # type: ignore[list-item]
-        for (key, indices), probs in zip(rows.items(), results, strict=True):
-            for i, row in zip(indices, probs, strict=True):
-                answers[i] = (chosen[key], row)
+        answers: list[Classified] = [None] * len(models)  # type: ignore[list-item]
+        for (key, indices), checked in zip(rows.items(), results, strict=True):
+            probs, typical = _split(checked)
+            for j, i in enumerate(indices):
+                answers[i] = Classified(chosen[key], probs[j : j + 1], typical[j : j + 1])
         return answers
 
     async def classify_upload(
@@ -233,8 +250,9 @@ class Pipelines:
         model = self.digit_model(model_name)  # before any decoding work
         with served_by(model):
             pixels = await self.decoding.run(self.read_digit, data)
-            probs = await self.batcher(model).predict(pixels[None].astype(np.float32))
-        return Classified(model, probs), pixels
+            probs, _ = _split(await self.batcher(model).predict(pixels[None].astype(np.float32)))
+        # a photo has its own checks (service/imaging/photo.py) and calibration: no input check
+        return Classified(model, probs, np.ones(1, dtype=bool)), pixels
 
     def read_digit(self, data: bytes) -> np.ndarray:
         return read_digit(decode_image(data, self.image_limits)).pixels

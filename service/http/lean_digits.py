@@ -135,7 +135,7 @@ def encode(answer: Classified) -> bytes:
             "model_version": answer.model.version,
             "provider": answer.model.backend.provider,
             "digits": probs.argmax(axis=1),
-            "confident": answer.model.confident(probs),
+            "confident": answer.confident,
             "probabilities": probs.astype(np.float32),
         },
         option=orjson.OPT_SERIALIZE_NUMPY,

@@ -163,8 +163,9 @@ class DigitPrediction(BaseModel):
     confident: bool = Field(
         description="whether the top probability reaches the model's calibrated threshold "
         "(its card's calibration: on photos and scans, confident answers were right at "
-        "least 99.5% of the time); false: look at the probabilities, or ask for a clearer "
-        "picture"
+        "least 99.5% of the time) and, for pixel arrays, whether the array looks like a digit "
+        "at all (a blank, constant or noise array never is: the card's input_check); false: "
+        "look at the probabilities, or ask for a clearer picture"
     )
     probabilities: list[float] = Field(description="probability of each digit 0..9")
     model: str = Field(description="the model that answered")

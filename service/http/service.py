@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from service.engine.control_plane import ControlPlane
 from service.engine.coordination import default_directory as default_control_dir
-from service.engine.pipeline import Pipelines, ServingState
+from service.engine.pipeline import Classified, Pipelines, ServingState
 from service.errors import ClientGone, ServiceError
 from service.http.bentoml_compat import (
     bind_api_methods,
@@ -79,7 +79,7 @@ from service.http.web_app import web_app
 from service.log_bounds import install_bounded_logs
 from service.metrics import MODEL_INFO, observe_inference
 from service.model.cards import CardError
-from service.model.inference import DigitClassifier, ModelRegistry, preflight
+from service.model.inference import ModelRegistry, preflight
 from service.model.runtime import DeviceError
 
 # The lean paths (the digit route, the stream, the V2 model routes) skip BentoML's access log and
@@ -231,7 +231,7 @@ class RnnServe:
         into one model call per model; each image may name its model."""
         pixels = np.stack([item.as_0_255() for item in images])
         answers = await self.pipelines.classify_each(pixels, [item.model for item in images])
-        return [prediction(model, probs) for model, probs in answers]
+        return [prediction(answer) for answer in answers]
 
     @bentoml.api
     @answers_errors
@@ -248,7 +248,7 @@ class RnnServe:
         out), then cropped, scaled and centred the way MNIST digits were. 422 when the
         picture shows no digit."""
         answer, seen = await self.pipelines.classify_upload(image.read_bytes(), model)
-        base = prediction(answer.model, answer.probabilities[0])
+        base = prediction(answer)
         return ImagePrediction.model_construct(
             **base.__dict__, seen=seen.tolist() if show_input else None
         )
@@ -322,11 +322,13 @@ class RnnServe:
         return self.pipelines.describe()
 
 
-def prediction(model: DigitClassifier, probs: np.ndarray) -> DigitPrediction:
-    """One answer, built without validation (model_construct): the values are ours."""
+def prediction(answer: Classified) -> DigitPrediction:
+    """One answer (one image), built without validation (model_construct): the values are
+    ours."""
+    model, probs = answer.model, answer.probabilities[0]
     return DigitPrediction.model_construct(
         digit=int(probs.argmax()),
-        confident=bool(model.confident(probs)),
+        confident=bool(answer.confident[0]),
         probabilities=probs.round(6).tolist(),
         model=model.name,
         model_version=model.version,

@@ -79,7 +79,7 @@ MOUNT_PATH = "/v2"
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 BACKENDS = {"onnx": "onnxruntime", "torchscript": "pytorch"}
 DIGIT_INPUTS = {"pixels"}  # every one required
-DIGIT_OUTPUTS = ["probabilities", "digit"]
+DIGIT_OUTPUTS = ["probabilities", "digit", "confident"]
 CARRIED_OUT = "carried_state_out"
 CHAR_INPUTS = {"ids", "state", "carried_state"}
 CHAR_REQUIRED = {"ids"}  # a state, raw or carried, is optional: zeros when absent
@@ -101,6 +101,7 @@ def model_metadata(model: LoadedModel, versions: list[int] | None = None) -> dic
         outputs = [
             _tensor_meta("probabilities", "FP32", [-1, 10]),
             _tensor_meta("digit", "INT64", [-1]),
+            _tensor_meta("confident", "BOOL", [-1]),
         ]
     else:
         assert isinstance(model, CharModel)
@@ -301,7 +302,11 @@ async def infer_digits(
             exc.message = f"input 'pixels': {exc.message}"
         raise
     probabilities = answer.probabilities.astype(np.float32)
-    return {"probabilities": probabilities, "digit": probabilities.argmax(axis=1).astype(np.int64)}
+    return {
+        "probabilities": probabilities,
+        "digit": probabilities.argmax(axis=1).astype(np.int64),
+        "confident": answer.confident,
+    }
 
 
 def carried_states(request: InferRequest) -> list[object] | None:

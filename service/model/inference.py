@@ -19,6 +19,7 @@ import numpy as np
 
 from service.errors import NoCharModel, UnknownModel, short
 from service.model.cards import CardError, ModelCard, short_name
+from service.model.input_check import InputCheck
 from service.model.numerics import encode_text, normalize, softmax, top_k
 from service.model.repository import VersionPolicy, discover_cards
 from service.model.runtime import Backend, DeviceChoice, choose_device, load_backend
@@ -108,6 +109,25 @@ UNCALIBRATED_THRESHOLD = 0.99
 
 class DigitClassifier(LoadedModel):
     """A row-sequence MNIST classifier: (N, 28, 28) pixels on the 0..255 scale -> probabilities."""
+
+    def __post_init__(self) -> None:
+        # what a digit looks like, measured on MNIST (training/input_check.py; none: no check)
+        self.input_check = InputCheck.from_card(self.card.data.get("input_check"))
+
+    def typical(self, pixels_0_255: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) -> (N,) bool: does each array look like a digit the model was trained
+        on (service/model/input_check.py); always true for a card without bounds."""
+        if self.input_check is None:
+            return np.ones(len(pixels_0_255), dtype=bool)
+        return self.input_check.typical(pixels_0_255)
+
+    def predict_checked(self, pixels_0_255: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) -> (N, 11): the probabilities, then 1.0 where the array is typical,
+        0.0 where not. One array for the batcher, so the check runs on its thread with the
+        model call, over the whole batch at once."""
+        probabilities = self.predict(pixels_0_255)
+        flags = self.typical(pixels_0_255).astype(probabilities.dtype)
+        return np.concatenate([probabilities, flags[:, None]], axis=1)
 
     def predict(self, pixels_0_255: np.ndarray) -> np.ndarray:
         spec = self.card.input_spec("pixels")
