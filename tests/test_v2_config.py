@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 DEFAULTS = Settings.from_env({})
 # V2 datatypes as Triton's configuration spells them
-TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING"}
+TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}
 OPTIONAL_INPUTS = {"char-rnn": {"state", "carried_state"}}  # the rest are required
 
 
@@ -114,7 +114,11 @@ def test_max_batch_size_and_batching_follow_the_served_settings(
         else:
             assert config["max_batch_size"] == DEFAULTS.max_batch_size
             dims = {o["name"]: (o["dims"], o.get("reshape")) for o in config["output"]}
-            assert dims == {"probabilities": ([10], None), "digit": ([1], {"shape": []})}
+            assert dims == {
+                "probabilities": ([10], None),
+                "digit": ([1], {"shape": []}),
+                "confident": ([1], {"shape": []}),
+            }
             assert rows == str(DEFAULTS.max_images_per_request)
             assert policy["max_queue_size"] == DEFAULTS.max_queued_images
 
