@@ -29,7 +29,12 @@ if TYPE_CHECKING:
 
 DEFAULTS = Settings.from_env({})
 # V2 datatypes as Triton's configuration spells them
-TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}
+TRITON_TYPES = {
+    "FP32": "TYPE_FP32",
+    "INT64": "TYPE_INT64",
+    "BOOL": "TYPE_BOOL",
+    "BYTES": "TYPE_STRING",
+}
 OPTIONAL_INPUTS = {"char-rnn": {"state", "carried_state"}}  # the rest are required
 
 
