@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -575,6 +576,20 @@ def record_examples(
     return examples_section([(feeds, outputs)], tolerance, about)
 
 
+@contextlib.contextmanager
+def no_partial_version(model_folder: Path) -> Iterator[None]:
+    """A failed export leaves no version behind, not even a half-written one (its staging
+    folder goes, and the model folder too when this export created it empty)."""
+    try:
+        yield
+    except BaseException:
+        for staging in model_folder.glob(".incoming-*"):
+            shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            model_folder.rmdir()  # only when empty
+        raise
+
+
 def export_run(
     run_dir: Path,
     model_folder: Path,
@@ -585,153 +600,135 @@ def export_run(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Export one run directory as a version of the model in `model_folder` (a folder of the
-    repository) and return the card written: version `version`, or the next one. A failed
-    export leaves no version behind, not even a half-written one."""
-    try:
-        return _export_run(run_dir, model_folder, exporter, tolerance, version, name, data_dir)
-    except BaseException:
-        for staging in model_folder.glob(".incoming-*"):
-            shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            model_folder.rmdir()  # only when empty: a folder this export created
-        raise
-
-
-def _export_run(
-    run_dir: Path,
-    model_folder: Path,
-    exporter: str = "auto",
-    tolerance: float = 1e-4,
-    version: int | None = None,
-    name: str | None = None,
-    data_dir: str | None = None,
-) -> dict[str, Any]:
-    """Export one run directory as a version of the model in `model_folder` (a folder of the
     repository) and return the card written: version `version`, or the next one."""
-    if not run_dir.is_dir():
-        raise ExportError(
-            f"{run_dir} is not a run directory: give the folder training.train wrote "
-            "(it holds best.pt and metrics.json)"
-        )
-    ckpt = load_checkpoint(run_dir / "best.pt")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    model = model_from_checkpoint(ckpt)
-    name = name or model_folder.name
-    if not valid_name(name) or name != model_folder.name:
-        raise ExportError(
-            f"{name!r}: a model's name is its repository folder's name ({model_folder.name!r}), "
-            "letters, digits, . _ -"
-        )
-    version = version or next_version(model_folder)
-    out_dir = model_folder / f".incoming-{version}"  # renamed to <version> when complete
-    reference = torch_runner(model)
-    spec: KindSpec
-    if isinstance(model, SequenceClassifier):
-        spec = classifier_spec(model)
-        inputs = classifier_inputs(data_dir)
-
-        def parity_fn(ref: Runner, cand: Runner) -> Parity:
-            return classifier_parity(ref, cand, inputs, tolerance)
-    else:
-        assert isinstance(model, CharLM)
-        spec = charlm_spec(model)
-        char_model = model
-
-        def parity_fn(ref: Runner, cand: Runner) -> Parity:
-            return charlm_parity(ref, cand, char_model, tolerance)
-
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
-    with tempfile.TemporaryDirectory(prefix="rnnserve-export-") as tmp:
-        workdir = Path(tmp)
-        # TorchScript
-        ts_path = workdir / TORCHSCRIPT_FILE
-        export_torchscript(model, spec, ts_path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            scripted = torch.jit.load(str(ts_path))
-        ts_parity = parity_fn(reference, torch_runner(scripted))
-        ts_parity.check("TorchScript", tolerance)
-        # ONNX candidates
-        exporters = ("dynamo", "legacy") if exporter == "auto" else (exporter,)
-        candidates = [
-            try_onnx_candidate(
-                e, model, spec, workdir, reference, parity_fn, tolerance, name, str(version)
+    with no_partial_version(model_folder):
+        if not run_dir.is_dir():
+            raise ExportError(
+                f"{run_dir} is not a run directory: give the folder training.train wrote "
+                "(it holds best.pt and metrics.json)"
             )
-            for e in exporters
-        ]
-        valid = [(c, p) for c, p in candidates if c.ok]
-        if not valid:
-            reasons = "; ".join(f"{c.exporter}: {c.error}" for c, _ in candidates)
-            raise ExportError(f"no usable ONNX export for {run_dir}: {reasons}")
-        timing_key = spec.choose_on
-        chosen, chosen_path = min(valid, key=lambda cp: cp[0].latency_ms[timing_key])
-        for stale in (out_dir / ONNX_FILE, out_dir / TORCHSCRIPT_FILE):
-            stale.unlink(missing_ok=True)
-        shutil.copyfile(chosen_path, out_dir / ONNX_FILE)
-        shutil.copyfile(ts_path, out_dir / TORCHSCRIPT_FILE)
+        ckpt = load_checkpoint(run_dir / "best.pt")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        model = model_from_checkpoint(ckpt)
+        name = name or model_folder.name
+        if not valid_name(name) or name != model_folder.name:
+            raise ExportError(
+                f"{name!r}: a model's name is its repository folder's name "
+                f"({model_folder.name!r}), letters, digits, . _ -"
+            )
+        version = version or next_version(model_folder)
+        out_dir = model_folder / f".incoming-{version}"  # renamed to <version> when complete
+        reference = torch_runner(model)
+        spec: KindSpec
+        if isinstance(model, SequenceClassifier):
+            spec = classifier_spec(model)
+            inputs = classifier_inputs(data_dir)
 
-    contract = contracts(ckpt, model)
-    card: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "version": version,
-        "task": contract.pop("task"),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "architecture": {
-            "class": type(model).__name__,
-            **ckpt["config"],
-            "parameters": sum(p.numel() for p in model.parameters()),
-        },
-        **contract,
-        "metrics": metrics_section(metrics),
-        "training": training_section(metrics),
-        "export": {
-            "tolerance": tolerance,
-            "onnx": {
-                "exporter": chosen.exporter,
-                "opset": chosen.opset,
-                "ops": chosen.ops,
-                "parity_vs_pytorch": chosen.parity,
-                "chosen_by": f"fastest valid candidate at {timing_key} "
-                "(onnxruntime CPU, 1 thread, median ms)",
-                "candidates": [
-                    {
-                        "exporter": c.exporter,
-                        "valid": c.ok,
-                        "error": c.error,
-                        "latency_ms": c.latency_ms,
-                        "ops": c.ops,
-                        "sha256": c.sha256,
-                    }
-                    for c, _ in candidates
-                ],
+            def parity_fn(ref: Runner, cand: Runner) -> Parity:
+                return classifier_parity(ref, cand, inputs, tolerance)
+        else:
+            assert isinstance(model, CharLM)
+            spec = charlm_spec(model)
+            char_model = model
+
+            def parity_fn(ref: Runner, cand: Runner) -> Parity:
+                return charlm_parity(ref, cand, char_model, tolerance)
+
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
+        with tempfile.TemporaryDirectory(prefix="rnnserve-export-") as tmp:
+            workdir = Path(tmp)
+            # TorchScript
+            ts_path = workdir / TORCHSCRIPT_FILE
+            export_torchscript(model, spec, ts_path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                scripted = torch.jit.load(str(ts_path))
+            ts_parity = parity_fn(reference, torch_runner(scripted))
+            ts_parity.check("TorchScript", tolerance)
+            # ONNX candidates
+            exporters = ("dynamo", "legacy") if exporter == "auto" else (exporter,)
+            candidates = [
+                try_onnx_candidate(
+                    e, model, spec, workdir, reference, parity_fn, tolerance, name, str(version)
+                )
+                for e in exporters
+            ]
+            valid = [(c, p) for c, p in candidates if c.ok]
+            if not valid:
+                reasons = "; ".join(f"{c.exporter}: {c.error}" for c, _ in candidates)
+                raise ExportError(f"no usable ONNX export for {run_dir}: {reasons}")
+            timing_key = spec.choose_on
+            chosen, chosen_path = min(valid, key=lambda cp: cp[0].latency_ms[timing_key])
+            for stale in (out_dir / ONNX_FILE, out_dir / TORCHSCRIPT_FILE):
+                stale.unlink(missing_ok=True)
+            shutil.copyfile(chosen_path, out_dir / ONNX_FILE)
+            shutil.copyfile(ts_path, out_dir / TORCHSCRIPT_FILE)
+
+        contract = contracts(ckpt, model)
+        card: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "name": name,
+            "version": version,
+            "task": contract.pop("task"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "architecture": {
+                "class": type(model).__name__,
+                **ckpt["config"],
+                "parameters": sum(p.numel() for p in model.parameters()),
             },
-            "torchscript": {"method": "torch.jit.trace", "parity_vs_pytorch": ts_parity.summary()},
-            "torch_version": torch.__version__,
-            "onnx_version": onnx.__version__,
-            "onnxruntime_version": ort.__version__,
-        },
-        **input_check_section(model, data_dir),
-        "examples": record_examples(
-            reference,
-            example_feeds(model, data_dir),
-            [o["name"] for o in contract["outputs"]],
-            tolerance,
-        ),
-        "files": {
-            "onnx": describe_file(out_dir, ONNX_FILE),
-            "torchscript": describe_file(out_dir, TORCHSCRIPT_FILE),
-        },
-    }
-    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-    load_card(out_dir)  # what we wrote must pass the same check the service applies
-    final = model_folder / str(version)
-    if final.exists():  # --version N given: that version is replaced
-        shutil.rmtree(final)
-    out_dir.rename(final)
-    load_version(model_folder.parent, name, version)
-    return card
+            **contract,
+            "metrics": metrics_section(metrics),
+            "training": training_section(metrics),
+            "export": {
+                "tolerance": tolerance,
+                "onnx": {
+                    "exporter": chosen.exporter,
+                    "opset": chosen.opset,
+                    "ops": chosen.ops,
+                    "parity_vs_pytorch": chosen.parity,
+                    "chosen_by": f"fastest valid candidate at {timing_key} "
+                    "(onnxruntime CPU, 1 thread, median ms)",
+                    "candidates": [
+                        {
+                            "exporter": c.exporter,
+                            "valid": c.ok,
+                            "error": c.error,
+                            "latency_ms": c.latency_ms,
+                            "ops": c.ops,
+                            "sha256": c.sha256,
+                        }
+                        for c, _ in candidates
+                    ],
+                },
+                "torchscript": {
+                    "method": "torch.jit.trace",
+                    "parity_vs_pytorch": ts_parity.summary(),
+                },
+                "torch_version": torch.__version__,
+                "onnx_version": onnx.__version__,
+                "onnxruntime_version": ort.__version__,
+            },
+            **input_check_section(model, data_dir),
+            "examples": record_examples(
+                reference,
+                example_feeds(model, data_dir),
+                [o["name"] for o in contract["outputs"]],
+                tolerance,
+            ),
+            "files": {
+                "onnx": describe_file(out_dir, ONNX_FILE),
+                "torchscript": describe_file(out_dir, TORCHSCRIPT_FILE),
+            },
+        }
+        (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        load_card(out_dir)  # what we wrote must pass the same check the service applies
+        final = model_folder / str(version)
+        if final.exists():  # --version N given: that version is replaced
+            shutil.rmtree(final)
+        out_dir.rename(final)
+        load_version(model_folder.parent, name, version)
+        return card
 
 
 def main(argv: list[str] | None = None) -> None:
