@@ -570,7 +570,7 @@ def test_openapi_documents_the_error_shape_and_statuses(client: httpx.Client) ->
     assert image["422"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Error"
     }
-    generate = spec["components"]["schemas"]["generate__Input"]["properties"]
+    generate = spec["components"]["schemas"]["GenerateRequest"]["properties"]
     assert generate["seed"]["nullable"] is True and generate["seed"]["type"] == "integer"
     assert spec["paths"]["/generate"]["post"]["requestBody"]["required"] is True
     assert "/v1/metadata" in spec["paths"]

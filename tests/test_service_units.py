@@ -187,7 +187,7 @@ def test_document_errors_replaces_bentoml_error_schemas_on_every_api() -> None:
     body = out["paths"]["/x"]["post"]["requestBody"]
     assert body["required"] is True
     assert body["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/x__Input"
+        "$ref": "#/components/schemas/XRequest"  # BentoML's x__Input, renamed
     }
     livez = out["paths"]["/livez"]["get"]["responses"]  # the JSON body HealthBodyMiddleware makes
     assert livez["200"]["content"]["application/json"]["schema"]["required"] == ["live"]

@@ -305,6 +305,8 @@ def test_the_swagger_page_is_ours_and_asks_no_other_host(
         page.goto(f"{default_server.url}/")
         sync_api.expect(page.locator(".info .title")).to_contain_text("rnnserve", timeout=20_000)
         sync_api.expect(page.locator(".info .title")).to_contain_text("0.1.0")
+        # BentoML's stylesheet hides the title (visibility: hidden): ours shows it
+        sync_api.expect(page.locator(".info .main .title").first).to_be_visible()
         for route in ("/classify_pixels", "/v1/generate/stream", "/v2/models/{name}/infer"):
             sync_api.expect(page.get_by_text(route, exact=True).first).to_be_visible()
         foreign = [url for url in requested if not url.startswith(default_server.url)]

@@ -94,11 +94,50 @@ def _use_component_schemas(operation: dict[str, Any], schemas: dict[str, Any]) -
             media["schema"] = {"$ref": f"#/components/schemas/{title}"}
 
 
+def readable_schema_names(spec: dict[str, Any]) -> dict[str, Any]:
+    """BentoML names its generated schemas after its internals (`classify_pixels__Input`,
+    `NextCharResponseIODescriptor`) and keeps one for a task API this service has not
+    (`TaskStatusResponse`): the page and generated clients show names of the service instead
+    (`ClassifyPixelsRequest`, `NextCharResponse`)."""
+    schemas = spec.get("components", {}).get("schemas", {})
+    schemas.pop("TaskStatusResponse", None)
+    renames = {}
+    for name in list(schemas):
+        new = name
+        if name.endswith("__Input"):
+            new = "".join(part.title() for part in name.removesuffix("__Input").split("_"))
+            new += "Request"
+        elif name.endswith("IODescriptor"):
+            new = name.removesuffix("IODescriptor")
+        if new != name and new not in schemas:
+            renames[name] = new
+            schemas[new] = {**schemas.pop(name), "title": new}
+    text = json.dumps(spec)
+    for old, new in renames.items():
+        text = text.replace(f'"#/components/schemas/{old}"', f'"#/components/schemas/{new}"')
+    return dict(json.loads(text))
+
+
+def add_examples(spec: dict[str, Any], examples: dict[str, dict[str, Any]]) -> None:
+    """Each route's documented request and the answer the served model gives for it."""
+    for route, example in examples.items():
+        operation = spec.get("paths", {}).get(route, {}).get("post")
+        if operation is None:
+            continue
+        for media in operation.get("requestBody", {}).get("content", {}).values():
+            media["example"] = example["request"]
+        for media in operation["responses"].get("200", {}).get("content", {}).values():
+            media["example"] = example["response"]
+
+
 def document_errors(
-    spec: dict[str, Any], extra_paths: dict[str, Any] | None = None
+    spec: dict[str, Any],
+    extra_paths: dict[str, Any] | None = None,
+    examples: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A copy of BentoML's `spec` with the one error shape, every status the service uses,
-    OpenAPI 3.0 nullables and required request bodies."""
+    OpenAPI 3.0 nullables, required request bodies, readable schema names, and `examples`
+    (openapi_examples.py) where given."""
     spec = openapi30(copy.deepcopy(spec))
     spec["info"] = INFO
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
@@ -137,7 +176,14 @@ def document_errors(
                 },
                 "503": _error_response(503),
             }
+    image = spec.get("paths", {}).get("/classify_image", {}).get("post")
+    if image is not None and "ImagePredictionIODescriptor" in schemas:
+        # BentoML documents the answer as any object; it is an ImagePrediction
+        for media in image["responses"].get("200", {}).get("content", {}).values():
+            media["schema"] = {"$ref": "#/components/schemas/ImagePredictionIODescriptor"}
     spec["paths"].update(copy.deepcopy(extra_paths or {}))
+    spec = readable_schema_names(spec)
+    add_examples(spec, examples or {})
     return spec
 
 
@@ -167,6 +213,8 @@ SWAGGER_PAGE = b"""<!DOCTYPE html>
     <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css" />
     <link rel="stylesheet" type="text/css" href="./static_content/index.css" />
     <link rel="icon" type="image/png" href="./static_content/favicon-light-32x32.png" />
+    <!-- BentoML's index.css hides the title (it shows BentoML's name elsewhere): show ours -->
+    <style>.swagger-ui .info .main .title { visibility: visible; }</style>
   </head>
   <body>
     <div id="swagger-ui"></div>
@@ -179,12 +227,18 @@ SWAGGER_PAGE = b"""<!DOCTYPE html>
 
 
 class OpenApiMiddleware:
-    """Answers GET /docs.json with the corrected document (built once, on first request) and
-    GET / with the Swagger page that reads it."""
+    """Answers GET /docs.json with the corrected document (built once, on the first request
+    after start-up) and GET / with the Swagger page that reads it."""
 
-    def __init__(self, app: ASGIApp, build: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        build: Callable[[], dict[str, Any]],
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.app = app
         self.build = build
+        self.ready = ready  # kept once built ready: its examples come from the loaded models
         self.body: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -195,6 +249,10 @@ class OpenApiMiddleware:
         if path == "/":
             await send_bytes(send, 200, SWAGGER_PAGE, content_type=b"text/html; charset=utf-8")
             return
-        if self.body is None:
-            self.body = json.dumps(self.build()).encode()
-        await send_bytes(send, 200, self.body)
+        body = self.body
+        if body is None:
+            ready = self.ready()
+            body = json.dumps(self.build()).encode()
+            if ready:
+                self.body = body
+        await send_bytes(send, 200, body)

@@ -46,6 +46,7 @@ from service.http.middleware import (
     WholeBodyMiddleware,
 )
 from service.http.openapi import OpenApiMiddleware, document_errors
+from service.http.openapi_examples import live_examples
 from service.http.route_inputs import InputGuard, declared_inputs, forbid_unknown_fields
 from service.http.route_labels import install_templated_metrics
 from service.http.schemas import (
@@ -369,7 +370,9 @@ _service.add_asgi_middleware(
     build=lambda: document_errors(
         _service.openapi_spec.asdict(),
         {**META_PATHS, **v2_paths({c.name: str(c.data["version"]) for c in CHECKED[0]})},
+        live_examples(STATE.pipelines) if STATE.pipelines is not None else None,
     ),
+    ready=lambda: STATE.pipelines is not None,
 )
 _service.add_asgi_middleware(WholeBodyMiddleware)
 # BentoML's HTTP metrics labelled by route template, never by the raw path (the templates are
