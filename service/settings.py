@@ -105,7 +105,10 @@ class Settings(BaseSettings):
     tracing: bool = False
     api_tokens: str = ""
     state_keys: str = ""
-    auth_exempt: str = "/livez,/readyz,/healthz,/metrics,/v2/health/live,/v2/health/ready,/ui,/ui/*"
+    auth_exempt: str = (
+        "/livez,/readyz,/healthz,/metrics,/v2/health/live,/v2/health/ready,/ui,/ui/*,"
+        "/,/docs.json,/static_content/*"
+    )
 
     @field_validator("version_policy")
     @classmethod
@@ -183,7 +186,7 @@ class Settings(BaseSettings):
             )
         for entry in self.exempt_paths:
             prefix = entry.removesuffix("*")
-            if not entry.startswith("/") or prefix in ("", "/"):
+            if not entry.startswith("/") or (entry.endswith("*") and prefix in ("", "/")):
                 raise ValueError(
                     f"{PREFIX}AUTH_EXEMPT entry {entry!r} would exempt every route; name paths "
                     "that start with '/' (a trailing '*' exempts a sub-tree, e.g. /ui/*)"
@@ -342,7 +345,10 @@ SETTINGS_DOC: dict[str, str] = {
     "off skips that work on every request",
     "api_tokens": "comma-separated bearer tokens; when set, every other route needs "
     "`Authorization: Bearer <token>` (401 otherwise)",
-    "auth_exempt": "paths open without a token when tokens are set (exact; `*` ends a prefix)",
+    "auth_exempt": "paths open without a token when tokens are set (exact; `*` ends a prefix): "
+    "probes, metrics, the demo page's files and the API description (the Swagger page, "
+    "/docs.json and their assets: they hold no data, and every call made from them needs a "
+    "token)",
     "state_keys": "comma-separated secrets that sign carried text states (HMAC-SHA256; the "
     "first signs, any verifies); the same on every worker and replica. Unset: states carry a "
     "checksum, not a signature",

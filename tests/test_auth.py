@@ -36,8 +36,6 @@ PROTECTED = [
     ("GET", "/v2/models/mnist-rnn/versions/1", {}, 200),
     ("POST", "/v2/models/mnist-rnn/infer", {"json": V2_DIGIT}, 200),
     ("POST", "/v2/models/mnist-rnn/versions/1/infer", {"json": V2_DIGIT}, 200),
-    ("GET", "/docs.json", {}, 200),
-    ("GET", "/", {}, 200),
 ]
 
 
@@ -88,11 +86,24 @@ def test_health_metrics_and_the_demo_page_stay_open(server: Server) -> None:
         "/v2/health/ready",
         "/ui/",
         "/ui/app.js",
+        "/",  # the Swagger page and its description: no data; every call from it needs a token
+        "/docs.json",
+        "/static_content/swagger-ui.css",
     ):
         assert httpx.get(server.url + path, timeout=10).status_code == 200, path
     # an exempt prefix covers its sub-tree, not its look-alikes
     assert httpx.get(server.url + "/livez/x", timeout=10).status_code == 401
     assert httpx.get(server.url + "/uix", timeout=10).status_code == 401
+
+
+def test_the_api_description_asks_for_the_bearer_token(server: Server) -> None:
+    """With tokens set the Swagger page opens, offers "Authorize", and marks every operation
+    that needs the token (the exempt ones need none)."""
+    spec = httpx.get(server.url + "/docs.json", timeout=30).json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/classify_pixels"]["post"]["security"] == [{"bearer": []}]
+    assert spec["paths"]["/v2/models/{name}/infer"]["post"]["security"] == [{"bearer": []}]
+    assert spec["paths"]["/readyz"]["get"]["security"] == []
 
 
 def test_unauthenticated_huge_body_is_refused_before_reading(server: Server) -> None:

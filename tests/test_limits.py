@@ -680,21 +680,28 @@ def test_batching_on_merges_up_to_max_batch_size(
     queues_server: Server, pool: tuple[Digit, ...]
 ) -> None:
     """With batching on, the same clump of one-digit requests is merged into fewer model calls,
-    none over RNNSERVE_MAX_BATCH_SIZE=4 rows (a clump of 24 reaches several times that)."""
+    none over RNNSERVE_MAX_BATCH_SIZE=4 rows (a clump of 24 reaches several times that). On a
+    machine busy enough to deliver a clump one request at a time, none meet in the queue: the
+    burst is sent again (up to 5 times) until one does; no call may ever pass 4 rows."""
     count = 24
-    before = model_calls(queues_server.url, "mnist-bigru")
-    answers = asyncio.run(fresh_burst(queues_server.url, single_digit_burst(pool, count)))
-    served = 0
-    for i, r in enumerate(answers):
-        if r.status_code == 503:  # waited over max_queue_wait_ms on a busy machine: allowed
-            refusal(r, 503, "RNNSERVE_MAX_QUEUE_WAIT_MS")
-            continue
-        assert r.status_code == 200, r.text
-        assert r.json()["digits"] == [pool[i % len(pool)].label]
-        served += 1
-    calls = calls_since(queues_server.url, "mnist-bigru", before)
-    assert calls["rows"] == served and calls["calls"] < served, calls  # merged
-    assert calls["4.0"] == calls["calls"], calls  # none over max_batch_size
+    merged = []
+    for _ in range(5):
+        before = model_calls(queues_server.url, "mnist-bigru")
+        answers = asyncio.run(fresh_burst(queues_server.url, single_digit_burst(pool, count)))
+        served = 0
+        for i, r in enumerate(answers):
+            if r.status_code == 503:  # waited over max_queue_wait_ms on a busy machine: allowed
+                refusal(r, 503, "RNNSERVE_MAX_QUEUE_WAIT_MS")
+                continue
+            assert r.status_code == 200, r.text
+            assert r.json()["digits"] == [pool[i % len(pool)].label]
+            served += 1
+        calls = calls_since(queues_server.url, "mnist-bigru", before)
+        assert calls["rows"] == served and calls["4.0"] == calls["calls"], calls  # none over 4
+        merged.append(calls)
+        if calls["calls"] < served:  # merged
+            return
+    raise AssertionError(f"no burst of {count} was merged in 5 tries: {merged}")
 
 
 # --------------------------------------------------------------------------- queues

@@ -130,10 +130,27 @@ def add_examples(spec: dict[str, Any], examples: dict[str, dict[str, Any]]) -> N
             media["example"] = example["response"]
 
 
+def require_bearer(spec: dict[str, Any], open_path: Callable[[str], bool]) -> None:
+    """With tokens set: the bearer scheme, needed by every operation whose path is not exempt,
+    so that the Swagger page offers "Authorize" and sends the token with "Try it out"."""
+    spec.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "one of RNNSERVE_API_TOKENS (model control: RNNSERVE_ADMIN_TOKENS)",
+        }
+    }
+    for route, item in spec.get("paths", {}).items():
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                operation["security"] = [] if open_path(route) else [{"bearer": []}]
+
+
 def document_errors(
     spec: dict[str, Any],
     extra_paths: dict[str, Any] | None = None,
     examples: dict[str, dict[str, Any]] | None = None,
+    open_path: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
     """A copy of BentoML's `spec` with the one error shape, every status the service uses,
     OpenAPI 3.0 nullables, required request bodies, readable schema names, and `examples`
@@ -184,6 +201,8 @@ def document_errors(
     spec["paths"].update(copy.deepcopy(extra_paths or {}))
     spec = readable_schema_names(spec)
     add_examples(spec, examples or {})
+    if open_path is not None:
+        require_bearer(spec, open_path)
     return spec
 
 

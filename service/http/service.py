@@ -27,6 +27,7 @@ from service.engine.control_plane import ControlPlane
 from service.engine.coordination import default_directory as default_control_dir
 from service.engine.pipeline import Classified, Pipelines, ServingState
 from service.errors import ClientGone, ServiceError
+from service.http.auth import BearerTokens
 from service.http.bentoml_compat import (
     bind_api_methods,
     declare_json_outputs,
@@ -371,6 +372,11 @@ _service.add_asgi_middleware(
         _service.openapi_spec.asdict(),
         {**META_PATHS, **v2_paths({c.name: str(c.data["version"]) for c in CHECKED[0]})},
         live_examples(STATE.pipelines) if STATE.pipelines is not None else None,
+        open_path=(
+            BearerTokens(SETTINGS.tokens, SETTINGS.exempt_paths).open_path
+            if SETTINGS.tokens
+            else None
+        ),
     ),
     ready=lambda: STATE.pipelines is not None,
 )
