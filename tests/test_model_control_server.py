@@ -13,18 +13,28 @@ import httpx
 import psutil
 import pytest
 
-from loadtest.bench_swap import KEEP, Traffic, copy_repository, corrupt_byte, new_version
+from loadtest.bench_swap import (
+    INFER,
+    KEEP,
+    MODEL,
+    Traffic,
+    copy_repository,
+    corrupt_byte,
+    new_version,
+)
 from loadtest.servers import Server, start_server
 from service.http.auth import BearerTokens, admin_refusal
-
-MODEL = "mnist-rnn"
-INFER = {
-    "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 28, 28], "data": [0.0] * 784}]
-}
 
 
 def repository(tmp_path: Path) -> Path:
     return copy_repository(tmp_path / "models")
+
+
+def wait_for_requests(traffic: Traffic, since: float, count: int, limit_s: float = 120) -> None:
+    """Until `count` requests sent after `since` have been answered (or `limit_s` passed)."""
+    deadline = time.monotonic() + limit_s
+    while len(traffic.since(since)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("workers", [2, 3])
@@ -41,11 +51,11 @@ def test_every_worker_switches_before_the_load_call_answers(tmp_path: Path, work
             r = httpx.post(load, timeout=180)
             assert r.status_code == 200, r.text
             switched = time.monotonic()
-            time.sleep(1.5)
+            wait_for_requests(traffic, switched, 50)  # a count, not a time: any machine's speed
             new_version(repo, MODEL, 3, corrupt_byte)
             refused = httpx.post(load, timeout=180)
             refused_at = time.monotonic()
-            time.sleep(1.0)
+            wait_for_requests(traffic, refused_at, 20)
         results = traffic.results
         failures = [r for r in results if r[2] != 200]
         assert not failures, failures[:5]

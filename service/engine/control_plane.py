@@ -97,12 +97,11 @@ class ControlPlane:
     def _share_refusals(self) -> None:
         assert self.coordinator is not None
         shared = self.coordinator.refusals()
-        for row in self.control.index():
-            key = f"{row['name']}/{row['version']}"
-            state = self.control.version_state(row["name"], int(row["version"]))
-            if state is not None and state.state == UNAVAILABLE and state.reason != "unloaded":
+        for (name, version), state in self.control.states.items():
+            key = f"{name}/{version}"
+            if state.state == UNAVAILABLE and state.reason != "unloaded":
                 shared[key] = state.reason
-            elif state is not None and state.state == READY:
+            elif state.state == READY:
                 shared.pop(key, None)
         self.coordinator.record_refusals(shared)
 

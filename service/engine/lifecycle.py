@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from service.engine.pipeline import Pipelines
 from service.errors import ControlRefused, LoadRefused, UnknownModel, short
@@ -80,6 +81,8 @@ class ModelControl:
             (m.name, m.version): card_digest(m.card.directory)
             for m in self.registry.served.models()
         }
+        for model in self.registry.served.models():  # rnnserve_model_info: 1 while served
+            self._labels(model).set(1)
         self.lock = asyncio.Lock()  # one change at a time in this worker
         self.refused: dict[str, dict[int, str]] = {}  # poll mode: name -> version -> card digest
         self.on_change: Callable[[], None] = lambda: None
@@ -201,10 +204,9 @@ class ModelControl:
         """The one switch: snapshot and queues together, no await in between."""
         self.registry.served = new
         self.pipelines.sync()
-        device = self.registry.device.device
         for model in old.models():
             if new.find(model.name, model.version) is not model:
-                self._labels(model, device).set(0)
+                self._labels(model).set(0)
                 if new.find(model.name, model.version) is None:
                     self.states[(model.name, model.version)] = VersionState(UNAVAILABLE, "unloaded")
                     MODEL_LOADS.labels(
@@ -212,7 +214,7 @@ class ModelControl:
                     ).inc()
         for model in new.models():
             if old.find(model.name, model.version) is not model:
-                self._labels(model, device).set(1)
+                self._labels(model).set(1)
                 self.states[(model.name, model.version)] = VersionState(READY)
                 MODEL_LOADS.labels(
                     model=model.name, version=str(model.version), outcome="loaded"
@@ -220,14 +222,14 @@ class ModelControl:
                 logger.info("model control: %s serving", model.key)
         self.on_change()
 
-    @staticmethod
-    def _labels(model: LoadedModel, device: str):  # type: ignore[no-untyped-def]
+    def _labels(self, model: LoadedModel) -> Any:
+        """The model's rnnserve_model_info series (prometheus_client's child gauge)."""
         return MODEL_INFO.labels(
             model=model.name,
             version=str(model.version),
             backend=model.backend_name,
             provider=model.backend.provider,
-            device=device,
+            device=self.registry.device.device,
         )
 
     # ------------------------------------------------------------------ the index

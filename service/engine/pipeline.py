@@ -58,7 +58,7 @@ class Classified:
         return self.model.confident(self.probabilities) & self.typical
 
 
-def _split(checked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def split_checked(checked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """predict_checked's (N, 11) -> probabilities (N, 10) and typical (N,) bool."""
     return checked[:, :10], checked[:, 10] > 0.5
 
@@ -213,7 +213,7 @@ class Pipelines:
         model = self.digit_model(model_name, version)
         with served_by(model):  # a refusal of the pixels is counted against the model named
             images = digit_images(images, self.settings.max_images_per_request)
-            return Classified(model, *_split(await self.batcher(model).predict(images)))
+            return Classified(model, *split_checked(await self.batcher(model).predict(images)))
 
     async def classify_each(
         self, images: np.ndarray, model_names: Sequence[str | None]
@@ -238,7 +238,7 @@ class Pipelines:
             )
         answers: list[Classified] = [None] * len(models)  # type: ignore[list-item]
         for (key, indices), checked in zip(rows.items(), results, strict=True):
-            probs, typical = _split(checked)
+            probs, typical = split_checked(checked)
             for j, i in enumerate(indices):
                 answers[i] = Classified(chosen[key], probs[j : j + 1], typical[j : j + 1])
         return answers
@@ -250,7 +250,9 @@ class Pipelines:
         model = self.digit_model(model_name)  # before any decoding work
         with served_by(model):
             pixels = await self.decoding.run(self.read_digit, data)
-            probs, _ = _split(await self.batcher(model).predict(pixels[None].astype(np.float32)))
+            probs, _ = split_checked(
+                await self.batcher(model).predict(pixels[None].astype(np.float32))
+            )
         # a photo has its own checks (service/imaging/photo.py) and calibration: no input check
         return Classified(model, probs, np.ones(1, dtype=bool)), pixels
 
@@ -270,8 +272,7 @@ class Pipelines:
         old version), else the newest."""
         if version is None and state is not None:
             named = StateCodec.peek_version(state)
-            char = self.registry.char
-            if named is not None and char is not None and named in self.text_lanes:
+            if named in self.text_lanes:
                 version = named
         model = self.char_model(version)
         lane = self.text_lanes.get(model.version)

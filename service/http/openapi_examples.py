@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from service.engine.pipeline import Pipelines
-from service.http.schemas import EXAMPLE_DIGIT
+from service.engine.pipeline import Classified, NextChars, Pipelines, split_checked
+from service.http.schemas import EXAMPLE_DIGIT, digit_answer, generate_answer, next_char_answer
 from service.model.numerics import softmax, top_k
 
 EXAMPLE_TEXT = "ROMEO:\nWhat light thro"
@@ -26,26 +26,17 @@ STATE_SHOWN = 24  # characters of a carried state shown (it is 11,000 long: opaq
 
 
 def live_examples(pipelines: Pipelines) -> dict[str, dict[str, Any]]:
-    """route -> {"request": body, "response": answer}, for the routes with JSON examples."""
+    """route -> {"request": body, "response": answer}, for the routes with JSON examples;
+    the answers built by the routes' own builders (schemas.py)."""
     examples: dict[str, dict[str, Any]] = {}
     registry = pipelines.registry
     if registry.digits:
         model = registry.digit_model(None)
-        pixels = np.asarray([EXAMPLE_DIGIT], dtype=np.float32)
-        checked = model.predict_checked(pixels)[0]
-        probs = checked[:10]
+        probs, typical = split_checked(model.predict_checked(np.asarray([EXAMPLE_DIGIT])))
+        answer = digit_answer(Classified(model, probs, typical))
         examples["/classify_pixels"] = {
             "request": {"images": [{"pixels": EXAMPLE_DIGIT, "model": model.name}]},
-            "response": [
-                {
-                    "digit": int(probs.argmax()),
-                    "confident": bool(model.confident(probs[None])[0] and checked[10] > 0.5),
-                    "probabilities": probs.round(6).tolist(),
-                    "model": model.name,
-                    "model_version": model.version,
-                    "provider": model.backend.provider,
-                }
-            ],
+            "response": [answer.model_dump()],
         }
     char = registry.char
     codec = pipelines.codec
@@ -54,20 +45,15 @@ def live_examples(pipelines: Pipelines) -> dict[str, dict[str, Any]]:
         last, state = char.read_prompt(char.encode(EXAMPLE_TEXT))
         probs = softmax(last[0], 1.0)
         carried = codec.encode(state[:, 0], last[0], len(EXAMPLE_TEXT))
+        read = NextChars(
+            char,
+            [(char.vocab[i], float(probs[i])) for i in top_k(probs, k)],
+            carried[:STATE_SHOWN] + "...",
+            len(EXAMPLE_TEXT),
+        )
         examples["/next_char"] = {
             "request": {"text": EXAMPLE_TEXT, "k": k},
-            "response": {
-                "text": EXAMPLE_TEXT,
-                "candidates": [
-                    {"char": char.vocab[i], "probability": round(float(probs[i]), 6)}
-                    for i in top_k(probs, k)
-                ],
-                "model": char.name,
-                "model_version": char.version,
-                "provider": char.backend.provider,
-                "state": carried[:STATE_SHOWN] + "...",
-                "context_chars": len(EXAMPLE_TEXT),
-            },
+            "response": next_char_answer(EXAMPLE_TEXT, read).model_dump(),
         }
         text = char.generate(EXAMPLE_PROMPT, EXAMPLE_LENGTH, 0.8, None, EXAMPLE_SEED)
         examples["/generate"] = {
@@ -77,17 +63,15 @@ def live_examples(pipelines: Pipelines) -> dict[str, dict[str, Any]]:
                 "temperature": 0.8,
                 "seed": EXAMPLE_SEED,
             },
-            "response": {
-                "prompt": EXAMPLE_PROMPT,
-                "text": text,
-                "seed": EXAMPLE_SEED,
-                "temperature": 0.8,
-                "top_k": None,
-                "model": char.name,
-                "model_version": char.version,
-                "provider": char.backend.provider,
-                "state": "rs1...",
-                "context_chars": len(EXAMPLE_PROMPT) + EXAMPLE_LENGTH,
-            },
+            "response": generate_answer(
+                EXAMPLE_PROMPT,
+                text,
+                EXAMPLE_SEED,
+                0.8,
+                None,
+                char,
+                "rs1...",
+                len(EXAMPLE_PROMPT) + EXAMPLE_LENGTH,
+            ).model_dump(),
         }
     return examples

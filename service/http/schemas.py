@@ -24,8 +24,10 @@ from pydantic import (
 
 from service.engine.carried_state import MAX_STATE_CHARS
 from service.engine.parameters import Number, text_parameters
+from service.engine.pipeline import Classified, NextChars
 from service.errors import short
 from service.model.cards import CardError, ModelCard, short_name
+from service.model.inference import CharModel
 from service.model.repository import discover_cards
 from service.settings import get_settings
 
@@ -306,3 +308,60 @@ DEFAULT_K = int(TEXT.k.default or 1)
 DEFAULT_LENGTH = int(TEXT.length.default or 1)
 DEFAULT_TEMPERATURE = float(TEXT.temperature.default or 0.0)
 DEFAULT_SOFTMAX_TEMPERATURE = float(TEXT.softmax_temperature.default or 1.0)
+
+
+# ---------------------------------------------------------------------- answers
+# Built without validation (model_construct): the values are ours. One builder per answer, for
+# the routes and for the Swagger page's examples (openapi_examples.py) alike.
+
+
+def digit_answer(answer: Classified) -> DigitPrediction:
+    """One digit answer (`answer` holds one image)."""
+    model, probs = answer.model, answer.probabilities[0]
+    return DigitPrediction.model_construct(
+        digit=int(probs.argmax()),
+        confident=bool(answer.confident[0]),
+        probabilities=probs.round(6).tolist(),
+        model=model.name,
+        model_version=model.version,
+        provider=model.backend.provider,
+    )
+
+
+def next_char_answer(text: str, answer: NextChars) -> NextCharResponse:
+    return NextCharResponse.model_construct(
+        text=text,
+        candidates=[
+            CharCandidate.model_construct(char=c, probability=round(p, 6))
+            for c, p in answer.candidates
+        ],
+        model=answer.model.name,
+        model_version=answer.model.version,
+        provider=answer.model.backend.provider,
+        state=answer.state,
+        context_chars=answer.context_chars,
+    )
+
+
+def generate_answer(
+    prompt: str,
+    text: str,
+    seed: int,
+    temperature: float,
+    top_k: int | None,
+    model: CharModel,
+    state: str,
+    context_chars: int,
+) -> GenerateResponse:
+    return GenerateResponse.model_construct(
+        prompt=prompt,
+        text=text,
+        seed=seed,
+        temperature=temperature,
+        top_k=top_k,
+        model=model.name,
+        model_version=model.version,
+        provider=model.backend.provider,
+        state=state,
+        context_chars=context_chars,
+    )

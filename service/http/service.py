@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from service.engine.control_plane import ControlPlane
 from service.engine.coordination import default_directory as default_control_dir
-from service.engine.pipeline import Classified, Pipelines, ServingState
+from service.engine.pipeline import Pipelines, ServingState
 from service.errors import ClientGone, ServiceError
 from service.http.auth import BearerTokens
 from service.http.bentoml_compat import (
@@ -58,7 +58,6 @@ from service.http.schemas import (
     DEFAULT_TEMPERATURE,
     SETTINGS,
     CarriedState,
-    CharCandidate,
     DigitModelName,
     DigitPixels,
     DigitPrediction,
@@ -73,13 +72,16 @@ from service.http.schemas import (
     Temperature,
     TopK,
     describe_limit,
+    digit_answer,
+    generate_answer,
+    next_char_answer,
 )
 from service.http.v2_app import MOUNT_PATH as V2_PATH
 from service.http.v2_app import V2RootMiddleware, v2_app
 from service.http.v2_openapi import v2_paths
 from service.http.web_app import web_app
 from service.log_bounds import install_bounded_logs
-from service.metrics import MODEL_INFO, observe_inference
+from service.metrics import observe_inference
 from service.model.cards import CardError
 from service.model.inference import ModelRegistry, preflight
 from service.model.runtime import DeviceError
@@ -154,14 +156,6 @@ class RnnServe:
 
     def __init__(self) -> None:
         registry = ModelRegistry.load(SETTINGS, observe_inference, CHECKED)  # load, warm up
-        for info in registry.describe():
-            MODEL_INFO.labels(
-                model=info["name"],
-                version=str(info["version"]),
-                backend=info["backend"],
-                provider=info["provider"],
-                device=registry.device.device,
-            ).set(1)
         self.pipelines = Pipelines(registry, SETTINGS)
         self.grpc: GrpcFrontEnd | None = None  # started by _start_grpc in served workers
         self.control = ControlPlane(self.pipelines, bentoml.server_context.worker_index)
@@ -233,7 +227,7 @@ class RnnServe:
         into one model call per model; each image may name its model."""
         pixels = np.stack([item.as_0_255() for item in images])
         answers = await self.pipelines.classify_each(pixels, [item.model for item in images])
-        return [prediction(answer) for answer in answers]
+        return [digit_answer(answer) for answer in answers]
 
     @bentoml.api
     @answers_errors
@@ -250,7 +244,7 @@ class RnnServe:
         out), then cropped, scaled and centred the way MNIST digits were. 422 when the
         picture shows no digit."""
         answer, seen = await self.pipelines.classify_upload(image.read_bytes(), model)
-        base = prediction(answer)
+        base = digit_answer(answer)
         return ImagePrediction.model_construct(
             **base.__dict__, seen=seen.tolist() if show_input else None
         )
@@ -270,18 +264,7 @@ class RnnServe:
         the carried `state`: send it back with only the characters that follow, and a keystroke
         costs one step whatever the length of the text."""
         answer = await self.pipelines.next_chars(text, k, temperature, state)
-        return NextCharResponse.model_construct(
-            text=text,
-            candidates=[
-                CharCandidate.model_construct(char=c, probability=round(p, 6))
-                for c, p in answer.candidates
-            ],
-            model=answer.model.name,
-            model_version=answer.model.version,
-            provider=answer.model.backend.provider,
-            state=answer.state,
-            context_chars=answer.context_chars,
-        )
+        return next_char_answer(text, answer)
 
     @bentoml.api
     @answers_errors
@@ -302,17 +285,15 @@ class RnnServe:
             prompt, length, temperature, top_k, used_seed, state
         )
         model = generation.model
-        return GenerateResponse.model_construct(
-            prompt=prompt,
-            text=text,
-            seed=used_seed,
-            temperature=temperature,
-            top_k=top_k,
-            model=model.name,
-            model_version=model.version,
-            provider=model.backend.provider,
-            state=generation.state(),
-            context_chars=generation.context_chars,
+        return generate_answer(
+            prompt,
+            text,
+            used_seed,
+            temperature,
+            top_k,
+            model,
+            generation.state(),
+            generation.context_chars,
         )
 
     # ------------------------------------------------------------------ metadata
@@ -322,20 +303,6 @@ class RnnServe:
         """Loaded models with their cards' metrics, backend, provider and the service version
         (also at GET /v1/metadata)."""
         return self.pipelines.describe()
-
-
-def prediction(answer: Classified) -> DigitPrediction:
-    """One answer (one image), built without validation (model_construct): the values are
-    ours."""
-    model, probs = answer.model, answer.probabilities[0]
-    return DigitPrediction.model_construct(
-        digit=int(probs.argmax()),
-        confident=bool(answer.confident[0]),
-        probabilities=probs.round(6).tolist(),
-        model=model.name,
-        model_version=model.version,
-        provider=model.backend.provider,
-    )
 
 
 # Outermost first: every error gets the one shape; a request without a valid token is refused

@@ -534,16 +534,10 @@ class V2Routes:
 async def get_model_metadata(
     request: Request, pipelines: Pipelines, model: LoadedModel
 ) -> Response:
-    return json_response(model_metadata(model, served_versions(request.path_params, pipelines)))
-
-
-def served_versions(params: dict[str, Any], pipelines: Pipelines) -> list[int] | None:
-    """For the metadata of a model (no version in the path): every version it serves."""
-    if params.get("version"):
-        return None
-    return pipelines.registry.version_list(
-        pipelines.registry.aliases.get(params["name"], params["name"])
-    )
+    """A model's metadata lists every version it serves; one version's, that version."""
+    versioned = bool(request.path_params.get("version"))
+    versions = None if versioned else pipelines.registry.version_list(model.name)
+    return json_response(model_metadata(model, versions))
 
 
 async def get_model_config(_: Request, pipelines: Pipelines, model: LoadedModel) -> Response:
