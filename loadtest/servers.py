@@ -140,7 +140,23 @@ def start_server(
     server = Server(process, f"http://127.0.0.1:{port}", log_path, int(settings["grpc_port"]))
     if wait:
         wait_ready(server, timeout)
+        wait_workers(server, int(settings.get("workers", "1")), timeout)
     return server
+
+
+# The last start-up hook of a worker (service/http/service.py): logged once it serves.
+WORKER_UP = "Completed async startup hook: _start_grpc"
+
+
+def wait_workers(server: Server, workers: int, timeout: float) -> None:
+    """Until every worker has started (/readyz answers once the first one has: a test that
+    measures the workers' memory or file descriptors, or counts on all of them, waits here)."""
+    deadline = time.monotonic() + timeout
+    while workers > 1 and server.log().count(WORKER_UP) < workers:
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"not every one of {workers} workers started:\n{server.log()}")
+        time.sleep(0.2)
 
 
 def wait_ready(server: Server, timeout: float, path: str = "/readyz") -> float:
