@@ -1,5 +1,6 @@
-"""Every Python block of docs/api.md runs as written against a real server, and what it prints
-matches the output the block shows (its closing `# ` lines; `...` stands for any text).
+"""Every Python block of README.md and docs/*.md runs as written against a real server, and
+what it prints matches the output the block shows (its closing `# ` lines, read as
+tests/doc_blocks.py says).
 
 Each block runs in a process of its own (kserve and tritonclient.grpc cannot share one: see
 tests/clients/__init__.py), in a temp dir (blocks write their pictures there), with only the
@@ -10,7 +11,6 @@ misleading a reader.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,55 +18,37 @@ from pathlib import Path
 import pytest
 
 from loadtest.servers import Server
-
-ROOT = Path(__file__).resolve().parents[1]
-PAGE = ROOT / "docs" / "api.md"
-BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+from tests.doc_blocks import PAGES, Block, blocks, output_matches, python_shown, swap_addresses
 
 
-def blocks() -> list[tuple[int, str]]:
-    text = PAGE.read_text(encoding="utf-8")
-    return [(text[: m.start()].count("\n") + 1, m.group(1)) for m in BLOCK.finditer(text)]
+def python_blocks() -> list[Block]:
+    return [block for page in PAGES for block in blocks(page) if block.language == "python"]
 
 
-def shown_output(block: str) -> list[str]:
-    """The output a block shows: its trailing lines that start with '# '."""
-    lines = block.rstrip("\n").splitlines()
-    shown: list[str] = []
-    while lines and lines[-1].startswith("# "):
-        shown.insert(0, lines.pop()[2:])
-    return shown
+def test_the_pages_have_python_blocks() -> None:
+    assert len([b for b in python_blocks() if b.page.name == "api.md"]) >= 5
 
 
-def matches(shown: str, printed: str) -> bool:
-    pattern = ".*".join(re.escape(part) for part in shown.split("..."))
-    return re.fullmatch(pattern, printed) is not None
-
-
-def for_server(block: str, server: Server) -> str:
-    host = server.url.removeprefix("http://")
-    return block.replace("127.0.0.1:3000", host).replace("127.0.0.1:8001", server.grpc_target)
-
-
-def test_the_page_has_python_blocks() -> None:
-    assert len(blocks()) >= 5
-
-
-@pytest.mark.parametrize(("line", "block"), blocks(), ids=[f"api.md:{n}" for n, _ in blocks()])
+@pytest.mark.parametrize("block", python_blocks(), ids=lambda block: block.where)
 def test_each_python_block_runs_as_written(
-    line: int, block: str, default_server: Server, tmp_path: Path
+    block: Block, default_server: Server, tmp_path: Path
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", for_server(block, default_server)],
+        [
+            sys.executable,
+            "-c",
+            swap_addresses(
+                block.text, default_server.url.removeprefix("http://"), default_server.grpc_target
+            ),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=180,
     )
-    assert done.returncode == 0, f"docs/api.md:{line} failed:\n{done.stderr[-3000:]}"
-    shown = shown_output(block)
+    assert done.returncode == 0, f"{block.where} failed:\n{done.stderr[-3000:]}"
+    shown = python_shown(block)
     if shown:
-        printed = done.stdout.rstrip("\n").splitlines()
-        assert len(printed) == len(shown), (printed, shown)
-        for want, got in zip(shown, printed, strict=True):
-            assert matches(want, got), f"docs/api.md:{line} shows {want!r}, prints {got!r}"
+        assert output_matches(shown, done.stdout), (
+            f"{block.where} shows:\n" + "\n".join(shown) + f"\nbut prints:\n{done.stdout[:1500]}"
+        )
