@@ -53,7 +53,7 @@ STATUS = re.compile(r"@@status (\d{3})@@")
 STEP = re.compile(r"^@@step (\d+)@@$", re.M)
 PRELUDE = """set -eo pipefail
 curl() { command curl --write-out '%{stderr}@@status %{http_code}@@\\n' "$@"; }
-make() { command make -C "$DOC_ROOT" "$@"; }
+make() { MAKEFLAGS= MAKELEVEL= command make --no-print-directory -C "$DOC_ROOT" "$@"; }
 """
 
 

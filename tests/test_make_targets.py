@@ -11,6 +11,7 @@ installs themselves run for real in CI, where `make test` starts from a fresh cl
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -56,14 +57,22 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return clone
 
 
-def dry_run(clone: Path, target: str) -> list[str]:
-    done = subprocess.run(
-        ["make", "-n", target],
+def make(clone: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`make` as a user types it, not as a sub-make of the `make test` that runs this suite
+    (which would print its directories and pass its flags down)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
         cwd=clone,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def dry_run(clone: Path, target: str) -> list[str]:
+    done = make(clone, "-n", target)
     assert done.returncode == 0, f"make -n {target}: {done.stderr[-2000:]}"
     return done.stdout.splitlines()
 
@@ -112,9 +121,7 @@ def test_the_serving_targets_install_the_serving_core_only(fresh_clone: Path, ta
 
 
 def test_make_help_lists_every_target_on_a_fresh_clone(fresh_clone: Path) -> None:
-    done = subprocess.run(
-        ["make", "help"], cwd=fresh_clone, capture_output=True, text=True, timeout=60
-    )
+    done = make(fresh_clone, "help")
     assert done.returncode == 0, done.stderr
     listed = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
     assert listed == makefile_targets()
