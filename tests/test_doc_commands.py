@@ -11,7 +11,9 @@ Makefile, and only the documented addresses are swapped for this server's (HTTP
 may be a 5xx, and a 4xx only where the page shows an error under the command.
 
 On those pages every bash block runs but those that serve, deploy, train, test or benchmark
-(`make serve`, `bentoml`, `podman`, `kubectl`, `training.*`, `pytest`, `locust`, make targets):
+(`make serve`, `bentoml`, `podman`, `kubectl`, `training.*`, `pytest`, `locust`, make targets,
+perf_analyzer: its stability windows are a measurement, which a loaded CI machine fails;
+tests/test_perf_analyzer.py runs it against the same routes with a fixed request count):
 the bento, the image and the manifests are run by tests/test_deploy.py and
 tests/test_container.py, the make targets checked by tests/test_make_targets.py.
 """
@@ -46,8 +48,8 @@ from tests.doc_blocks import (
 SERVICE = re.compile(r"127\.0\.0\.1:(3000|8001)\b")
 # Serving, deploying, training, testing, benchmarking: not what a reader runs beside a server.
 NOT_RUN = re.compile(
-    r"\bmake (?!perf-analyzer\b)\w|\bbentoml\b|\bpodman\b|\bkubectl\b"
-    r"|-m training\.|\btorchrun\b|\bpytest\b|\blocust\b"
+    r"\bmake \w|\bbentoml\b|\bpodman\b|\bkubectl\b"
+    r"|-m training\.|\btorchrun\b|\bpytest\b|\blocust\b|\bperf_analyzer\b"
 )
 STATUS = re.compile(r"@@status (\d{3})@@")
 STEP = re.compile(r"^@@step (\d+)@@$", re.M)
