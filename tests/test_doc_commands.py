@@ -5,10 +5,9 @@ command that no longer works then fails here instead of misleading a reader.
 
 A page's blocks run in order in one bash (`set -eo pipefail`) in a temp dir of its own, as for
 a reader in one terminal: files, variables and exports made by one block serve the next;
-`.venv` and `.venv-perf` there are links to the project's, `make` runs the project's
-Makefile, and only the documented addresses are swapped for this server's (HTTP
-127.0.0.1:3000, gRPC 127.0.0.1:8001). Every curl reports its status on the side: no answer
-may be a 5xx, and a 4xx only where the page shows an error under the command.
+`.venv` there is a link to the project's, and only the documented addresses are swapped
+for this server's (HTTP 127.0.0.1:3000, gRPC 127.0.0.1:8001). Every curl reports its status
+on the side: no answer may be a 5xx, and a 4xx only where the page shows an error under it.
 
 On those pages every bash block runs but those that serve, deploy, train, test or benchmark
 (`make serve`, `bentoml`, `podman`, `kubectl`, `training.*`, `pytest`, `locust`, make targets,
@@ -55,7 +54,6 @@ STATUS = re.compile(r"@@status (\d{3})@@")
 STEP = re.compile(r"^@@step (\d+)@@$", re.M)
 PRELUDE = """set -eo pipefail
 curl() { command curl --write-out '%{stderr}@@status %{http_code}@@\\n' "$@"; }
-make() { MAKEFLAGS= MAKELEVEL= command make --no-print-directory -C "$DOC_ROOT" "$@"; }
 """
 
 
@@ -168,8 +166,7 @@ def test_each_command_block_runs_as_written(
     page: Path, default_server: Server, own_servers: dict[Path, Server], tmp_path: Path
 ) -> None:
     server = own_servers.get(page, default_server)
-    for venv in (".venv", ".venv-perf"):  # linked even where missing: `make` may create it
-        (tmp_path / venv).symlink_to(ROOT / venv)
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     repository = ROOT / "models" if server is default_server else server.log_path.parent / "models"
     env = {
         **os.environ,
