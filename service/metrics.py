@@ -78,6 +78,17 @@ QUEUE_WAITING = Gauge(
     labelnames=["queue"],
     multiprocess_mode="livesum",
 )
+# The autoscaling signal (deploy/k8s/overlays/keda): work inside a worker now. "liveall":
+# one series per live worker (a `pid` label), so a scaler sums them and a dashboard sees a
+# worker that falls behind; a dead worker's series go with it.
+REQUESTS_IN_FLIGHT = Gauge(
+    name="rnnserve_requests_in_flight",
+    documentation="Inference requests a worker holds now, from arrival to the last byte of the "
+    "answer (queued, computing or streaming), by protocol (http or grpc); probes, /metrics and "
+    "page loads are not counted",
+    labelnames=["protocol"],
+    multiprocess_mode="liveall",
+)
 QUEUE_REFUSED = Counter(
     name="rnnserve_queue_refused",
     documentation="Requests answered 503 by admission control: the queue was full (full) or "

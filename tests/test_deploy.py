@@ -1,19 +1,16 @@
-"""Deployment artefacts: the bento builds and the BUILT bento serves; its Dockerfile lints;
-the Kubernetes manifests validate."""
+"""Deployment artefacts: the bento builds and the BUILT bento serves; its Dockerfile lints.
+The Kubernetes manifests: tests/test_manifests.py."""
 
 from __future__ import annotations
 
 import glob
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import kubernetes_validate
 import pytest
-import yaml
 
 from loadtest.payloads import digits
 from loadtest.servers import server_env, start_server
@@ -105,21 +102,3 @@ def test_generated_dockerfile_passes_hadolint(built_bento: tuple[Path, Path]) ->
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-@pytest.mark.parametrize(
-    "manifest",
-    sorted(glob.glob(str(ROOT / "deploy" / "k8s" / "*.yaml"))),
-    ids=lambda p: os.path.basename(p),
-)
-def test_kubernetes_manifests_validate(manifest: str) -> None:
-    with open(manifest) as fh:
-        documents = [d for d in yaml.safe_load_all(fh) if d]
-    assert documents
-    for doc in documents:
-        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
-        if doc["kind"] == "Deployment":
-            container = doc["spec"]["template"]["spec"]["containers"][0]
-            assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-            assert container["resources"]["requests"] and container["resources"]["limits"]

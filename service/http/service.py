@@ -37,6 +37,7 @@ from service.http.bentoml_compat import (
 )
 from service.http.connections import ConnectionLimits, install_connection_limits
 from service.http.grpc_v2.server import GrpcFrontEnd, check_port_free
+from service.http.in_flight import InFlightMiddleware
 from service.http.kernel import refusal_response
 from service.http.meta_app import LEAN_PATH, META_PATHS, MOUNT_PATH, STREAM_PATH, meta_app
 from service.http.middleware import (
@@ -305,7 +306,8 @@ class RnnServe:
         return self.pipelines.describe()
 
 
-# Outermost first: every error gets the one shape; a request without a valid token is refused
+# Outermost first: in-flight requests are counted (service/http/in_flight.py); every error
+# gets the one shape; a request without a valid token is refused
 # before its body is read; then the body budget; then what the BentoML routes accept (one
 # content-type rule, known fields, uploads that are files: service/http/route_inputs.py);
 # then /docs.json, which documents the one error shape and every status (service/http/openapi.py);
@@ -314,6 +316,7 @@ class RnnServe:
 _service = cast(Any, RnnServe)
 declare_json_outputs(_service)
 forbid_unknown_fields(_service.apis.values())
+_service.add_asgi_middleware(InFlightMiddleware)  # the autoscaling signal, around everything
 _service.add_asgi_middleware(V2RootMiddleware)
 _service.add_asgi_middleware(  # V2: {"error"}; limits named as the engine names them
     ErrorShapeMiddleware, v2_prefix=V2_PATH, describe_limit=describe_limit

@@ -53,7 +53,7 @@ from service.http.grpc_v2.proto import model_config_pb2 as config_pb
 from service.http.grpc_v2.protocol import infer_response, metadata_response, parse_infer
 from service.http.kernel import INTERNAL
 from service.http.v2_app import find_model, infer, model_config, model_metadata
-from service.metrics import GRPC_CALLS, GRPC_LATENCY
+from service.metrics import GRPC_CALLS, GRPC_LATENCY, REQUESTS_IN_FLIGHT
 from service.settings import PREFIX, Settings
 
 SERVICE = "inference.GRPCInferenceService"
@@ -182,6 +182,8 @@ class GrpcFrontEnd:
         async def call(data: bytes, context: grpc.aio.ServicerContext) -> Message:
             started = time.perf_counter()
             code = "OK"
+            in_flight = REQUESTS_IN_FLIGHT.labels(protocol="grpc")
+            in_flight.inc()
             try:
                 request = decode(request_type, data)
                 self._authenticate(method, request, context)
@@ -225,6 +227,7 @@ class GrpcFrontEnd:
                 await context.abort(grpc.StatusCode.INTERNAL, INTERNAL)
                 raise
             finally:
+                in_flight.dec()
                 GRPC_CALLS.labels(method=method, code=code).inc()
                 GRPC_LATENCY.labels(method=method).observe(time.perf_counter() - started)
 
