@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
-from scipy import ndimage as ndi
 
 from service.errors import UnusableInput
+from service.imaging import morphology as ndi  # scipy.ndimage's calls, without scipy
 
 # Analysis happens on at most this many pixels a side: a digit filling 15% of a frame is
 # still ~28 pixels tall there (the model sees 20), ruled lines fade below the ink thresholds,
