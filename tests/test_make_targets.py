@@ -33,6 +33,8 @@ INPUTS = (
     "pyproject.toml",
     "loadtest/peers/requirements.txt",
     "loadtest/perf/requirements.txt",
+    "deploy/tools/requirements.txt",
+    "deploy/tools/package.json",
 )
 
 

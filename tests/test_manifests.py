@@ -6,14 +6,13 @@ pass with no failure and at most two explained skips, and the hardening each che
 asserted here directly too. The same pods are played with podman in tests/test_container.py.
 
 Where the deployment tools are missing (`make deploy-tools` installs them) the module skips,
-except in CI (CI set), where that is a failure.
+except in CI (CI set), where that is a failure (tests/deploy_tools.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,16 +20,13 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from tests.conftest import ROOT
+from tests.deploy_tools import CHECKOV, KUSTOMIZE, NODE_MODELS, TOOLS, require_tools
+from tests.deploy_tools import render as render_folder
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-TOOLS = ROOT / ".venv-deploy"
-KUSTOMIZE = TOOLS / "bin" / "kustomize"
-CHECKOV = TOOLS / "bin" / "checkov"
-NODE_MODELS = TOOLS / "node" / "node_modules"
 NAMESPACE = "rnnserve"
 # every kustomization a user applies (common/ is only a part of the others)
 KUSTOMIZATIONS = ("base", "overlays/release", "overlays/gpu", "overlays/keda", "kserve")
@@ -38,24 +34,11 @@ RELEASED = ("overlays/release", "overlays/gpu", "overlays/keda", "kserve")
 CLUSTER_SCOPED = {"Namespace"}
 MAX_SKIPS = 2
 
-MISSING = [str(p) for p in (KUSTOMIZE, CHECKOV, NODE_MODELS) if not p.exists()]
-if not shutil.which("node"):
-    MISSING.append("node")
-if MISSING and os.environ.get("CI"):
-    raise RuntimeError(f"CI must run the manifest checks; missing: {MISSING}")
-if MISSING:
-    pytest.skip(f"`make deploy-tools` first; missing: {MISSING}", allow_module_level=True)
+require_tools()
 
 
 def render(kustomization: str) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [str(KUSTOMIZE), "build", str(K8S / kustomization)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return render_folder(K8S / kustomization)
 
 
 @pytest.fixture(scope="module")

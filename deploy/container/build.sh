@@ -3,6 +3,8 @@
 #
 #   deploy/container/build.sh cpu     # localhost/rnnserve:cpu      (bentofile.yaml)
 #   deploy/container/build.sh gpu     # localhost/rnnserve:gpu      (bentofile-gpu.yaml)
+#   deploy/container/build.sh bare    # localhost/bare-bentoml:cpu  (a bare BentoML service,
+#                                     #   loadtest/bare_bentoml: the start-up baseline)
 #
 # Steps: build the bento (BENTOML_HOME, default ./.bentoml), make sure its base image
 # (python:3.11-slim) is there - pulled, or where Docker Hub cannot be reached, the stand-in
@@ -10,17 +12,24 @@
 # its env/docker/Dockerfile. Prints the image size. Run as root, with podman and runc.
 set -euo pipefail
 variant=${1:-cpu}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+context=$root
 case "$variant" in
   cpu) bentofile=bentofile.yaml ;;
   gpu) bentofile=bentofile-gpu.yaml ;;
-  *) echo "usage: $0 cpu|gpu" >&2; exit 2 ;;
+  bare)  # BentoML reads a template only from inside the build context: a copy with ours
+    context=$(mktemp -d "${TMPDIR:-/tmp}/bare-bentoml.XXXXXX")
+    trap 'rm -rf "$context"' EXIT
+    cp "$root"/loadtest/bare_bentoml/{service.py,bentofile.yaml} "$here/Dockerfile.j2" "$context/"
+    bentofile=bentofile.yaml ;;
+  *) echo "usage: $0 cpu|gpu|bare" >&2; exit 2 ;;
 esac
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/containers.conf}
 export BENTOML_HOME=${BENTOML_HOME:-$root/.bentoml}
 export BENTOML_DO_NOT_TRACK=true
 BENTOML=${BENTOML:-$root/.venv/bin/bentoml}
+if [ "$variant" = bare ]; then IMAGE=${IMAGE:-localhost/bare-bentoml:cpu}; fi
 IMAGE=${IMAGE:-localhost/rnnserve:$variant}
 BASE=docker.io/library/python:3.11-slim
 
@@ -34,8 +43,8 @@ if ! podman image exists "$BASE"; then
   fi
 fi
 
-tag=$(cd "$root" && "$BENTOML" build -f "$bentofile" --output tag . 2> /dev/null | sed -n 's/^__tag__://p')
-[ -n "$tag" ] || { echo "bentoml build failed:" >&2; (cd "$root" && "$BENTOML" build -f "$bentofile" .) >&2; exit 1; }
+tag=$(cd "$context" && { "$BENTOML" build -f "$bentofile" --output tag . 2> /dev/null || true; } | sed -n 's/^__tag__://p')
+[ -n "$tag" ] || { echo "bentoml build failed:" >&2; (cd "$context" && "$BENTOML" build -f "$bentofile" .) >&2; exit 1; }
 # BentoML prints through rich, which wraps a long path at the terminal's width (80 when
 # not a terminal): ask for a wide one and join what is left
 bento=$(COLUMNS=4096 "$BENTOML" get "$tag" -o path | tr -d '\n')

@@ -20,9 +20,23 @@ trap 'rm -rf "$work"' EXIT
 echo "stand-in base: debootstrap bookworm (minbase) from $MIRROR"
 debootstrap --variant=minbase bookworm "$work/rootfs" "$MIRROR" > "$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log"; exit 1; }
-# what a slim image leaves out: downloaded packages, package lists, documentation
+# what a slim image leaves out: downloaded packages, package lists, documentation and message
+# translations; and the dpkg excludes of Debian's slim images (debian:bookworm-slim, which
+# python:3.11-slim starts from), so that packages installed later leave them out too
 rm -rf "$work/rootfs"/var/cache/apt/archives/*.deb "$work/rootfs"/var/lib/apt/lists/* \
   "$work/rootfs"/usr/share/doc/* "$work/rootfs"/usr/share/man/* "$work/rootfs"/usr/share/info/*
+find "$work/rootfs/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+cat > "$work/rootfs/etc/dpkg/dpkg.cfg.d/slim" <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+DPKG
 tar -C "$work/rootfs" -c . | "${PODMAN[@]}" import - localhost/rnnserve-debian-minbase:bookworm > /dev/null
 
 cp "$CA" "$work/ca-certificates.crt"
