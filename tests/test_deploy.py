@@ -54,6 +54,9 @@ def test_bento_carries_code_and_verified_models_only(built_bento: tuple[Path, Pa
     assert (src / "service" / "imaging" / "photo.py").is_file()
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in requirements and "torch" not in requirements
+    # the photo reading does without scipy (service/imaging/morphology.py): not in the image
+    assert "scipy" not in requirements
+    assert "scipy" not in (ROOT / "bentofile-gpu.yaml").read_text()
     for fast in ("orjson", "httptools", "uvloop"):
         assert fast in requirements, fast
 
