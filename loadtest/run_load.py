@@ -98,12 +98,18 @@ def run_locust(
                     int(rec["Request Count"]),
                     int(rec["Failure Count"]),
                     float(rec["Requests/s"]),
-                    float(rec["50%"] or 0),
-                    float(rec["95%"] or 0),
-                    float(rec["99%"] or 0),
+                    percentile_ms(rec["50%"]),
+                    percentile_ms(rec["95%"]),
+                    percentile_ms(rec["99%"]),
                 )
             )
     return rows
+
+
+def percentile_ms(cell: str) -> float:
+    """A percentile cell of Locust's stats CSV: milliseconds, or "N/A" (or empty) where the
+    endpoint had no request to measure, read as 0 (the request count says why)."""
+    return 0.0 if cell in ("", "N/A") else float(cell)
 
 
 def table(rows: list[Row]) -> str:

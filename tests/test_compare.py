@@ -19,7 +19,7 @@ def test_comparison_runs_each_server_and_writes_its_report(tmp_path: Path) -> No
             "--rounds",
             "1",
             "--seconds",
-            "2",
+            "4",
             "--warmup",
             "0",
             "--users",

@@ -289,3 +289,50 @@ def test_render_is_deterministic() -> None:
     style = Style(width=300, height=200, lines=True, shadow=True)
     first = render(digit, style, np.random.default_rng(5))
     assert first == render(digit, style, np.random.default_rng(5))
+
+
+def textures(seed: int) -> list[tuple[str, np.ndarray]]:
+    """Pictures with no digit in them: colour and gray noise at many grain sizes, checkerboards
+    of many periods, diagonal stripes, on several frame sizes (the reading analyses at most
+    ANALYSIS_SIDE pixels a side, so a pattern aliases differently at each size)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for side in (150, 300, 700, 1100):
+        for grain in (1, 2, 3, 5, 8, 13):
+            n = max(1, side // grain)
+            for channels in ((n, n, 3), (n, n)):
+                noise = rng.integers(0, 256, channels, dtype=np.uint8)
+                out.append((f"noise {side}/{grain}", noise.repeat(grain, 0).repeat(grain, 1)))
+        for period in (1, 2, 3, 4, 6, 11):
+            board = (np.indices((side, side)) // period).sum(0) % 2 * 255
+            out.append((f"checkerboard {side}/{period}", board.astype(np.uint8)))
+        y, x = np.indices((side, side))
+        stripes = ((x + y) // int(rng.integers(2, 9)) % 2 * 255).astype(np.uint8)
+        out.append((f"stripes {side}", stripes))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_noise_and_patterns_are_no_digit(seed: int) -> None:
+    """A picture whose marks are everywhere is a 422, not one arbitrary mark read with the
+    model's full confidence (issue #31: colour noise and a checkerboard were read as 8s)."""
+    read = []
+    for name, pixels in textures(seed):
+        try:
+            photo.read_digit(Image.fromarray(pixels))
+            read.append(name)
+        except UnusableInput as exc:
+            assert "digit" in str(exc)
+    assert read == []
+
+
+def test_a_digit_among_a_few_specks_is_still_read() -> None:
+    """Dust and a stray dot or two are not 'marks elsewhere' enough to refuse a digit."""
+    gray = paper(300, 400)
+    a_seven(gray, 80, 150, 120, 9, 0.2)
+    rng = np.random.default_rng(3)
+    for _ in range(12):
+        y, x = int(rng.integers(5, 290)), int(rng.integers(5, 390))
+        draw_box(gray, y, x, y + 3, x + 3, 0.3)
+    reading = photo.read_digit(Image.fromarray((gray * 255).astype(np.uint8)))
+    assert reading.pixels.max() > 200

@@ -47,7 +47,10 @@ class RecordingLoop(TextLoop):
         self.admitted += [r.ids.shape for r in self.reading if id(r) not in before]
 
 
-def text_loop(model: CharModel, max_queued: int = 4, max_wait_s: float = 5.0) -> RecordingLoop:
+def text_loop(model: CharModel, max_queued: int = 4, max_wait_s: float = 120.0) -> RecordingLoop:
+    """The loop with a queue of `max_queued` reads; the wait bound is far beyond what the heavy
+    read takes even on a loaded machine (a CI run saw it take over 5 s), unless a test is
+    about that bound."""
     return RecordingLoop(model, 64, max_queued, max_wait_s, 8, 8, 4)
 
 

@@ -68,6 +68,28 @@ MIN_DIGIT_PIXELS = 8
 MNIST_STROKE = 2.5
 FLATTEST_DIGIT = 0.4  # height / width: even a wide '2' or '7' is taller than this
 BLOB_THICKNESS = 0.65  # a piece this thick for its length is a stain, not strokes
+# A digit on paper is most of the picture's ink (once ruled lines, stains and frame edges are
+# set aside): when more than this fraction of it lies outside the digit found, the picture is
+# a pattern, a texture or a page of many marks, and whichever piece was "the digit" is
+# arbitrary. Rendered photos
+# and scans of one digit keep at most ~2% of their ink elsewhere (dust, a stray dot); colour
+# noise, checkerboards and photos of textures 60% and more.
+MAX_INK_ELSEWHERE = 0.5
+# ... and so is one whose marks, solid regions aside (a shadow or a table at the frame fills
+# this much of its box or more), cover this much of the frame with most of them outside the
+# digit: noise and patterns are mostly pieces at the frame, set aside above. One digit's ink
+# covers at most ~5% of a rendered photo, ~21% of an MNIST crop (all of it the digit);
+# textures 17-58%.
+MAX_INK_COVER = 0.15
+SOLID_FILL = 0.6
+# A digit encloses at most two holes (0, 6, 9: one; 8: two; a sloppy 4 or 2 one more); a grid,
+# a lattice or a mesh encloses hundreds. Holes smaller than a quarter of the stroke width
+# squared are pinholes in a grainy stroke (pencil, marker bleed) and do not count. Checked on
+# the digit's pieces and on every piece this large (a fraction of the frame), wherever it is:
+# noise and patterns merge into large meshes, often at the frame (where a shadow or a table
+# edge, solid, encloses next to nothing).
+MAX_HOLES = 6
+MESH_MIN_AREA = 0.02
 BOX = 20
 FIELD = 28
 
@@ -514,7 +536,66 @@ def select_digit(pieces: list[Component], labels: np.ndarray, photo: bool) -> li
             f"the image has no visible digit: the darkest mark is a flat stroke ({span_w}x"
             f"{span_h} pixels), a line or a smudge rather than a digit"
         )
+    refuse_scattered_ink(chosen, usable, pieces, h * w)
+    large = [p for p in pieces if p.area >= MESH_MIN_AREA * h * w and p not in chosen]
+    for group in [chosen, *([p] for p in large)]:
+        refuse_meshes(group, labels)
     return chosen
+
+
+def refuse_scattered_ink(
+    chosen: list[Component],
+    candidates: list[Component],
+    pieces: list[Component],
+    frame_pixels: int,
+) -> None:
+    """Refuse a picture whose ink is mostly outside the digit found: noise, a pattern, a
+    texture or several digits. Reading one of its pieces as a digit would answer with the
+    model's confidence about an arbitrary mark. Among the pieces that could have been the
+    digit (`candidates`: a stain, a page edge or a table at the frame is no mark), or, when
+    the marks cover much of the frame, among all pieces but solid regions."""
+    digit = sum(p.area for p in chosen)
+    elsewhere = 1.0 - digit / max(1, sum(p.area for p in candidates))
+    marks = sum(p.area for p in pieces if p.area < SOLID_FILL * p.height * p.width)
+    marks += sum(p.area for p in chosen if p.area >= SOLID_FILL * p.height * p.width)
+    if marks > MAX_INK_COVER * frame_pixels:
+        elsewhere = max(elsewhere, 1.0 - digit / marks)
+    if elsewhere > MAX_INK_ELSEWHERE:
+        raise UnusableInput(
+            "the image has no single digit: "
+            f"{100 * elsewhere:.0f}% of its dark marks lie outside the largest digit-like "
+            "one (a pattern, a texture, noise or several digits); photograph one digit on "
+            "plain paper"
+        )
+
+
+def enclosed_holes(ink: np.ndarray, min_area: float) -> int:
+    """How many regions of background the ink encloses (4-connected, so that a diagonal gap
+    in an 8-connected stroke does not open a hole), of at least `min_area` pixels."""
+    ground, count = ndi.label(~np.pad(ink, 1))
+    if count == 0:
+        return 0
+    areas = np.bincount(ground.ravel(), minlength=count + 1)
+    outside = np.unique(np.concatenate([ground[0], ground[-1], ground[:, 0], ground[:, -1]]))
+    areas[outside] = 0
+    areas[0] = 0
+    return int((areas >= min_area).sum())
+
+
+def refuse_meshes(chosen: list[Component], labels: np.ndarray) -> None:
+    """Refuse a grid, a lattice or a mesh among these pieces (a checkerboard's squares touch
+    at their corners and make one piece with hundreds of holes): a digit encloses at most a
+    few."""
+    top, left = min(p.top for p in chosen), min(p.left for p in chosen)
+    bottom, right = max(p.bottom for p in chosen), max(p.right for p in chosen)
+    ink = np.isin(labels[top:bottom, left:right], [p.label for p in chosen])
+    holes = enclosed_holes(ink, max(4.0, (stroke_width(ink) / 2) ** 2))
+    if holes > MAX_HOLES:
+        raise UnusableInput(
+            f"the image has no single digit: its marks enclose {holes} holes, a grid, a mesh "
+            "or a pattern rather than a digit (which encloses at most two); photograph one "
+            "digit on plain paper"
+        )
 
 
 def stroke_width(mask: np.ndarray) -> float:
