@@ -166,6 +166,19 @@ def test_animated_gif_is_read_from_its_first_frame(
     assert r.status_code == 200 and r.json()["digit"] == labels[0]
 
 
+def test_noise_and_a_checkerboard_are_a_422_not_a_confident_digit(client: httpx.Client) -> None:
+    """Pictures with no digit at all (issue #31: a 1100x1100 colour-noise PNG was answered
+    '8, confident', a 300x300 one-pixel checkerboard too): a 422 that says so."""
+    noise = np.random.default_rng(4).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)
+    board = (np.indices((300, 300)).sum(0) % 2 * 255).astype(np.uint8)
+    for name, pixels in (("noise.png", noise), ("board.png", board)):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        r = client.post("/classify_image", files={"image": (name, buffer.getvalue(), "image/png")})
+        assert r.status_code == 422, (name, r.text)
+        assert "digit" in r.json()["error"]
+
+
 @pytest.mark.parametrize("fmt", ["BMP", "GIF", "WEBP"])
 def test_image_formats(
     fmt: str, client: httpx.Client, digits: tuple[np.ndarray, np.ndarray]
