@@ -86,9 +86,9 @@ bench: setup  ## benchmarks: runtimes, the HTTP service, big requests, generatio
 	$(PY) -m loadtest.bench_text_batching
 
 lint: setup  ## ruff + mypy
-	$(VENV)/bin/ruff check training service tests loadtest
-	$(VENV)/bin/ruff format --check training service tests loadtest
-	$(VENV)/bin/mypy training service loadtest tests
+	$(VENV)/bin/ruff check training service tests loadtest evaluation
+	$(VENV)/bin/ruff format --check training service tests loadtest evaluation
+	$(VENV)/bin/mypy training service loadtest tests evaluation
 
 pytest: setup browser container-tools perf-analyzer deploy-tools  ## the test suite only
 	$(PY) -m pytest

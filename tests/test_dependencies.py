@@ -29,7 +29,7 @@ def imported_top_levels(folder: Path) -> set[str]:
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names.add(node.module.split(".")[0])
-    local = {"service", "training", "loadtest", "tests"}
+    local = {"service", "training", "loadtest", "tests", "evaluation"}
     return {n for n in names if n not in sys.stdlib_module_names and n not in local}
 
 
@@ -78,7 +78,9 @@ def test_training_and_tools_import_only_declared_packages() -> None:
     training = distribution_names(imported_top_levels(ROOT / "training"))
     assert satisfied(training, CORE | EXTRAS["train"]) == [], "add to the train extra"
     tools = distribution_names(
-        imported_top_levels(ROOT / "loadtest") | imported_top_levels(ROOT / "tests")
+        imported_top_levels(ROOT / "loadtest")
+        | imported_top_levels(ROOT / "tests")
+        | imported_top_levels(ROOT / "evaluation")
     )
     everything = CORE | set().union(*EXTRAS.values())
     assert satisfied(tools, everything) == [], "add to the dev extra"

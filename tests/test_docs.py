@@ -79,6 +79,8 @@ ALLOWED = {
     "2 s": "the hostile-input run's bound per answer, MAX_SECONDS (loadtest/hostile.py)",
     "65%": "the HorizontalPodAutoscaler's CPU target (deploy/k8s/base/hpa.yaml)",
     "550 MB": "the CPU image's ceiling, MAX_IMAGE_MB (tests/test_container.py)",
+    "15%": "the share of the frame over which marks are a texture, MAX_INK_COVER "
+    "(service/imaging/photo.py)",
     "32 KiB": "RNNSERVE_MAX_HEADER_BYTES default (service/settings.py)",
     "8 KiB": "RNNSERVE_MAX_URL_BYTES default (service/settings.py)",
     "16 KiB": "RNNSERVE_MIN_BODY_RATE default, per second (service/settings.py)",
