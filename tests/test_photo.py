@@ -294,21 +294,24 @@ def test_render_is_deterministic() -> None:
 def textures(seed: int) -> list[tuple[str, np.ndarray]]:
     """Pictures with no digit in them: colour and gray noise at many grain sizes, checkerboards
     of many periods, diagonal stripes, on several frame sizes (the reading analyses at most
-    ANALYSIS_SIDE pixels a side, so a pattern aliases differently at each size)."""
+    ANALYSIS_SIDE pixels a side, so a pattern aliases differently at each size). Patterns of
+    at least 12 cells a side: a coarser one (a few big squares) is a shape, not a texture, and
+    may be read (a limit noted in docs/photos.md)."""
     rng = np.random.default_rng(seed)
     out = []
     for side in (150, 300, 700, 1100):
-        for grain in (1, 2, 3, 5, 8, 13):
-            n = max(1, side // grain)
+        for grain in (g for g in (1, 2, 3, 5, 8, 13) if side // g >= 12):
+            n = side // grain
             for channels in ((n, n, 3), (n, n)):
                 noise = rng.integers(0, 256, channels, dtype=np.uint8)
                 out.append((f"noise {side}/{grain}", noise.repeat(grain, 0).repeat(grain, 1)))
-        for period in (1, 2, 3, 4, 6, 11):
+        for period in (p for p in (1, 2, 3, 4, 6, 11) if side // p >= 12):
             board = (np.indices((side, side)) // period).sum(0) % 2 * 255
             out.append((f"checkerboard {side}/{period}", board.astype(np.uint8)))
         y, x = np.indices((side, side))
-        stripes = ((x + y) // int(rng.integers(2, 9)) % 2 * 255).astype(np.uint8)
-        out.append((f"stripes {side}", stripes))
+        period = int(rng.integers(2, max(3, side // 24)))
+        stripes = ((x + y) // period % 2 * 255).astype(np.uint8)
+        out.append((f"stripes {side}/{period}", stripes))
     return out
 
 

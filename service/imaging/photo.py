@@ -75,13 +75,15 @@ BLOB_THICKNESS = 0.65  # a piece this thick for its length is a stain, not strok
 # and scans of one digit keep at most ~2% of their ink elsewhere (dust, a stray dot); colour
 # noise, checkerboards and photos of textures 60% and more.
 MAX_INK_ELSEWHERE = 0.5
-# ... and so is one whose marks, solid regions aside (a shadow or a table at the frame fills
-# this much of its box or more), cover this much of the frame with most of them outside the
-# digit: noise and patterns are mostly pieces at the frame, set aside above. One digit's ink
+# ... and so is one whose marks, regions aside (a shadow or a table: solid, filling this much
+# of its box or more, or at the frame enclosing next to nothing), cover this much of the frame
+# with most of them outside the digit: noise and patterns are mostly pieces at the frame, set
+# aside above. One digit's ink
 # covers at most ~5% of a rendered photo, ~21% of an MNIST crop (all of it the digit);
 # textures 17-58%.
 MAX_INK_COVER = 0.15
 SOLID_FILL = 0.6
+REGION_THICKNESS = 0.1  # of the frame's shorter side: a region at the frame is this thick
 # A digit encloses at most two holes (0, 6, 9: one; 8: two; a sloppy 4 or 2 one more); a grid,
 # a lattice or a mesh encloses hundreds. Holes smaller than a quarter of the stroke width
 # squared are pinholes in a grainy stroke (pencil, marker bleed) and do not count. Checked on
@@ -536,29 +538,52 @@ def select_digit(pieces: list[Component], labels: np.ndarray, photo: bool) -> li
             f"the image has no visible digit: the darkest mark is a flat stroke ({span_w}x"
             f"{span_h} pixels), a line or a smudge rather than a digit"
         )
-    refuse_scattered_ink(chosen, usable, pieces, h * w)
+    refuse_scattered_ink(chosen, usable, pieces, labels)
     large = [p for p in pieces if p.area >= MESH_MIN_AREA * h * w and p not in chosen]
     for group in [chosen, *([p] for p in large)]:
         refuse_meshes(group, labels)
     return chosen
 
 
+def _holes_in(pieces: list[Component], labels: np.ndarray) -> int:
+    """The holes (larger than a pinhole) these pieces enclose together."""
+    top, left = min(p.top for p in pieces), min(p.left for p in pieces)
+    bottom, right = max(p.bottom for p in pieces), max(p.right for p in pieces)
+    ink = np.isin(labels[top:bottom, left:right], [p.label for p in pieces])
+    return enclosed_holes(ink, max(4.0, (stroke_width(ink) / 2) ** 2))
+
+
+def _is_region(piece: Component, labels: np.ndarray) -> bool:
+    """A shadow, a table or a page edge rather than marks: solid (it fills most of its box),
+    or at the frame, spanning half of it, thick (a shadow is tens of pixels across, stripes
+    and noise grains are not) and enclosing next to nothing (a texture's pieces are meshes)."""
+    if piece.area >= SOLID_FILL * piece.height * piece.width:
+        return True
+    shape = (int(labels.shape[0]), int(labels.shape[1]))
+    if not _is_frame_artifact(piece, shape):
+        return False
+    mask = labels[piece.top : piece.bottom, piece.left : piece.right] == piece.label
+    thickest = 2.0 * float(ndi.distance_transform_edt(np.pad(mask, 1)).max())
+    return thickest >= REGION_THICKNESS * min(shape) and _holes_in([piece], labels) <= MAX_HOLES
+
+
 def refuse_scattered_ink(
     chosen: list[Component],
     candidates: list[Component],
     pieces: list[Component],
-    frame_pixels: int,
+    labels: np.ndarray,
 ) -> None:
     """Refuse a picture whose ink is mostly outside the digit found: noise, a pattern, a
     texture or several digits. Reading one of its pieces as a digit would answer with the
     model's confidence about an arbitrary mark. Among the pieces that could have been the
     digit (`candidates`: a stain, a page edge or a table at the frame is no mark), or, when
-    the marks cover much of the frame, among all pieces but solid regions."""
+    the marks cover much of the frame, among all pieces but regions (`_is_region`)."""
     digit = sum(p.area for p in chosen)
     elsewhere = 1.0 - digit / max(1, sum(p.area for p in candidates))
-    marks = sum(p.area for p in pieces if p.area < SOLID_FILL * p.height * p.width)
-    marks += sum(p.area for p in chosen if p.area >= SOLID_FILL * p.height * p.width)
-    if marks > MAX_INK_COVER * frame_pixels:
+    marks = digit + sum(
+        p.area for p in pieces if p not in chosen and p.area >= 4 and not _is_region(p, labels)
+    )
+    if marks > MAX_INK_COVER * labels.size:
         elsewhere = max(elsewhere, 1.0 - digit / marks)
     if elsewhere > MAX_INK_ELSEWHERE:
         raise UnusableInput(
@@ -586,10 +611,7 @@ def refuse_meshes(chosen: list[Component], labels: np.ndarray) -> None:
     """Refuse a grid, a lattice or a mesh among these pieces (a checkerboard's squares touch
     at their corners and make one piece with hundreds of holes): a digit encloses at most a
     few."""
-    top, left = min(p.top for p in chosen), min(p.left for p in chosen)
-    bottom, right = max(p.bottom for p in chosen), max(p.right for p in chosen)
-    ink = np.isin(labels[top:bottom, left:right], [p.label for p in chosen])
-    holes = enclosed_holes(ink, max(4.0, (stroke_width(ink) / 2) ** 2))
+    holes = _holes_in(chosen, labels)
     if holes > MAX_HOLES:
         raise UnusableInput(
             f"the image has no single digit: its marks enclose {holes} holes, a grid, a mesh "
