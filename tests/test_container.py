@@ -219,16 +219,17 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(image: str) -> None:
         container.remove()
 
 
-def released_manifest(image: str, scratch: Path) -> list[dict[str, Any]]:
-    """deploy/k8s/overlays/release as a release pipeline renders it: a copy of deploy/k8s with
-    this build's image set by digest (`kustomize edit set image`), built by kustomize."""
+def released_manifest(image: str, scratch: Path, layout: str) -> list[dict[str, Any]]:
+    """A deploy/k8s layout (overlays/release, kserve) as a release pipeline renders it: a copy
+    of deploy/k8s with this build's image set by digest (`kustomize edit set image`), built by
+    kustomize."""
     copy = scratch / "k8s"
     shutil.copytree(ROOT / "deploy" / "k8s", copy)
     digest = containers.podman("image", "inspect", "--format", "{{.Digest}}", image).stdout
     repository = image.rsplit(":", 1)[0]
-    overlay = copy / "overlays" / "release"
-    set_image(overlay, "registry.example.com/rnnserve", f"{repository}@{digest.strip()}")
-    return render(overlay)
+    folder = copy / layout
+    set_image(folder, "registry.example.com/rnnserve", f"{repository}@{digest.strip()}")
+    return render(folder)
 
 
 def playable(pod_spec: dict[str, Any], name: str, port: int) -> dict[str, Any]:
@@ -291,7 +292,7 @@ def test_the_release_overlay_plays_hardened_with_healthy_probes(image: str, tmp_
     """What `kubectl apply -k deploy/k8s/overlays/release` would run: the image by digest,
     uid/gid 10001, no token, read-only root with an emptyDir /tmp, no capabilities. The probes'
     requests and every kind of request are answered."""
-    documents = released_manifest(image, tmp_path)
+    documents = released_manifest(image, tmp_path, "overlays/release")
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     spec = deployment["spec"]["template"]["spec"]
     container = spec["containers"][0]
@@ -325,15 +326,8 @@ def test_the_kserve_predictor_pod_plays_with_kserve_probes(image: str, tmp_path:
     """deploy/k8s/kserve's predictor, the pod KServe would make of it (its containers,
     security context and volumes), played with podman: KServe's V2 health probes and a V2
     inference answer."""
-    copy = tmp_path / "k8s"
-    shutil.copytree(ROOT / "deploy" / "k8s", copy)
-    digest = containers.podman("image", "inspect", "--format", "{{.Digest}}", image).stdout
-    set_image(
-        copy / "kserve",
-        "registry.example.com/rnnserve",
-        f"{image.rsplit(':', 1)[0]}@{digest.strip()}",
-    )
-    isvc = next(d for d in render(copy / "kserve") if d["kind"] == "InferenceService")
+    documents = released_manifest(image, tmp_path, "kserve")
+    isvc = next(d for d in documents if d["kind"] == "InferenceService")
     predictor = isvc["spec"]["predictor"]
     pod_keys = ("containers", "securityContext", "volumes", "automountServiceAccountToken")
     spec = {k: predictor[k] for k in pod_keys}

@@ -71,16 +71,14 @@ BLOB_THICKNESS = 0.65  # a piece this thick for its length is a stain, not strok
 # A digit on paper is most of the picture's ink (once ruled lines, stains and frame edges are
 # set aside): when more than this fraction of it lies outside the digit found, the picture is
 # a pattern, a texture or a page of many marks, and whichever piece was "the digit" is
-# arbitrary. Rendered photos
-# and scans of one digit keep at most ~2% of their ink elsewhere (dust, a stray dot); colour
-# noise, checkerboards and photos of textures 60% and more.
+# arbitrary. Rendered photos and scans of one digit keep at most ~2% of their ink elsewhere
+# (dust, a stray dot); colour noise, checkerboards and photos of textures 60% and more.
 MAX_INK_ELSEWHERE = 0.5
 # ... and so is one whose marks, regions aside (a shadow or a table: solid, filling this much
 # of its box or more, or at the frame enclosing next to nothing), cover this much of the frame
 # with most of them outside the digit: noise and patterns are mostly pieces at the frame, set
-# aside above. One digit's ink
-# covers at most ~5% of a rendered photo, ~21% of an MNIST crop (all of it the digit);
-# textures 17-58%.
+# aside above. One digit's ink covers at most ~5% of a rendered photo, ~21% of an MNIST crop
+# (all of it the digit); textures 17-58%.
 MAX_INK_COVER = 0.15
 SOLID_FILL = 0.6
 REGION_THICKNESS = 0.1  # of the frame's shorter side: a region at the frame is this thick
@@ -485,9 +483,13 @@ def _is_blob(piece: Component, labels: np.ndarray) -> bool:
     long."""
     if piece.area < 64:
         return False
+    return _thickest(piece, labels) >= BLOB_THICKNESS * max(piece.height, piece.width)
+
+
+def _thickest(piece: Component, labels: np.ndarray) -> float:
+    """The width of a piece's thickest part, in pixels (twice its largest inner distance)."""
     mask = labels[piece.top : piece.bottom, piece.left : piece.right] == piece.label
-    thickest = 2.0 * float(ndi.distance_transform_edt(np.pad(mask, 1)).max())
-    return thickest >= BLOB_THICKNESS * max(piece.height, piece.width)
+    return 2.0 * float(ndi.distance_transform_edt(np.pad(mask, 1)).max())
 
 
 def select_digit(pieces: list[Component], labels: np.ndarray, photo: bool) -> list[Component]:
@@ -539,7 +541,8 @@ def select_digit(pieces: list[Component], labels: np.ndarray, photo: bool) -> li
             f"{span_h} pixels), a line or a smudge rather than a digit"
         )
     refuse_scattered_ink(chosen, usable, pieces, labels)
-    large = [p for p in pieces if p.area >= MESH_MIN_AREA * h * w and p not in chosen]
+    taken = {p.label for p in chosen}
+    large = [p for p in pieces if p.area >= MESH_MIN_AREA * h * w and p.label not in taken]
     for group in [chosen, *([p] for p in large)]:
         refuse_meshes(group, labels)
     return chosen
@@ -562,9 +565,8 @@ def _is_region(piece: Component, labels: np.ndarray) -> bool:
     shape = (int(labels.shape[0]), int(labels.shape[1]))
     if not _is_frame_artifact(piece, shape):
         return False
-    mask = labels[piece.top : piece.bottom, piece.left : piece.right] == piece.label
-    thickest = 2.0 * float(ndi.distance_transform_edt(np.pad(mask, 1)).max())
-    return thickest >= REGION_THICKNESS * min(shape) and _holes_in([piece], labels) <= MAX_HOLES
+    thick = _thickest(piece, labels) >= REGION_THICKNESS * min(shape)
+    return thick and _holes_in([piece], labels) <= MAX_HOLES
 
 
 def refuse_scattered_ink(
@@ -580,9 +582,9 @@ def refuse_scattered_ink(
     the marks cover much of the frame, among all pieces but regions (`_is_region`)."""
     digit = sum(p.area for p in chosen)
     elsewhere = 1.0 - digit / max(1, sum(p.area for p in candidates))
-    marks = digit + sum(
-        p.area for p in pieces if p not in chosen and p.area >= 4 and not _is_region(p, labels)
-    )
+    taken = {p.label for p in chosen}
+    others = (p for p in pieces if p.label not in taken and p.area >= 4)
+    marks = digit + sum(p.area for p in others if not _is_region(p, labels))
     if marks > MAX_INK_COVER * labels.size:
         elsewhere = max(elsewhere, 1.0 - digit / marks)
     if elsewhere > MAX_INK_ELSEWHERE:
