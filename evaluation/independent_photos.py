@@ -1,6 +1,6 @@
 """How well the service reads digit photos it was not tuned on: pictures from a second,
 independently written renderer (evaluation/scene.py, evaluation/strokes.py), read by the
-service's own steps (decode_image + read_digit, as training/photo_eval.py does), classified by
+service's own steps (read_upload, as training/photo_eval.py does), classified by
 every committed ONNX digit model; and the UCI optical digits (another collection) upscaled.
 
     python -m evaluation.independent_photos --per-condition 100 --seed 31 \\
@@ -33,8 +33,7 @@ from PIL import Image
 
 from evaluation.scene import CONDITIONS, DigitSource, render_picture
 from service.errors import UnusableInput
-from service.imaging.photo import read_digit
-from service.imaging.uploads import ImageLimits, decode_image
+from service.imaging.uploads import ImageLimits, read_upload
 from service.model.inference import UNCALIBRATED_THRESHOLD
 from service.model.input_check import InputCheck
 from service.model.numerics import normalize, softmax
@@ -98,7 +97,7 @@ def read(data: bytes) -> tuple[np.ndarray | None, str]:
     """The service's reading of one upload: the 28x28 pixels, or None and why it was
     refused."""
     try:
-        return read_digit(decode_image(data, LIMITS)).pixels, ""
+        return read_upload(data, LIMITS).pixels, ""
     except UnusableInput as exc:
         message = str(exc)
         return None, next((r for r in REFUSALS if r in message), "other")
@@ -228,7 +227,7 @@ def revision() -> str:
     """Which reading and models were measured: the commit of the checkout that holds the
     imported service package, and whether service/ or models/ differ from it (someone else's
     edits in progress would otherwise be measured unnamed)."""
-    checkout = Path(read_digit.__code__.co_filename).resolve().parents[2]
+    checkout = Path(read_upload.__code__.co_filename).resolve().parents[2]
 
     def git(*args: str) -> str:
         done = subprocess.run(
@@ -292,7 +291,7 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         f"{result['sources']} (half each), re-drawn as pen trajectories with a pen model, on "
         "paper, under light, through a camera, saved as JPEG. Each row forces one condition on "
         "over everyday settings (`phone`: everything at random). Read by the service's own "
-        "steps (decode_image + service/imaging/photo.py's read_digit), classified by each "
+        "steps (service/imaging/uploads.py's read_upload), classified by each "
         "committed ONNX model. A refused digit counts as wrong.",
         "",
         "| condition | what | refused | " + " | ".join(models) + " |",
@@ -389,7 +388,7 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
     lines += [
         "",
         f"Rendering: {result['render_ms_per_picture']:.0f} ms per picture; reading (decode + "
-        f"read_digit): p50 {result['read_ms']['p50']:.1f} ms (wall, on this machine).",
+        f"read_upload): p50 {result['read_ms']['p50']:.1f} ms (wall, on this machine).",
     ]
     return "\n".join(lines) + "\n"
 

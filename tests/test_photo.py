@@ -16,7 +16,7 @@ from PIL import Image
 
 from service.errors import UnusableInput
 from service.imaging import photo
-from service.imaging.uploads import ImageLimits, decode_image
+from service.imaging.uploads import ImageLimits, decode_image, read_upload
 from tests.images import mnist_test_digits
 from training.photos import Style, pen_stroke, pictures, render
 
@@ -339,3 +339,63 @@ def test_a_digit_among_a_few_specks_is_still_read() -> None:
         draw_box(gray, y, x, y + 3, x + 3, 0.3)
     reading = photo.read_digit(Image.fromarray((gray * 255).astype(np.uint8)))
     assert reading.pixels.max() > 200
+
+
+def png(gray: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray((np.clip(gray, 0, 1) * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def seven(gray: np.ndarray, top: int, left: int, size: int, ink: float, pen: int) -> None:
+    """A '7' drawn into `gray`: a bar and a diagonal down to the lower left."""
+    gray[top : top + pen, left : left + size] = ink
+    for step in range(size):
+        x = left + size - 1 - step * size // (2 * size)
+        gray[top + step : top + step + pen, x - pen // 2 : x + pen - pen // 2] = ink
+
+
+def test_a_small_digit_in_a_big_picture_is_read_by_the_finer_look() -> None:
+    """A '7' 3% of a 1200x900 picture's height is a speck at ANALYSIS_SIDE (refused there),
+    and read at FINER_SIDE; a smaller picture gets no second look."""
+    rng = np.random.default_rng(3)
+    gray = 0.86 + rng.normal(0, 0.01, (900, 1200))
+    seven(gray, 430, 590, 28, 0.25, 3)
+    with pytest.raises(UnusableInput):
+        photo.read_digit(decode_image(png(gray), LIMITS))
+    reading = read_upload(png(gray), LIMITS)
+    assert reading.pixels.max() > 200
+    small = np.asarray(Image.fromarray(gray.astype(np.float32)).resize((300, 225)))
+    with pytest.raises(UnusableInput, match="no visible digit"):
+        read_upload(png(small), LIMITS)
+
+
+def squared_paper(rng: np.random.Generator, gaps: bool) -> np.ndarray:
+    """Faint squared paper, slightly tilted, its lines broken by gaps where the print or the
+    light is uneven (what escapes the search for whole lines)."""
+    h, w = 600, 800
+    gray = 0.88 + rng.normal(0, 0.006, (h, w))
+    y, x = np.indices((h, w))
+    for axis_coord, other in ((x + 0.02 * y, y), (y - 0.015 * x, x)):
+        on_line = (axis_coord.astype(int) % 40) < 2
+        if gaps:
+            on_line &= (other // 23 + axis_coord.astype(int) // 40) % 5 != 0
+        gray = np.where(on_line, gray - 0.05, gray)
+    return gray
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_squared_paper_with_broken_lines_is_no_digit(seed: int) -> None:
+    """Pieces of a grid's lines (a dash of a vertical line, a '+' where two cross) are the
+    paper, not a '1' or a '4', even where the lines are not found whole."""
+    rng = np.random.default_rng(seed)
+    for gaps in (False, True):
+        with pytest.raises(UnusableInput):
+            read_upload(png(squared_paper(rng, gaps)), LIMITS)
+
+
+def test_a_pen_digit_on_broken_squared_paper_is_read() -> None:
+    gray = squared_paper(np.random.default_rng(4), gaps=True)
+    seven(gray, 220, 360, 120, 0.3, 7)
+    reading = read_upload(png(gray), LIMITS)
+    assert reading.pixels.max() > 200 and reading.components <= 2

@@ -1,6 +1,7 @@
 """How well the digit models read photos and scans: an evaluation set rendered from MNIST
 validation digits (never trained on) by training/photos.py, read by the service's own steps
-(decode_image + service/imaging/photo.py), classified by every committed ONNX digit model.
+(read_upload: decode_image + service/imaging/photo.py), classified by every committed ONNX
+digit model.
 
     python -m training.photo_eval                       # writes loadtest/results/photo_eval.md
     python -m training.photo_eval --per-kind 100 --out /tmp/quick.md
@@ -27,8 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.errors import UnusableInput
-from service.imaging.photo import read_digit
-from service.imaging.uploads import ImageLimits, decode_image
+from service.imaging.uploads import ImageLimits, read_upload
 from service.model.numerics import normalize, softmax
 from service.model.repository import discover_cards
 from training import data as D
@@ -75,7 +75,7 @@ def read_all(pictures: list[P.Picture]) -> tuple[list[np.ndarray | None], list[f
     for picture in pictures:
         started = time.process_time()
         try:
-            seen.append(read_digit(decode_image(picture.data, LIMITS)).pixels)
+            seen.append(read_upload(picture.data, LIMITS).pixels)
         except UnusableInput:
             seen.append(None)
         costs.append(time.process_time() - started)
@@ -111,7 +111,7 @@ def cost_of_big_photos(models: list[DigitModel], digits: D.MnistArrays, count: i
         data, _ = P.render(digits.images[i], style, rng)
         started = time.process_time()
         try:
-            pixels = read_digit(decode_image(data, LIMITS)).pixels
+            pixels = read_upload(data, LIMITS).pixels
             default.probabilities(pixels[None].astype(np.float32))
         except UnusableInput:
             pass

@@ -29,7 +29,18 @@ INKS = {
     "gray": (80.0, 80.0, 86.0),  # pencil
 }
 # Kinds of picture; a "photo" draws each condition at random, the others force one on.
-CONDITIONS = ("lines", "squared", "shadow", "blue-ink", "rotation", "small", "thin", "jpeg")
+CONDITIONS = (
+    "lines",
+    "squared",
+    "shadow",
+    "blue-ink",
+    "rotation",
+    "small",
+    "thin",
+    "jpeg",
+    "pencil",  # graphite: light pressure, grainy, thin, often small
+    "tiny",  # a digit 4-10% of the frame's height, written with a fine pen
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,8 @@ class Style:
     margin: bool = False
     shadow: bool = False
     ink: str = "black"
+    pressure: float = 1.0  # how much of the ink's darkness reaches the paper
+    graphite: bool = False  # pencil: the stroke is grainy (the paper's tooth shows through)
     digit_fraction: float = 0.3  # digit height / frame height
     pen_fraction: float = 0.05  # pen width / digit height
     digit_angle: float = 0.0  # degrees
@@ -70,15 +83,32 @@ def random_style(
         ink = str(rng.choice(["blue", "dark-blue"]))
     elif scan:
         ink = str(rng.choice(["black", "blue", "dark-blue"], p=[0.6, 0.2, 0.2]))
+    elif kind == "pencil":
+        ink = "gray"
     else:
         ink = str(rng.choice(list(INKS), p=[0.45, 0.3, 0.15, 0.1]))
     if kind == "small":
         digit_fraction = rng.uniform(0.15, 0.2)
+    elif kind == "tiny":
+        digit_fraction = rng.uniform(0.04, 0.1)
+    elif kind == "pencil":
+        digit_fraction = rng.uniform(0.06, 0.3)
     elif scan:
         digit_fraction = rng.uniform(0.3, 0.7)
     else:
         digit_fraction = rng.uniform(0.15, 0.4)
-    pen = rng.uniform(0.02, 0.045) if kind == "thin" else rng.uniform(0.025, 0.11)
+    if kind in ("thin", "pencil"):
+        pen = rng.uniform(0.02, 0.045)
+    elif kind == "tiny":
+        pen = rng.uniform(0.05, 0.12)  # a fine pen on a digit this small
+    else:
+        pen = rng.uniform(0.025, 0.11)
+    if scan:
+        pressure = 1.0
+    elif kind == "pencil":
+        pressure = rng.uniform(0.35, 0.75)  # graphite laid lightly
+    else:
+        pressure = rng.uniform(0.8, 1.0)
     strong_rotation = kind == "rotation"
     digit_angle = rng.uniform(-15, 15) if strong_rotation else rng.normal(0, 5)
     page_angle = rng.uniform(-6, 6) if strong_rotation else rng.uniform(-3, 3)
@@ -101,6 +131,8 @@ def random_style(
         margin=lines and rng.random() < 0.3,
         shadow=shadow,
         ink=ink,
+        pressure=float(pressure),
+        graphite=kind == "pencil" or (ink == "gray" and rng.random() < 0.5),
         digit_fraction=float(digit_fraction),
         pen_fraction=float(pen),
         digit_angle=float(np.clip(digit_angle, -20, 20)),
@@ -228,8 +260,10 @@ def render(digit: np.ndarray | None, style: Style, rng: np.random.Generator) -> 
         height = max(8, round(style.digit_fraction * h))
         alpha = pen_stroke(digit, height, style.pen_fraction * height)
         alpha = _rotate(alpha, style.digit_angle)
-        pressure = rng.uniform(0.8, 1.0) if not style.scan else 1.0
-        alpha = alpha * pressure
+        alpha = alpha * style.pressure
+        if style.graphite:  # the paper's tooth: graphite catches on its ridges only
+            tooth = ndi.gaussian_filter(rng.normal(0, 1, alpha.shape), 0.7)
+            alpha = alpha * np.clip(0.75 + 0.9 * tooth, 0.15, 1.0).astype(np.float32)
         ah, aw = alpha.shape
         top = margin + int(rng.uniform(0.05, 0.95) * max(1, h - ah))
         left = margin + int(rng.uniform(0.05, 0.95) * max(1, w - aw))
@@ -303,15 +337,14 @@ def _process_chunk(
     args: tuple[np.ndarray, np.ndarray, list[str], int, int, int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
     from service.errors import UnusableInput
-    from service.imaging.photo import read_digit
-    from service.imaging.uploads import ImageLimits, decode_image
+    from service.imaging.uploads import ImageLimits, read_upload
 
     images, labels, kinds, seed, start, width, height = args
     limits = ImageLimits(max_pixels=50_000_000, max_side=20_000, max_aspect=20.0)
     seen, kept = [], []
     for offset, picture in enumerate(pictures(images, labels, kinds, seed, width, height, start)):
         try:
-            seen.append(read_digit(decode_image(picture.data, limits)).pixels)
+            seen.append(read_upload(picture.data, limits).pixels)
         except UnusableInput:
             continue
         kept.append(start + offset)

@@ -29,8 +29,7 @@ from service.engine.text_loop import GenerationRequest, TextLoop
 from service.engine.text_loop import Sequence as TextSequence
 from service.engine.validation import char_ids, char_state, digit_images, text_length
 from service.errors import BadInput, ClientGone, NotReady, ServiceError
-from service.imaging.photo import read_digit
-from service.imaging.uploads import ImageLimits, decode_image
+from service.imaging.uploads import ImageLimits, read_upload
 from service.metrics import MODEL_REQUEST_SECONDS, MODEL_REQUESTS
 from service.model.inference import CharModel, DigitClassifier, LoadedModel, ModelRegistry
 from service.model.numerics import softmax, top_k
@@ -257,7 +256,7 @@ class Pipelines:
         return Classified(model, probs, np.ones(1, dtype=bool)), pixels
 
     def read_digit(self, data: bytes) -> np.ndarray:
-        return read_digit(decode_image(data, self.image_limits)).pixels
+        return read_upload(data, self.image_limits).pixels
 
     # ------------------------------------------------------------------ text
 

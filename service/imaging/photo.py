@@ -41,9 +41,25 @@ STROKE_CONTRAST = 0.2  # gray levels: on an even ground, strokes differ from it 
 MOST_OF_PICTURE = 0.5  # light strokes on a dark ground (MNIST, dark mode) never cover this much
 DIM_PAPER = 0.15  # gray level: paper in the deepest shadow we still read
 CLOSING = 9  # cells: wider than a bold stroke (MNIST's are 7 cells at this grid)
-# Ink is at least this much darker than the paper around it (fractions of the paper's level).
-MIN_STRONG_INK = 0.2  # a digit needs some pixels at least this dark ...
-MIN_WEAK_INK = 0.12  # ... and its strokes extend through pixels at least this dark
+# Ink is darker than the paper around it by many times the paper's own noise there (its
+# grain, the sensor's noise, JPEG's ringing: `paper_noise`), and at least by these floors
+# (fractions of the paper's level): a faint pencil digit on clean paper is ink, the same
+# darkness on grainy paper or in a deep shadow is not.
+STRONG_OVER_NOISE = 7.0  # a digit needs some pixels this many noise levels dark ...
+WEAK_OVER_NOISE = 3.5  # ... and its strokes extend through pixels this dark
+MIN_STRONG_INK = 0.07
+MIN_WEAK_INK = 0.04
+NOISE_CELLS = 12  # cells along the shorter side when measuring the paper's noise
+NOISY_PAPER = 0.04  # the paper's noise (a standard deviation of darkness) no paper reaches
+NOISY_SHARE = 0.5  # ... over more than this share of the picture: a texture, not paper
+RESIDUE_REACH = 5  # cells a side over which the paper's level is the least found
+# Marks fainter than this must be narrow dark ridges (see `_narrow_darkness`) to count as
+# ink: the paper level is exact to a few levels at best, and faint broad shading (a
+# shadow's soft edge, light falling off) is all that is left of it. A stroke is narrower
+# than this fraction of the picture's shorter side.
+BOLD_INK = 0.2
+SHADOW_INK = 0.12  # a region this dark and deep is a shadow (see _has_shadow)
+TOPHAT_OF_SIDE = 5
 MIN_LINE_INK = 0.06  # ruled lines are looked for among pixels at least this dark ...
 LINE_OF_INK = 0.15  # ... and at least this fraction of the picture's ink level
 STRONG_OF_INK = 0.55  # seeds: this fraction of the picture's ink level
@@ -56,6 +72,21 @@ MARGIN_LINE_SPAN = 0.75
 # line; a digit's stroke drawn with a marker is wider).
 LINE_THICKNESS = 5  # (at half resolution, thickened by 3)
 BRIDGE = 11  # a stroke is bridged across a removed line this many pixels wide
+# A ruled line's dashes up to this far apart (half-resolution pixels) are one line (ruled
+# lines themselves are 5 and more apart there).
+LINE_GAP = 3
+LEFTOVER_REACH = 5  # pixels across a line: a piece within them, along it, is its leftover
+LEFTOVER_ON_LINE = 0.8
+# a thin straight piece (across <= 2 + STRAIGHT x along) that faint pixels continue in line,
+# within LINE_TILT of a pixel per pixel, on CONTINUED_SHARE of CONTINUED_LENGTHS x its length
+# beyond each end, is a piece of the paper's line
+STRAIGHT = 0.15
+PIECE_OVER_LINE = 1.5  # a piece's mean darkness over the lines' median, for it to be ink
+MIN_PAPER_LINES = 3  # lines found for the paper's lines' darkness to be judged
+LINE_TILT = 0.08
+CONTINUED_LENGTHS = 1.0
+CONTINUED_SHARE = 0.8
+LINE_OF_WEAK = 0.6  # lines are looked for among pixels this fraction of a stroke's extent
 # A line wider than its median width by this much (half-resolution pixels) over at least
 # WIDE_STRETCH positions has a stroke running on it there: those pixels stay.
 LINE_WIDENING = 1
@@ -92,6 +123,13 @@ MAX_HOLES = 6
 MESH_MIN_AREA = 0.02
 BOX = 20
 FIELD = 28
+
+
+class FaintOrSmall(UnusableInput):
+    """A refusal that a finer look at the picture may overturn: nothing clearly darker than
+    the paper, no strokes, or only specks, at the analysis size. A digit a few percent of
+    the frame tall, written with a fine pen or a light pencil, is a few pixels there, its
+    strokes thinner than one and as faint as the paper's grain (see `uploads.read_upload`)."""
 
 
 @dataclass(frozen=True)
@@ -240,8 +278,15 @@ def even_paper(gray: np.ndarray) -> float | None:
 
 
 def ink_on_paper(gray: np.ndarray) -> tuple[np.ndarray, bool]:
-    """The darkness map (see `darkness`) of the picture's strokes, in its own polarity, and
-    whether the paper's level had to be estimated locally (a photo, not a scan or crop).
+    """The darkness map and whether the paper was estimated locally (see `measure_ink`)."""
+    dark, photo, _ = measure_ink(gray)
+    return dark, photo
+
+
+def measure_ink(gray: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
+    """The darkness map (see `darkness`) of the picture's strokes, in its own polarity,
+    whether the paper's level had to be estimated locally (a photo, not a scan or crop), and
+    the paper's noise at each pixel (see `paper_noise`).
 
     On an even ground the strokes are whatever departs from it, darker (ink on paper, even
     dim paper) or lighter (MNIST, a dark-mode drawing), measured against that one level: a
@@ -260,27 +305,49 @@ def ink_on_paper(gray: np.ndarray) -> tuple[np.ndarray, bool]:
         if level <= DIM_PAPER:
             gray = toned
         else:
-            dark = darkness(toned, np.float32(level))
             page = inverted and lighter > MOST_OF_PICTURE * gray.size
-            if not (page or _has_shadow(dark)):
-                return dark, False
+            if not (page or _has_shadow(darkness(toned, np.float32(level)))):
+                return _measured(toned, np.float32(level), False)
             # What departs from the even border is a region, not strokes: the page on a
             # dark table, or a shadow over the border and light on part of the page.
             ground = None
     if ground is None and not light_ground(gray):
         gray = 1.0 - gray
     paper = even_paper(gray)
-    if paper is not None:
-        dark = darkness(gray, np.float32(paper))
-        if not _has_shadow(dark):
-            return dark, False
-    return darkness(gray, paper_level(gray)), True
+    if paper is not None and not _has_shadow(darkness(gray, np.float32(paper))):
+        return _measured(gray, np.float32(paper), False)
+    return _measured(gray, paper_level(gray), True)
+
+
+def _measured(
+    gray: np.ndarray, paper: np.ndarray | np.float32, photo: bool
+) -> tuple[np.ndarray, bool, np.ndarray]:
+    """Darkness against `paper`, less what the paper level left (`paper_residue`); faint
+    marks only as far as they are narrow ridges (`_narrow_darkness`)."""
+    relative = relative_darkness(gray, paper)
+    residue, noise = paper_residue(relative)
+    dark = np.clip(relative - residue, 0.0, 1.0)
+    faint = dark < BOLD_INK
+    if faint.any():  # faint marks count only as far as they are darker than both sides
+        dark = np.where(faint, np.minimum(dark, _narrow_darkness(gray, paper)), dark)
+    return dark, photo, noise
+
+
+def _narrow_darkness(gray: np.ndarray, paper: np.ndarray | np.float32) -> np.ndarray:
+    """How much darker each pixel is than what lies on both sides of it within a stroke's
+    reach (a grey closing of the picture: a black top-hat), relative to the paper: a
+    stroke of pencil is darker than the paper on either side; the edge of a shadow, where
+    the paper level lags behind the light, is dark on one side only, and has none."""
+    side = max(3, min(gray.shape) // TOPHAT_OF_SIDE) | 1
+    closed = ndi.grey_closing(gray, size=(side, side), mode="nearest")
+    return np.clip(relative_darkness(gray, paper) - relative_darkness(closed, paper), 0.0, 1.0)
 
 
 def _has_shadow(dark: np.ndarray) -> bool:
     """Whether a dark region is too deep to be strokes: a shadow over part of the page
-    (strokes, however bold, are narrow: every pixel of one is near its edge)."""
-    region = dark[::4, ::4] > MIN_WEAK_INK
+    (strokes, however bold, are narrow: every pixel of one is near its edge). Light falling
+    off more gently across a page is left to `paper_residue`."""
+    region = dark[::4, ::4] > SHADOW_INK
     depth = 4.0 * float(ndi.distance_transform_edt(region).max()) if region.any() else 0.0
     return depth > SHADOW_DEPTH * min(dark.shape)
 
@@ -302,12 +369,18 @@ def paper_level(gray: np.ndarray, grid: int = PAPER_GRID) -> np.ndarray:
     return np.asarray(full, dtype=np.float32)
 
 
-def darkness(gray: np.ndarray, paper: np.ndarray | np.float32) -> np.ndarray:
+def relative_darkness(gray: np.ndarray, paper: np.ndarray | np.float32) -> np.ndarray:
     """How much darker than the paper around it each pixel is, relative to the paper's
-    brightness (so a shadow does not make ink fainter): 0 paper, 1 black ink. Paper darker
-    than DIM_PAPER counts as that bright, so a black ground has no 'ink' on it."""
+    brightness (so a shadow does not make ink fainter): 0 paper, 1 black ink, negative where
+    the paper is lighter than its level (its noise). Paper darker than DIM_PAPER counts as
+    that bright, so a black ground has no 'ink' on it."""
     relative = (paper - gray) / np.maximum(paper, np.float32(DIM_PAPER))
-    return np.clip(relative, 0.0, 1.0).astype(np.float32)
+    return np.asarray(relative, dtype=np.float32)
+
+
+def darkness(gray: np.ndarray, paper: np.ndarray | np.float32) -> np.ndarray:
+    """`relative_darkness` clipped to 0..1: what is lighter than the paper is paper."""
+    return np.clip(relative_darkness(gray, paper), 0.0, 1.0)
 
 
 def ink_level(dark: np.ndarray) -> float:
@@ -316,12 +389,74 @@ def ink_level(dark: np.ndarray) -> float:
     return float(np.percentile(dark, 99.9))
 
 
-def ink_mask(dark: np.ndarray, level: float) -> np.ndarray:
+def paper_residue(relative: np.ndarray, cells: int = NOISE_CELLS) -> tuple[np.ndarray, np.ndarray]:
+    """What the paper level left at each pixel, from `relative_darkness` (signed): the
+    paper's own darkness there (light falling off across a page taken as even, a shadow's
+    edge sharper than the paper grid) and its noise (grain, the sensor's noise amplified in
+    a shadow, JPEG's ringing) as a standard deviation.
+
+    Per cell of the picture, from its lighter values (the 5th and 40th percentiles: ink
+    only ever darkens, so while it covers less than half of a cell these are the paper's),
+    then the median of each cell's neighbours (a digit's strokes fill a few cells; light,
+    shadows and grain fill regions), then the least of its neighbours (what ink still
+    raised is dropped: a bold digit filling the frame, as a scan's, covers whole cells;
+    for the level, RESIDUE_REACH cells a side)."""
+    h, w = relative.shape
+    size = max(4, min(h, w) // cells)
+    rows, cols = max(1, h // size), max(1, w // size)
+    blocks = relative[: rows * size, : cols * size].reshape(rows, size, cols, size)
+    low, middle = np.percentile(blocks, [5, 40], axis=(1, 3)).astype(np.float32)
+    sigma = (middle - low) / np.float32(1.3916)  # the normal's 40th - 5th percentile
+    level = middle + np.float32(0.2533) * sigma  # its 40th percentile to its median
+    sigma = ndi.median_filter(sigma, size=3, mode="nearest")
+    sigma = -ndi.maximum_filter(-sigma, size=3, mode="nearest")
+    level = ndi.median_filter(level, size=3, mode="nearest")
+    level = -ndi.maximum_filter(-level, size=RESIDUE_REACH, mode="nearest")
+
+    def full(grid: np.ndarray) -> np.ndarray:
+        image = Image.fromarray(grid.astype(np.float32), mode="F")
+        return np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+    return full(level), full(sigma)
+
+
+def refuse_noisy_background(noise: np.ndarray) -> None:
+    """Refuse a picture whose background varies as much as noise over most of it (a texture,
+    a pattern, colour noise): thresholds judged against such 'paper' leave only its extremes,
+    which would be read as a digit with full confidence. Paper, even grainy and in shadow,
+    varies far less (NOISY_PAPER is several times the noisiest paper measured)."""
+    share = float((noise > NOISY_PAPER).mean())
+    if share > NOISY_SHARE:
+        raise UnusableInput(
+            f"the image has no single digit: {share:.0%} of its background varies as much as "
+            "noise (a pattern, a texture); photograph one digit on plain paper"
+        )
+
+
+def ink_thresholds(level: float, noise: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """The darkness a pixel needs to seed a stroke (strong) and to extend one (weak): a
+    fraction of the picture's ink level (bold ink: its soft edges and the paper's texture
+    stay apart), but never less than a multiple of the paper's noise there or the floors."""
+    strong = np.maximum(STRONG_OVER_NOISE * noise, max(MIN_STRONG_INK, STRONG_OF_INK * level))
+    weak = np.maximum(WEAK_OVER_NOISE * noise, max(MIN_WEAK_INK, WEAK_OF_INK * level))
+    return strong, weak
+
+
+def line_threshold(level: float) -> float:
+    """The darkness ruled lines are looked for at: below the strokes' extent (in shadow or
+    half-printed only parts of a line reach it, and a part does not span the picture),
+    whatever the paper's noise (a line is found by its length, which noise does not have)."""
+    weak = max(MIN_WEAK_INK, WEAK_OF_INK * level)
+    return min(LINE_OF_WEAK * weak, max(MIN_LINE_INK, LINE_OF_INK * level))
+
+
+def ink_mask(dark: np.ndarray, level: float, noise: np.ndarray | float = 0.0) -> np.ndarray:
     """Pixels that are ink, by hysteresis: pieces of at least weak darkness that reach a
-    strongly dark pixel somewhere. Paper texture and faint lines stay out; the soft edges of
-    a real stroke stay in."""
-    strong = dark >= max(MIN_STRONG_INK, STRONG_OF_INK * level)
-    weak = dark >= max(MIN_WEAK_INK, WEAK_OF_INK * level)
+    strongly dark pixel somewhere (`ink_thresholds`). Paper texture and faint lines stay
+    out; the soft edges of a real stroke stay in."""
+    strong_level, weak_level = ink_thresholds(level, noise)
+    strong = dark >= strong_level
+    weak = dark >= weak_level
     labels, count = ndi.label(weak, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return weak
@@ -339,22 +474,26 @@ def _long_lines(mask: np.ndarray, axis: int) -> np.ndarray:
     h, w = mask.shape
     length = max(3, (w if axis == 1 else h) // 10)
     thick = ndi.maximum_filter1d(mask.astype(np.uint8), size=3, axis=1 - axis)
-    full = ndi.minimum_filter1d(thick, size=length, axis=axis)
+    # a faint line comes in dashes (a thin tilted line falls in one pixel row, then across
+    # two, each half as dark): short gaps along it are closed before runs are measured
+    closed = _closing1d(thick.astype(bool), axis=axis, size=LINE_GAP).astype(np.uint8)
+    full = ndi.minimum_filter1d(closed, size=length, axis=axis)
     runs = ndi.maximum_filter1d(full, size=length, axis=axis).astype(bool)
-    runs &= thick.astype(bool)
+    runs &= closed.astype(bool)
     if not runs.any():
         return runs
     labels, count = ndi.label(runs, structure=np.ones((3, 3), dtype=bool))
-    areas = np.bincount(labels.ravel(), minlength=count + 1)
     side = w if axis == 1 else h
     span_needed = (LINE_SPAN if axis == 1 else MARGIN_LINE_SPAN) * side
     long = np.zeros(count + 1, dtype=bool)
     for index, span in enumerate(ndi.find_objects(labels), start=1):
-        if span is not None:
-            extent = span[axis].stop - span[axis].start
-            thin = areas[index] / extent <= LINE_THICKNESS + 0.01 * side
-            long[index] = extent >= span_needed and thin
-    lines = long[labels]
+        if span is not None and span[axis].stop - span[axis].start >= span_needed:
+            # thin along most of its length (the mean width of its narrower 80%): a
+            # shadow's edge or a stain touching one end of a line does not make it a region
+            across = np.sort((labels[span] == index).sum(axis=1 - axis))
+            typical = float(across[: max(1, len(across) * 4 // 5)].mean())
+            long[index] = typical <= LINE_THICKNESS + 0.01 * side
+    lines = long[labels] & thick.astype(bool)
     return lines & ~_widened(labels, lines, axis) if lines.any() else lines
 
 
@@ -420,13 +559,156 @@ def remove_ruled_lines(
     for found, axis in ((horizontal, 0), (vertical, 1)):
         if found.any():
             kept |= _closing1d(kept, axis=axis) & found & mask
-    if dark is not None:  # each set of lines against its own darkness (a margin is darker)
-        for found in (horizontal & ~vertical, vertical):
-            on_lines = found & faint
-            if on_lines.any():
-                level = float(np.median(dark[on_lines]))
-                kept |= found & mask & (dark >= INK_OVER_LINE * level)
+    if dark is not None:  # each line against its own darkness (a margin is darker)
+        for found, along in ((horizontal & ~vertical, 1), (vertical, 0)):
+            on_line = found & mask
+            over = on_line & (dark >= INK_OVER_LINE * _line_darkness(on_line, dark))
+            kept |= over & ~_darker_along(on_line, over, along)
+    kept &= ~_leftovers(kept, horizontal, vertical)
+    kept &= ~_continued_by_faint_lines(kept, faint)
+    if dark is not None:
+        kept &= ~_as_faint_as_lines(kept, lines & faint, dark)
     return kept
+
+
+def _leftovers(kept: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray) -> np.ndarray:
+    """Pieces left of the lines: lying (LEFTOVER_ON_LINE of their pixels or more) within a
+    few pixels of a removed line, along it. Where a line's darkness dips (a tilted line
+    between two pixel rows, a shadow's edge across it) or rises (a margin beside a squared
+    paper's line), pieces of it can escape its removal: a sliver along a vertical line reads
+    as a confident '1', where two lines cross a '+' as a '4'. A stroke crossing a line has
+    most of its pixels off it; one written along a line (a '7's bar) is joined to the rest
+    of the digit."""
+    labels, count = ndi.label(kept, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return kept
+    areas = np.maximum(1, np.bincount(labels.ravel(), minlength=count + 1))
+
+    near = np.zeros(kept.shape, dtype=bool)
+    for lines, across in ((horizontal, 0), (vertical, 1)):
+        near |= ndi.maximum_filter1d(lines.astype(np.uint8), LEFTOVER_REACH, axis=across) > 0
+    leftover = np.bincount(labels[near], minlength=count + 1) >= LEFTOVER_ON_LINE * areas
+    leftover[0] = False
+    return leftover[labels]
+
+
+def _as_faint_as_lines(kept: np.ndarray, lines: np.ndarray, dark: np.ndarray) -> np.ndarray:
+    """Pieces no darker than the paper's lines (their mean darkness under PIECE_OVER_LINE x
+    the lines' median, over all their length, faint parts included): what is left of the
+    lines where they were not found whole (a grid's crossings, dashes in a shadow). A pen's
+    or a pencil's stroke is darker than print. Judged only on paper with MIN_PAPER_LINES
+    lines or more: a single long straight 'line' may be a stroke of a large digit."""
+    _, found = ndi.label(lines, structure=np.ones((3, 3), dtype=bool))
+    if found < MIN_PAPER_LINES:
+        return np.zeros(kept.shape, dtype=bool)
+    typical = float(np.median(dark[lines]))
+    labels, count = ndi.label(kept, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return kept
+    areas = np.maximum(1, np.bincount(labels.ravel(), minlength=count + 1))
+    sums = np.bincount(labels.ravel(), weights=dark.ravel(), minlength=count + 1)
+    faint = sums / areas < PIECE_OVER_LINE * typical
+    faint[0] = False
+    return faint[labels]
+
+
+def _continued_by_faint_lines(kept: np.ndarray, faint: np.ndarray) -> np.ndarray:
+    """Straight thin pieces that faint pixels continue beyond both ends, in line with them,
+    for CONTINUED_LENGTHS of their own length (as far as the frame allows): pieces of a
+    paper's line that a gap, a shadow or a tilt kept from being found whole. A written '1'
+    ends where the pen stopped; the paper beyond it is blank."""
+    labels, count = ndi.label(kept, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return kept
+    boxes = ndi.find_objects(labels)
+    line_pieces = np.zeros(count + 1, dtype=bool)
+    for axis in (0, 1):
+        grid = faint if axis == 0 else faint.T
+        sums = np.pad(np.cumsum(grid, axis=1, dtype=np.int32), ((0, 0), (1, 0)))
+        for index, box in enumerate(boxes, start=1):
+            if box is None or line_pieces[index]:
+                continue
+            along, across = (box[0], box[1]) if axis == 0 else (box[1], box[0])
+            length = along.stop - along.start
+            if length < MIN_DIGIT_PIXELS or across.stop - across.start > 2 + STRAIGHT * length:
+                continue
+            thickness = float((labels[box] == index).sum()) / length
+            line_pieces[index] = _continues(sums, along, across, length, thickness)
+    line_pieces[0] = False
+    return line_pieces[labels]
+
+
+def _continues(
+    sums: np.ndarray, along: slice, across: slice, length: int, thickness: float
+) -> bool:
+    """Whether rows of `sums` (per-row running counts of faint pixels) beyond both ends of
+    `along` hold faint pixels within `across`, widened by the tilt a line may have, on
+    CONTINUED_SHARE of CONTINUED_LENGTHS x `length` rows each side. Where the frame leaves
+    fewer rows, those it leaves are judged (none: the line leaves the picture there), but
+    one side at least must be judged on `length` rows: a '1' filling a tight crop stays.
+    A piece of the line is no thicker than the line beyond it (a pixel more at most): a
+    bold stroke written along a line is not the line."""
+    rows, width = sums.shape[0], sums.shape[1] - 1
+    reach = int(CONTINUED_LENGTHS * length)
+    judged_whole = False
+    for start, step in ((along.start - 1, -1), (along.stop, 1)):
+        at = np.arange(start, start + step * reach, step)
+        at = at[(at >= 0) & (at < rows)]
+        if len(at) == 0:
+            continue
+        judged_whole |= len(at) >= length
+        slack = 1 + (np.abs(at - start) * LINE_TILT).astype(np.int64)
+        lo = np.clip(across.start - slack, 0, width)
+        hi = np.clip(across.stop + slack, 0, width)
+        widths = sums[at, hi] - sums[at, lo]
+        present = widths > 0
+        if float(present.mean()) < CONTINUED_SHARE:
+            return False
+        if thickness > float(np.median(widths[present])) + 1:
+            return False
+    return judged_whole
+
+
+def _darker_along(lines: np.ndarray, over: np.ndarray, axis: int) -> np.ndarray:
+    """The lines (8-connected pieces of `lines`) darker than themselves (`over`) along more
+    than LINE_SPAN of their length: a stroke runs on a line for a digit's length at most;
+    what is darker along most of it is a darker line beside it (a margin drawn next to a
+    squared paper's line), whose pixels are not ink."""
+    if not over.any():
+        return over
+    labels, count = ndi.label(lines, structure=np.ones((3, 3), dtype=bool))
+    size = lines.shape[axis]
+    shape = (size, 1) if axis == 0 else (1, size)
+    along = np.broadcast_to(np.arange(size).reshape(shape), lines.shape)
+    covered = np.zeros((count + 1, size), dtype=bool)
+    covered[labels[over], along[over]] = True
+    present = np.zeros((count + 1, size), dtype=bool)
+    present[labels[lines], along[lines]] = True
+    darker = covered.sum(axis=1) > LINE_SPAN * np.maximum(1, present.sum(axis=1))
+    darker[0] = False
+    return darker[labels]
+
+
+def _line_darkness(lines: np.ndarray, dark: np.ndarray) -> np.ndarray:
+    """Each line's typical darkness (its median), at every pixel of that line (8-connected
+    pieces of `lines`); elsewhere 1 (nothing is kept there)."""
+    level = np.ones(dark.shape, dtype=np.float32)
+    if not lines.any():
+        return level
+    labels, count = ndi.label(lines, structure=np.ones((3, 3), dtype=bool))
+    ids = labels[lines]
+    values = dark[lines]
+    order = np.lexsort((values, ids))
+    ids, values = ids[order], values[order]
+    starts = np.searchsorted(ids, np.arange(1, count + 1))
+    stops = np.searchsorted(ids, np.arange(1, count + 1), side="right")
+    medians = np.array(
+        [np.median(values[a:b]) if b > a else 1.0 for a, b in zip(starts, stops, strict=True)],
+        dtype=np.float32,
+    )
+    grown = ndi.maximum_filter(labels, size=3, mode="constant", cval=0)  # the line's rim too
+    level[grown > 0] = medians[grown[grown > 0] - 1]
+    return level
 
 
 def _closing1d(mask: np.ndarray, axis: int, size: int = BRIDGE) -> np.ndarray:
@@ -477,6 +759,13 @@ def _is_frame_artifact(piece: Component, shape: tuple[int, int]) -> bool:
     return spans and _touches_frame(piece, shape)
 
 
+def _is_band(piece: Component, shape: tuple[int, int]) -> bool:
+    """A flat piece across half the picture or more: a ruled line's remains, a shadow's or
+    a fold's edge, a table's, never a digit (even a wide '2' or '7' is taller than
+    FLATTEST_DIGIT of its width)."""
+    return piece.width >= LINE_SPAN * shape[1] and piece.height < FLATTEST_DIGIT * piece.width
+
+
 def _is_blob(piece: Component, labels: np.ndarray) -> bool:
     """A solid patch (a stain, a thumb, a hole punch) rather than strokes: its thickest
     part is over half its length. Even a bold digit's strokes are far thinner than it is
@@ -492,15 +781,23 @@ def _thickest(piece: Component, labels: np.ndarray) -> float:
     return 2.0 * float(ndi.distance_transform_edt(np.pad(mask, 1)).max())
 
 
-def select_digit(pieces: list[Component], labels: np.ndarray, photo: bool) -> list[Component]:
+def select_digit(
+    pieces: list[Component],
+    labels: np.ndarray,
+    photo: bool,
+    smallest: float = MIN_DIGIT_SIDE,
+) -> list[Component]:
     """The digit's pieces: the piece with the most ink (pieces near the centre weigh more),
     then the pieces close to it (a '5' or a broken pen stroke comes in several). In a photo
     (`photo`: the paper was uneven) pieces touching the frame are shadow edges, the table
-    or the page's edge, never the digit."""
+    or the page's edge, never the digit. The digit's longest side is at least `smallest`
+    of the picture's shorter side."""
     shape = (int(labels.shape[0]), int(labels.shape[1]))
     h, w = shape
-    min_side = max(MIN_DIGIT_PIXELS, MIN_DIGIT_SIDE * min(h, w))
-    usable = [p for p in pieces if p.area >= 4 and not _is_blob(p, labels)]
+    min_side = max(MIN_DIGIT_PIXELS, smallest * min(h, w))
+    usable = [
+        p for p in pieces if p.area >= 4 and not _is_blob(p, labels) and not _is_band(p, shape)
+    ]
     inside = [p for p in usable if not _is_frame_artifact(p, shape)]
     big_inside = [p for p in inside if max(p.height, p.width) >= min_side]
     # A picture cropped tightly around its digit has the digit touching the frame: pieces at
@@ -510,7 +807,7 @@ def select_digit(pieces: list[Component], labels: np.ndarray, photo: bool) -> li
     elif big_inside:
         usable = inside
     if not usable:
-        raise UnusableInput(
+        raise FaintOrSmall(
             "the image has no visible digit: no dark strokes on a lighter background were found"
         )
 
@@ -531,7 +828,7 @@ def select_digit(pieces: list[Component], labels: np.ndarray, photo: bool) -> li
     span_h = max(p.bottom for p in chosen) - min(p.top for p in chosen)
     span_w = max(p.right for p in chosen) - min(p.left for p in chosen)
     if max(span_h, span_w) < min_side:
-        raise UnusableInput(
+        raise FaintOrSmall(
             "the image has no visible digit: the only marks are specks "
             f"({max(span_h, span_w)} of {max(h, w)} pixels); photograph the digit larger"
         )
@@ -697,20 +994,30 @@ def widen_strokes(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]
 # --------------------------------------------------------------------------- all steps
 
 
-def read_digit(image: Image.Image) -> DigitReading:
-    """An opened picture -> what the classifiers see. Raises UnusableInput (422) when the
-    picture holds no digit: blank, uniform, only specks, lines or a stain."""
-    dark, photo = ink_on_paper(luminance(enlarge(shrink(image))))
+def read_digit(
+    image: Image.Image,
+    side: int = ANALYSIS_SIDE,
+    smallest: float = MIN_DIGIT_SIDE,
+    small_digit: bool = False,
+) -> DigitReading:
+    """An opened picture -> what the classifiers see, analysed at most `side` pixels a side.
+    Raises UnusableInput (422) when the picture holds no digit: blank, uniform, only specks,
+    lines or a stain (FaintOrSmall where a finer look may find one). A digit is at least
+    `smallest` of the picture's shorter side tall or wide; a `small_digit` (the finer look
+    for one) never touches the frame, so pieces that do are left out as in a photo."""
+    dark, photo, noise = measure_ink(luminance(enlarge(shrink(image, side))))
+    refuse_noisy_background(noise)
     level = ink_level(dark)
-    if level < MIN_STRONG_INK:
-        raise UnusableInput(
+    strong, _weak = ink_thresholds(level, noise)
+    if int((dark >= strong).sum()) < MIN_DIGIT_PIXELS // 2:
+        raise FaintOrSmall(
             "the image has no visible digit: nothing in it is clearly darker than the paper "
             "around it (too faint, or blank)"
         )
-    faint = dark >= max(MIN_LINE_INK, LINE_OF_INK * level)
-    mask = remove_ruled_lines(ink_mask(dark, level), faint, dark)
+    faint = dark >= line_threshold(level)
+    mask = remove_ruled_lines(ink_mask(dark, level, noise), faint, dark)
     labels, pieces = components(mask, dark)
-    chosen = select_digit(pieces, labels, photo)
+    chosen = select_digit(pieces, labels, photo or small_digit, smallest)
     ink, digit_mask = soft_crop(dark, labels, chosen)
     ink, width = widen_strokes(ink, digit_mask)
     return DigitReading(fit_to_field(ink), components=len(chosen), stroke_width=width)
