@@ -125,13 +125,6 @@ BOX = 20
 FIELD = 28
 
 
-class FaintOrSmall(UnusableInput):
-    """A refusal that a finer look at the picture may overturn: nothing clearly darker than
-    the paper, no strokes, or only specks, at the analysis size. A digit a few percent of
-    the frame tall, written with a fine pen or a light pencil, is a few pixels there, its
-    strokes thinner than one and as faint as the paper's grain (see `uploads.read_upload`)."""
-
-
 @dataclass(frozen=True)
 class Component:
     """One connected piece of ink: its label, pixel count, darkness sum and bounding box."""
@@ -807,7 +800,7 @@ def select_digit(
     elif big_inside:
         usable = inside
     if not usable:
-        raise FaintOrSmall(
+        raise UnusableInput(
             "the image has no visible digit: no dark strokes on a lighter background were found"
         )
 
@@ -828,7 +821,7 @@ def select_digit(
     span_h = max(p.bottom for p in chosen) - min(p.top for p in chosen)
     span_w = max(p.right for p in chosen) - min(p.left for p in chosen)
     if max(span_h, span_w) < min_side:
-        raise FaintOrSmall(
+        raise UnusableInput(
             "the image has no visible digit: the only marks are specks "
             f"({max(span_h, span_w)} of {max(h, w)} pixels); photograph the digit larger"
         )
@@ -1002,15 +995,15 @@ def read_digit(
 ) -> DigitReading:
     """An opened picture -> what the classifiers see, analysed at most `side` pixels a side.
     Raises UnusableInput (422) when the picture holds no digit: blank, uniform, only specks,
-    lines or a stain (FaintOrSmall where a finer look may find one). A digit is at least
+    lines or a stain (uploads.read_upload takes a finer look at any). A digit is at least
     `smallest` of the picture's shorter side tall or wide; a `small_digit` (the finer look
     for one) never touches the frame, so pieces that do are left out as in a photo."""
     dark, photo, noise = measure_ink(luminance(enlarge(shrink(image, side))))
     refuse_noisy_background(noise)
     level = ink_level(dark)
-    strong, _weak = ink_thresholds(level, noise)
+    strong, _ = ink_thresholds(level, noise)
     if int((dark >= strong).sum()) < MIN_DIGIT_PIXELS // 2:
-        raise FaintOrSmall(
+        raise UnusableInput(
             "the image has no visible digit: nothing in it is clearly darker than the paper "
             "around it (too faint, or blank)"
         )

@@ -98,8 +98,8 @@ def _open(data: bytes) -> Image.Image:
 
 def read_upload(data: bytes, limits: ImageLimits) -> DigitReading:
     """An upload -> what the classifiers see: decoded and read at ANALYSIS_SIDE, and where
-    that finds nothing but the picture has more pixels (`FaintOrSmall`: a small digit, a
-    fine pen, a light pencil), decoded again and read at FINER_SIDE, where such a digit
+    that refuses it but the picture has more pixels (a small digit, a fine pen, a light
+    pencil may be a few faint pixels there), decoded again and read at FINER_SIDE, where it
     still is `FINER_SMALLEST` of the frame. Only refused pictures pay for the second look
     (blank paper is one); what it refuses is refused with the first look's reason, which
     speaks of the picture as sent."""
