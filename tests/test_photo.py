@@ -18,7 +18,15 @@ from service.errors import UnusableInput
 from service.imaging import photo
 from service.imaging.uploads import ImageLimits, decode_image, read_upload
 from tests.images import mnist_test_digits
-from training.photos import Style, pen_stroke, pictures, render
+from training.photos import (
+    CONDITIONS,
+    TRAINING_MIX,
+    Style,
+    pen_stroke,
+    pictures,
+    random_style,
+    render,
+)
 
 LIMITS = ImageLimits(max_pixels=50_000_000, max_side=20_000, max_aspect=20.0)
 
@@ -276,6 +284,31 @@ def test_rendered_photos_of_every_kind_are_read_and_blanks_refused() -> None:
     for picture in pictures(images[:6], labels[:6], ["blank"] * 6, seed=12):
         with pytest.raises(UnusableInput):
             photo.read_digit(decode_image(picture.data, LIMITS))
+
+
+def test_the_varied_training_kind_widens_every_range_beyond_the_photos() -> None:
+    """The photo stage's "varied" kind (training only) reaches light pencil, hairline and
+    marker pens, large digits and strong blur that no evaluated condition draws, so the
+    model meets them; its pictures still read as digits."""
+    photos = [random_style(np.random.default_rng([3, i]), "photo") for i in range(300)]
+    varied = [random_style(np.random.default_rng([3, i]), "varied") for i in range(300)]
+    for attribute, wider_low, wider_high in (
+        ("pressure", True, False),
+        ("pen_fraction", True, True),
+        ("digit_fraction", False, True),
+        ("blur", False, True),
+    ):
+        seen = [getattr(style, attribute) for style in photos]
+        drawn = [getattr(style, attribute) for style in varied]
+        if wider_low:
+            assert min(drawn) < min(seen), attribute
+        if wider_high:
+            assert max(drawn) > max(seen), attribute
+    assert any(style.graphite and style.ink != "gray" for style in varied)
+    assert "varied" in TRAINING_MIX and "varied" not in CONDITIONS  # not an evaluation row
+    images, labels = mnist_test_digits(Path("tests/fixtures"), 6)
+    for picture in pictures(images, labels, ["varied"] * 6, seed=13, width=504, height=378):
+        assert read_upload(picture.data, LIMITS).pixels.max() > 200
 
 
 def test_a_white_picture_and_a_black_one_are_blank() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +73,9 @@ def random_style(
     width: int = 1008,
     height: int = 756,
 ) -> Style:
-    """A style for `kind`: "photo" (conditions at random), "scan", "blank", or one of
-    CONDITIONS (a photo with that condition forced on, strongly)."""
+    """A style for `kind`: "photo" (conditions at random), "scan", "blank", "varied" (a
+    photo from widened ranges, for training) or one of CONDITIONS (a photo with that
+    condition forced on, strongly)."""
     scan = kind == "scan"
     lines = not scan and (kind in ("lines", "squared") or rng.random() < 0.6)
     squared = kind == "squared" or (lines and kind == "photo" and rng.random() < 0.15)
@@ -122,7 +123,7 @@ def random_style(
     else:
         quality = int(rng.integers(60, 96))
     conditions = [kind] if kind in CONDITIONS else []
-    return Style(
+    style = Style(
         width=width,
         height=height,
         scan=scan,
@@ -141,6 +142,26 @@ def random_style(
         noise=float(rng.uniform(0.5, 1.5) if scan else rng.uniform(1.5, 6.0)),
         jpeg_quality=quality,
         conditions=tuple(conditions),
+    )
+    return widened(style, rng) if kind == "varied" else style
+
+
+def widened(style: Style, rng: np.random.Generator) -> Style:
+    """A photo drawn from ranges wider than any evaluated condition's, for training only:
+    stroke darkness from a light pencil to full ink, pens from hairline to marker, digits from
+    small to most of the frame, graphite on any ink, more blur and sensor noise, steeper
+    slants. The classifier then meets, somewhere in training, what the reading leaves of
+    handwriting our conditions do not draw (thick strokes whose loops nearly close, faint
+    broken ones); the evaluation rows stay the fixed conditions."""
+    return replace(
+        style,
+        pressure=float(rng.uniform(0.35, 1.0)),
+        graphite=bool(rng.random() < 0.3),
+        digit_fraction=float(rng.uniform(0.08, 0.6)),
+        pen_fraction=float(rng.uniform(0.015, 0.18)),
+        digit_angle=float(np.clip(rng.normal(0, 9), -25, 25)),
+        blur=float(rng.uniform(0.0, 3.0)),
+        noise=float(rng.uniform(1.5, 9.0)),
     )
 
 
@@ -298,7 +319,13 @@ def render(digit: np.ndarray | None, style: Style, rng: np.random.Generator) -> 
 # --------------------------------------------------------------------------- many pictures
 
 # The mix of kinds the training set draws from: mostly photos with conditions at random.
-TRAINING_MIX = {"photo": 0.7, "scan": 0.15, **{kind: 0.15 / len(CONDITIONS) for kind in CONDITIONS}}
+# "varied" (training only) widens every range beyond the evaluated conditions'.
+TRAINING_MIX = {
+    "photo": 0.5,
+    "varied": 0.2,
+    "scan": 0.15,
+    **{kind: 0.15 / len(CONDITIONS) for kind in CONDITIONS},
+}
 
 
 @dataclass(frozen=True)
