@@ -167,15 +167,16 @@ def card_figures(card: Mapping[str, Any]) -> set[tuple[float, str]]:
             add(value, "nats", (2, 3))
         elif "bits" in key:
             add(value, "bits", (2, 3))
-    training = card.get("training", {})
-    first_stage = training.get("started_from") or {}  # a fine-tuned model's first stage
-    for wall in (training.get("wall_time_s"), first_stage.get("wall_time_s")):
+    stage = card.get("training", {})
+    while isinstance(stage, Mapping):  # a fine-tuned model's earlier stages, last to first
+        wall = stage.get("wall_time_s")
         if isinstance(wall, int | float):
             add(wall, "s", (0, 1))
             add(wall / 60, "min", (0, 1))
-    first_accuracy = first_stage.get("test_accuracy")
-    if isinstance(first_accuracy, int | float):
-        add(first_accuracy * 100, "%", (1, 2))
+        accuracy = stage.get("test_accuracy")
+        if isinstance(accuracy, int | float):
+            add(accuracy * 100, "%", (1, 2))
+        stage = stage.get("started_from")
     calibration = card.get("calibration") or {}
     for key in ("confident_share", "accuracy_when_confident"):
         if isinstance(calibration.get(key), int | float):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from training.checkpoints import starting_point
 from training.summary import training_time
 
 
@@ -17,3 +21,19 @@ def test_every_training_stage_is_shown_first_to_last() -> None:
     assert training_time(
         {"epochs_run": 3, "wall_time_s": 60, "started_from": {"weights": "x"}}
     ) == ("3 ep, 1 min")
+
+
+def test_a_model_fine_tuned_twice_keeps_every_stage_on_record(tmp_path: Path) -> None:
+    """Fine-tuning an exported model that was itself fine-tuned (mnist-bigru's second photo
+    stage, `--from-committed`) records the whole chain: the first run is not lost."""
+    first = {"epochs_run": 20, "wall_time_s": 1354.7, "test_accuracy": 0.9958}
+    card = {
+        "metrics": {"test_accuracy": 0.9957},
+        "training": {"epochs_run": 4, "wall_time_s": 326.2, "started_from": first},
+    }
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    start = starting_point(tmp_path / "model.ts")
+    assert start["started_from"] == first and start["epochs_run"] == 4
+    assert training_time({"epochs_run": 4, "wall_time_s": 332.1, "started_from": start}) == (
+        "20 + 4 + 4 ep, 23 + 5 + 6 min"
+    )

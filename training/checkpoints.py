@@ -91,7 +91,8 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def starting_point(path: Path) -> dict[str, Any]:
     """What a fine-tuned run started from, for its card: the starting model's own card (an
-    exported model.ts) or metrics (a run's best.pt), so its first stage stays on record."""
+    exported model.ts) or metrics (a run's best.pt), so its first stage stays on record, and
+    what that one started from in turn (a model fine-tuned twice keeps all three stages)."""
     card_path, metrics_path = path.parent / "card.json", path.parent / "metrics.json"
     summary: dict[str, Any] = {"weights": str(path)}
     if card_path.exists():
@@ -104,6 +105,7 @@ def starting_point(path: Path) -> dict[str, Any]:
             git_commit=card["training"].get("git_commit"),
             hyperparameters=card["training"].get("hyperparameters"),
         )
+        earlier = card["training"].get("started_from")
     elif metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
         summary.update(
@@ -114,4 +116,9 @@ def starting_point(path: Path) -> dict[str, Any]:
             git_commit=metrics.get("git_commit"),
             hyperparameters=metrics.get("hparams"),
         )
+        earlier = metrics.get("started_from")
+    else:
+        earlier = None
+    if earlier:
+        summary["started_from"] = earlier
     return summary
