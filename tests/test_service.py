@@ -111,8 +111,12 @@ def test_pixels_on_real_mnist_digits(
         predicted = np.array([a["digit"] for a in answers])
         assert (predicted == labels).mean() >= 0.98, model
         assert all(abs(sum(a["probabilities"]) - 1) < 1e-3 for a in answers)
-        confident = [a["confident"] for a in answers]
-        assert sum(confident) >= 180  # clean digits: the calibrated threshold rarely doubts
+        # thresholds are calibrated on photos (pencil and tiny digits included), where the
+        # models are less sure than on clean digits: most clean answers stay confident (the
+        # default model's nearly all), and the confident ones are right
+        confident = np.array([a["confident"] for a in answers])
+        assert confident.mean() >= (0.95 if model == "bigru" else 0.8), model
+        assert (predicted[confident] == labels[confident]).mean() >= 0.99, model
         assert answers[0]["model"].endswith(model.removeprefix("mnist-"))
         assert answers[0]["provider"] == provider
         # one sized body, not BentoML's chunked three pieces (WholeBodyMiddleware)
