@@ -166,6 +166,23 @@ def test_a_stroke_running_along_a_line_stays_with_the_digit() -> None:
     assert not kept[140:142, 320:].any() and not kept[140:142, 100:200].any()  # the line too
 
 
+def test_a_pencil_stroke_along_a_ruled_line_stays_though_it_is_no_wider() -> None:
+    """Pencil on ruled paper: a light stroke lying on a line, as thin as the line and only
+    half as dark again as the print, is still the digit's (the bar of a '7', the top of a
+    '5'). Taken with the line, the digit read as a '1' or a '0': on our renders pencil on
+    ruled paper read 81% against 95% on plain paper before this."""
+    dark = np.zeros((300, 400), dtype=np.float32)
+    for y in range(20, 300, 30):  # ruled lines, 2 pixels, darkness 0.2
+        dark[y : y + 2, :] = 0.2
+    dark[140:142, 220:300] = 0.34  # the bar, on the line at rows 140-141: 1.7x its darkness
+    for i in range(90):  # the stem, off the line, joined to the bar's right end
+        dark[142 + i, 298 - i // 2 : 300 - i // 2] = 0.34
+    mask = dark > 0.1
+    kept = photo.remove_ruled_lines(mask, mask, dark)
+    assert kept[140:142, 224:296].mean() > 0.9  # the bar stays
+    assert not kept[140:142, 100:200].any() and not kept[110:112, :].any()  # the lines go
+
+
 def test_a_page_on_a_dark_table_is_not_read_inverted() -> None:
     """The picture's border is evenly toned, as a scan's is, but it is the table (or a shadow)
     around the page: the page is not a light stroke on a dark ground, it is paper."""

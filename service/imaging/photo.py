@@ -91,7 +91,10 @@ LINE_OF_WEAK = 0.6  # lines are looked for among pixels this fraction of a strok
 # WIDE_STRETCH positions has a stroke running on it there: those pixels stay.
 LINE_WIDENING = 1
 WIDE_STRETCH = 4
-INK_OVER_LINE = 2.0  # a pixel on a line this many times darker than the line's median is ink
+# A pixel on a line this many times darker than the line's median is ink: pen ink is far
+# darker than print, a light pencil only about half as dark again (2.0 took pencil bars
+# lying on ruled lines away with the line: '7's read '1', '5's read '0').
+INK_OVER_LINE = 1.5
 # The digit: its longest side is at least this fraction of the picture's shorter side.
 MIN_DIGIT_SIDE = 0.04
 MIN_DIGIT_PIXELS = 8
