@@ -20,6 +20,7 @@ from service.imaging.uploads import ImageLimits, decode_image, read_upload
 from tests.images import mnist_test_digits
 from training.photos import (
     CONDITIONS,
+    DESKS,
     TRAINING_MIX,
     Style,
     pen_stroke,
@@ -196,6 +197,93 @@ def test_a_page_on_a_dark_table_is_not_read_inverted() -> None:
     assert np.corrcoef(seen.ravel(), expected.ravel())[0, 1] > 0.9
 
 
+def test_a_small_page_on_a_desk_is_paper_not_a_light_stroke() -> None:
+    """A page covering under half the frame, the desk all around it: the border is evenly
+    toned and the page lighter, as light strokes on a dark ground would be, but the page
+    reaches far deeper than any stroke (PAGE_DEPTH). Read inverted, the page itself was the
+    'digit'."""
+    plain = paper()
+    a_seven(plain, 100, 150, 100, 6, 0.1)
+    expected = photo.read_digit(Image.fromarray((plain * 255).astype(np.uint8))).pixels
+    on_desk = np.full_like(plain, 0.4)
+    on_desk[70:230, 90:310] = plain[70:230, 90:310]  # 29% of the frame
+    seen = photo.read_digit(Image.fromarray((on_desk * 255).astype(np.uint8))).pixels
+    assert np.corrcoef(seen.ravel(), expected.ravel())[0, 1] > 0.9
+
+
+def test_a_light_stroke_on_a_dark_ground_is_still_no_page() -> None:
+    """MNIST's own digits are light strokes on black: however bold, they stay strokes."""
+    gray = np.zeros((112, 112), dtype=np.float32)
+    a_seven(gray, 20, 30, 60, 16, 1.0)
+    dark, _ = photo.ink_on_paper(gray)
+    assert dark[22, 50] > 0.9 and dark[5, 5] == 0.0
+
+
+def test_a_page_outline_around_the_digit_is_not_the_digit() -> None:
+    """The edge of a page lying inside the frame comes out as a ring of ink around the
+    digit; a ring spanning half the picture with a digit-sized piece inside it is an
+    outline. A large '0' (a ring with nothing inside) is still a digit."""
+    mask = np.zeros((192, 256), dtype=bool)
+    mask[20:23, 30:226] = mask[170:173, 30:226] = True  # the page's edge, all round
+    mask[20:173, 30:33] = mask[20:173, 223:226] = True
+    seven = np.zeros((192, 256), dtype=np.float32)
+    a_seven(seven, 70, 110, 50, 4, 1.0)
+    mask |= seven > 0
+    dark = mask.astype(np.float32) * 0.8
+    labels, pieces = photo.components(mask, dark)
+    chosen = photo.select_digit(pieces, labels, photo=True)
+    assert {p.label for p in chosen} == {int(labels[72, 130])}
+    ring = np.zeros((192, 256), dtype=bool)
+    ring[20:25, 60:200] = ring[165:170, 60:200] = True
+    ring[20:170, 60:65] = ring[20:170, 195:200] = True
+    labels, pieces = photo.components(ring, ring * np.float32(0.8))
+    assert len(photo.select_digit(pieces, labels, photo=True)) == 1
+
+
+def test_a_dark_band_among_ruled_lines_does_not_make_strokes_count_as_print() -> None:
+    """What is left of ruled lines is told from strokes by darkness: no darker than the
+    typical line. A page's edge against a dark desk is found as a line too, a thick and
+    dark one: the typical line is the median of each line's own darkness, so that the band
+    counts once and not by its many pixels (by pixels, a pen stroke half as dark as the band
+    was taken for print and the digit removed)."""
+    shape = (192, 256)
+    dark = np.zeros(shape, dtype=np.float32)
+    horizontal = np.zeros(shape, dtype=bool)
+    for row in range(30, 160, 26):  # five faint printed lines
+        horizontal[row : row + 2] = True
+        dark[row : row + 2] = 0.15
+    horizontal[170:186] = True  # the desk's edge, 16 pixels thick
+    dark[170:186] = 0.7
+    kept = np.zeros(shape, dtype=bool)
+    kept[60:120, 100:104] = True  # a pen stroke
+    dark[60:120, 100:104] = 0.5
+    kept[40:42, 200:215] = True  # a dash of a printed line, as faint as one
+    dark[40:42, 200:215] = 0.16
+    faint_ones = photo._as_faint_as_lines(kept, horizontal, np.zeros(shape, dtype=bool), dark)
+    assert not faint_ones[60:120, 100:104].any()
+    assert faint_ones[40:42, 200:215].all()
+
+
+def test_a_desk_corner_in_view_does_not_hide_a_faint_pen() -> None:
+    """A page's corner with the desk beyond it, dark and solid at the frame: its darkness set
+    the picture's ink level, which a faint, thin pen then fell short of, and the corner was
+    read as the digit. It is read again without the desk; a bold digit filling a tight crop
+    (solid and at the frame too) is still read."""
+    plain = paper()
+    a_seven(plain, 100, 150, 80, 2, 0.55)
+    expected = photo.read_digit(Image.fromarray((plain * 255).astype(np.uint8))).pixels
+    corner = plain.copy()
+    ys, xs = np.mgrid[0:300, 0:400]
+    corner[ys + xs > 540] = 0.15  # the desk beyond the page's corner, 11% of the frame
+    seen = photo.read_digit(Image.fromarray((corner * 255).astype(np.uint8))).pixels
+    assert np.corrcoef(seen.ravel(), expected.ravel())[0, 1] > 0.9
+    crop = np.full((120, 60), 0.95, dtype=np.float32)
+    crop[:, 15:45] = 0.05  # a bold '1' from edge to edge
+    one = photo.read_digit(Image.fromarray((crop * 255).astype(np.uint8))).pixels
+    rows, columns = np.nonzero(one > 100)
+    assert np.ptp(rows) >= 18 and np.ptp(columns) <= 8  # a tall bar, not what is left of one
+
+
 def test_specks_are_not_a_digit() -> None:
     gray = paper()
     rng = np.random.default_rng(0)
@@ -292,13 +380,13 @@ def test_mpo_and_16_bit_png_are_read() -> None:
 def test_rendered_photos_of_every_kind_are_read_and_blanks_refused() -> None:
     """Smoke test over the renderer's kinds: every photo yields a digit, every blank a 422
     (the measured rates come from training/photo_eval.py)."""
-    images, labels = mnist_test_digits(Path("tests/fixtures"), 10)
+    images, labels = mnist_test_digits(Path("tests/fixtures"), 12)
     kinds = ["photo", "scan", "lines", "squared", "shadow", "blue-ink", "rotation", "small"]
-    kinds += ["thin", "jpeg"]
+    kinds += ["thin", "jpeg", "desk", "oblique"]
     for picture in pictures(images, labels, kinds, seed=11, width=504, height=378):
         reading = photo.read_digit(decode_image(picture.data, LIMITS))
         assert reading.pixels.max() > 200, picture.kind
-    for picture in pictures(images[:6], labels[:6], ["blank"] * 6, seed=12):
+    for picture in pictures(images[:8], labels[:8], ["blank"] * 6 + ["blank-desk"] * 2, seed=12):
         with pytest.raises(UnusableInput):
             photo.read_digit(decode_image(picture.data, LIMITS))
 
@@ -325,6 +413,54 @@ def test_the_varied_training_kind_widens_every_range_beyond_the_photos() -> None
     assert "varied" in TRAINING_MIX and "varied" not in CONDITIONS  # not an evaluation row
     images, labels = mnist_test_digits(Path("tests/fixtures"), 6)
     for picture in pictures(images, labels, ["varied"] * 6, seed=13, width=504, height=378):
+        assert read_upload(picture.data, LIMITS).pixels.max() > 200
+
+
+def test_a_page_on_a_desk_shows_the_desk_beyond_its_edge_never_over_the_digit() -> None:
+    """The "desk" kind: one edge, a corner or the whole sheet in view, the desk (one of DESKS)
+    beyond; the page always covers the digit, with room to spare."""
+    from training.photos import _edge_band
+
+    box = (120, 150, 220, 230)  # top, left, bottom, right
+    seen_sides = set()
+    for seed in range(40):
+        page = _edge_band(np.random.default_rng(seed), (378, 504), box)
+        assert page[box[0] - 5 : box[2] + 5, box[1] - 5 : box[3] + 5].min() == 1.0
+        assert page.min() == 0.0  # some desk is in view
+        off = page < 0.5
+        seen_sides |= {
+            side
+            for side, strip in (
+                ("top", off[0]),
+                ("bottom", off[-1]),
+                ("left", off[:, 0]),
+                ("right", off[:, -1]),
+            )
+            if strip.mean() > 0.5
+        }
+    assert seen_sides == {"top", "bottom", "left", "right"}
+    styles = [random_style(np.random.default_rng([4, i]), "desk") for i in range(30)]
+    assert {style.desk for style in styles} == set(DESKS)
+    assert all(style.oblique == 0.0 for style in styles)
+
+
+def test_a_slanted_camera_foreshortens_the_page_and_narrows_its_far_side() -> None:
+    from training.photos import _oblique_view, _through
+
+    for seed in range(8):
+        view = _oblique_view(np.random.default_rng(seed), (1000, 800), 40.0)
+        corners = [_through(view, x, y) for x, y in ((0, 0), (1000, 0), (1000, 800), (0, 800))]
+        (tlx, tly), (trx, try_), (brx, bry), (blx, bly) = corners
+        widths = (trx - tlx, brx - blx)  # top and bottom sides
+        heights = (bly - tly, bry - try_)  # left and right sides
+        if abs(widths[0] - widths[1]) > 1:  # the far side is the top or the bottom
+            assert min(widths) < 0.9 * 1000 and heights[0] == pytest.approx(800 * 0.766, abs=1)
+        else:  # the left or the right
+            assert min(heights) < 0.9 * 800 and widths[0] == pytest.approx(1000 * 0.766, abs=1)
+    styles = [random_style(np.random.default_rng([4, i]), "oblique") for i in range(30)]
+    assert all(20 <= style.oblique <= 45 and style.desk in DESKS for style in styles)
+    images, labels = mnist_test_digits(Path("tests/fixtures"), 4)
+    for picture in pictures(images, labels, ["oblique"] * 4, seed=14, width=504, height=378):
         assert read_upload(picture.data, LIMITS).pixels.max() > 200
 
 

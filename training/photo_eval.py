@@ -129,7 +129,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     models.sort(key=lambda m: (m.name != default, m.name))
     rng = np.random.default_rng(EVAL_SEED)
     kinds = [kind for kind in KINDS for _ in range(args.per_kind)]
-    kinds += ["blank"] * args.blanks
+    on_desk = args.blanks // 4  # a quarter of the blank pages lie on a desk, in view
+    kinds += ["blank"] * (args.blanks - on_desk) + ["blank-desk"] * on_desk
     picks = rng.choice(len(val), size=len(kinds), replace=False)
     started = time.perf_counter()
     rendered = P.pictures(val.images[picks], val.labels[picks], kinds, EVAL_SEED)
@@ -150,9 +151,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "default_model": models[0].name,
         "kinds": {},
         "blank_refused": float(
-            np.mean([seen[i] is None for i, p in enumerate(rendered) if p.label is None])
+            np.mean([seen[i] is None for i, p in enumerate(rendered) if p.kind == "blank"])
         )
         if args.blanks
+        else None,
+        "blank_desk_refused": float(
+            np.mean([seen[i] is None for i, p in enumerate(rendered) if p.kind == "blank-desk"])
+        )
+        if on_desk
         else None,
         "reading_ms": {
             "p50": float(np.percentile(costs, 50) * 1000),
@@ -256,6 +262,13 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
             f"Blank paper (lines, shadows, noise, specks; {result['blanks']} pictures): "
             f"{100 * result['blank_refused']:.1f}% refused with 422."
         )
+        if result.get("blank_desk_refused") is not None:
+            lines[-1] = (
+                f"Blank paper (lines, shadows, noise, specks; {result['blanks']} pictures, a "
+                f"quarter of them lying on a desk): {100 * result['blank_refused']:.1f}% of "
+                f"the others refused with 422; on a desk (its edge in view, or seen at a "
+                f"slant) {100 * result['blank_desk_refused']:.1f}%."
+            )
     lines.append(
         f"Reading a 1008x756 picture (decode + service/imaging/photo.py): p50 "
         f"{result['reading_ms']['p50']:.1f} ms, p99 {result['reading_ms']['p99']:.1f} ms CPU."

@@ -40,7 +40,11 @@ CONDITIONS = (
     "jpeg",
     "pencil",  # graphite: light pressure, grainy, thin, often small
     "tiny",  # a digit 4-10% of the frame's height, written with a fine pen
+    "desk",  # the page's edge in view, the desk or table beyond it
+    "oblique",  # the camera looks at the page at an angle: foreshortened, the desk in view
 )
+# What lies beyond the page's edge: wood, a dark desk, grey or near-white laminate, a weave.
+DESKS = ("wood", "dark", "grey", "light", "woven")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class Style:
     blur: float = 0.0  # Gaussian sigma in pixels
     noise: float = 3.0  # sensor noise, gray levels
     jpeg_quality: int | None = 90  # None: PNG
+    desk: str | None = None  # one of DESKS: the page does not fill the frame
+    oblique: float = 0.0  # degrees between the camera's axis and the page's normal
     conditions: tuple[str, ...] = field(default=())
 
 
@@ -123,6 +129,12 @@ def random_style(
     else:
         quality = int(rng.integers(60, 96))
     conditions = [kind] if kind in CONDITIONS else []
+    # drawn only for the kinds that use them, so every other kind's pictures stay as they were
+    desk = str(rng.choice(DESKS)) if kind in ("desk", "oblique", "varied") else None
+    oblique = float(rng.uniform(20, 45)) if kind == "oblique" else 0.0
+    if kind == "varied":  # the page's edge in a third, a slanted camera in a quarter
+        oblique = float(rng.uniform(10, 45)) if rng.random() < 0.25 else 0.0
+        desk = desk if oblique or rng.random() < 0.35 else None
     style = Style(
         width=width,
         height=height,
@@ -141,6 +153,8 @@ def random_style(
         blur=float(rng.uniform(0.0, 0.4 if scan else 1.6)),
         noise=float(rng.uniform(0.5, 1.5) if scan else rng.uniform(1.5, 6.0)),
         jpeg_quality=quality,
+        desk=desk,
+        oblique=oblique,
         conditions=tuple(conditions),
     )
     return widened(style, rng) if kind == "varied" else style
@@ -239,12 +253,182 @@ def _illumination(rng: np.random.Generator, shape: tuple[int, int], shadow: bool
     return light.astype(np.float32)
 
 
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> np.ndarray:
+    """Noise of about unit spread varying smoothly over `cell` pixels."""
+    h, w = shape
+    coarse = rng.normal(0, 1, (max(2, int(h / cell) + 2), max(2, int(w / cell) + 2)))
+    image = Image.fromarray(coarse.astype(np.float32), mode="F")
+    return np.asarray(image.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
+
+
+def desk_texture(rng: np.random.Generator, desk: str, shape: tuple[int, int]) -> np.ndarray:
+    """What lies beyond the page (one of DESKS), float RGB (h, w, 3): wood with its grain,
+    a dark desk, grey or near-white laminate (hardly darker than the paper), a woven cloth."""
+    h, w = shape
+    scale = h / 756
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    fine = rng.normal(0, 1, (h, w)).astype(np.float32)
+    if desk == "wood":
+        base = np.array([rng.uniform(110, 190), rng.uniform(70, 130), rng.uniform(35, 80)])
+        angle = rng.uniform(0, math.pi)
+        across = -math.sin(angle) * xs + math.cos(angle) * ys
+        period = rng.uniform(4, 20) * scale
+        wobble = _smooth_noise(rng, shape, 40 * scale)
+        grain = np.sin(2 * math.pi * across / period + 3.0 * wobble)
+        shade = 1 + rng.uniform(0.05, 0.15) * grain + 0.04 * fine
+    elif desk == "woven":
+        base = np.full(3, rng.uniform(60, 200)) + rng.uniform(-25, 25, 3)
+        period = rng.uniform(3, 8) * scale
+        weave = np.sin(2 * math.pi * xs / period) * np.sin(2 * math.pi * ys / period)
+        shade = 1 + rng.uniform(0.05, 0.15) * weave + 0.03 * fine
+    else:
+        level = {"dark": (25, 70), "grey": (110, 190), "light": (205, 240)}[desk]
+        base = np.full(3, rng.uniform(*level)) + rng.uniform(-10, 10, 3)
+        patches = _smooth_noise(rng, shape, 80 * scale)
+        shade = 1 + 0.04 * patches + rng.uniform(0.01, 0.03) * fine
+    return (base[None, None, :] * shade[..., None]).astype(np.float32)
+
+
+def _edge_band(
+    rng: np.random.Generator, shape: tuple[int, int], box: tuple[int, int, int, int]
+) -> np.ndarray:
+    """Where the page is, in the frame (alpha 0..1): one edge, two (a corner) or the whole
+    sheet lying within the frame, each edge slanted a little and crossing the frame at 2-30%
+    of its side from the frame's edge, never over the digit's `box` (top, left, bottom,
+    right, in frame pixels)."""
+    h, w = shape
+    top, left, bottom, right = box
+    gap = 0.03 * h
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    room = {
+        "top": top - gap,
+        "bottom": h - bottom - gap,
+        "left": left - gap,
+        "right": w - right - gap,
+    }
+    sides = [side for side in room if room[side] >= 0.02 * h]
+    if not sides:
+        sides = [max(room, key=lambda side: room[side])]
+    edges = int(rng.choice([1, 2, 4], p=[0.5, 0.25, 0.25]))
+    first = str(rng.choice(sides))
+    chosen = [first]
+    across = {"top": ("left", "right"), "bottom": ("left", "right")}
+    across |= {"left": ("top", "bottom"), "right": ("top", "bottom")}
+    second = [side for side in across[first] if side in sides]
+    if edges == 2 and second:
+        chosen.append(str(rng.choice(second)))
+    elif edges == 4:
+        chosen = sides
+    page = np.ones((h, w), dtype=np.float32)
+    for side in chosen:
+        slope = math.tan(math.radians(rng.uniform(-8, 8)))
+        extent = h if side in ("top", "bottom") else w
+        depth = min(rng.uniform(0.02, 0.3) * extent, max(1.0, room[side]))
+        if side in ("top", "bottom"):
+            reach = max(abs(slope) * abs(x - w / 2) for x in (left, right))
+            depth = max(1.0, min(depth, room[side] - reach))
+            line = (ys - depth) if side == "top" else (h - depth - ys)
+            signed = (line - slope * (xs - w / 2)) / math.hypot(1, slope)
+        else:
+            reach = max(abs(slope) * abs(y - h / 2) for y in (top, bottom))
+            depth = max(1.0, min(depth, room[side] - reach))
+            line = (xs - depth) if side == "left" else (w - depth - xs)
+            signed = (line - slope * (ys - h / 2)) / math.hypot(1, slope)
+        page = np.minimum(page, np.clip(signed + 0.5, 0.0, 1.0))
+    return page
+
+
+def _perspective(
+    corners_from: list[tuple[float, float]], corners_to: list[tuple[float, float]]
+) -> np.ndarray:
+    """The homography (3x3) taking four points to four others."""
+    rows, values = [], []
+    for (x, y), (u, v) in zip(corners_from, corners_to, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        values += [u, v]
+    solved = np.linalg.solve(np.array(rows, dtype=np.float64), np.array(values))
+    return np.append(solved, 1.0).reshape(3, 3)
+
+
+def _oblique_view(rng: np.random.Generator, size: tuple[int, int], degrees: float) -> np.ndarray:
+    """Where a camera slanted `degrees` from the page's normal sees the page's corners: the
+    page foreshortened by cos(degrees) across the slant, its far side narrower (which side
+    is far is drawn). Returns the homography from the page to the picture."""
+    pw, ph = size
+    slant = math.radians(degrees)
+    squeeze = math.cos(slant)
+    far = 1.0 - rng.uniform(0.3, 0.7) * math.sin(slant)  # far side's width / the page's
+    near = 1.0 + 0.3 * (1.0 - far)
+    page = [(0.0, 0.0), (pw, 0.0), (pw, ph), (0.0, ph)]  # TL, TR, BR, BL
+    side = str(rng.choice(["top", "bottom", "left", "right"]))
+    if side in ("top", "bottom"):
+        y0, y1 = ph * (1 - squeeze) / 2, ph * (1 + squeeze) / 2
+        top_w, bottom_w = (far, near) if side == "top" else (near, far)
+        seen = [
+            (pw * (1 - top_w) / 2, y0),
+            (pw * (1 + top_w) / 2, y0),
+            (pw * (1 + bottom_w) / 2, y1),
+            (pw * (1 - bottom_w) / 2, y1),
+        ]
+    else:
+        x0, x1 = pw * (1 - squeeze) / 2, pw * (1 + squeeze) / 2
+        left_h, right_h = (far, near) if side == "left" else (near, far)
+        seen = [
+            (x0, ph * (1 - left_h) / 2),
+            (x1, ph * (1 - right_h) / 2),
+            (x1, ph * (1 + right_h) / 2),
+            (x0, ph * (1 + left_h) / 2),
+        ]
+    return _perspective(page, seen)
+
+
+def _through(homography: np.ndarray, x: float, y: float) -> tuple[float, float]:
+    u, v, scale = homography @ np.array([x, y, 1.0])
+    return float(u / scale), float(v / scale)
+
+
+def _rotated_box(
+    box: tuple[int, int, int, int], degrees: float, centre: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """The bounding box (top, left, bottom, right) of `box` once the page is turned by
+    `degrees` about `centre` as PIL's rotate turns it (counter-clockwise on screen)."""
+    cx, cy = centre
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    seen = [
+        (cx + (x - cx) * c + (y - cy) * s, cy - (x - cx) * s + (y - cy) * c)
+        for y in box[::2]
+        for x in box[1::2]
+    ]
+    return (
+        int(min(y for _, y in seen)),
+        int(min(x for x, _ in seen)),
+        int(max(y for _, y in seen)) + 1,
+        int(max(x for x, _ in seen)) + 1,
+    )
+
+
+def _on_desk(
+    rng: np.random.Generator, pixels: np.ndarray, page: np.ndarray, desk: str
+) -> np.ndarray:
+    """The page (float RGB) where `page` (alpha) is, the desk beyond it, darkened near the
+    page's edge by the page's own soft shadow."""
+    shape = (int(page.shape[0]), int(page.shape[1]))
+    surface = desk_texture(rng, desk, shape)
+    outside = ndi.distance_transform_edt(page < 0.5).astype(np.float32)
+    softness = rng.uniform(0.005, 0.03) * shape[0]
+    surface *= (1.0 - rng.uniform(0.15, 0.5) * np.exp(-outside / softness))[..., None]
+    a = page[..., None]
+    return (pixels * a + surface * (1 - a)).astype(np.float32)
+
+
 def render(digit: np.ndarray | None, style: Style, rng: np.random.Generator) -> tuple[bytes, str]:
     """One picture as encoded bytes and its format ("JPEG" or "PNG"). `digit` None: blank."""
     h, w = style.height, style.width
     # Work on a page larger than the frame so that tilting it leaves no empty corners.
     margin = int(0.08 * max(h, w))
     ph, pw = h + 2 * margin, w + 2 * margin
+    box = (margin + h // 3, margin + w // 3, margin + 2 * h // 3, margin + 2 * w // 3)
     tint = (
         np.array([250.0, 250.0, 250.0]) - rng.uniform(0, 6, 3)
         if style.scan
@@ -288,6 +472,7 @@ def render(digit: np.ndarray | None, style: Style, rng: np.random.Generator) -> 
         ah, aw = alpha.shape
         top = margin + int(rng.uniform(0.05, 0.95) * max(1, h - ah))
         left = margin + int(rng.uniform(0.05, 0.95) * max(1, w - aw))
+        box = (top, left, top + ah, left + aw)
         region = page[top : top + ah, left : left + aw]
         a = alpha[: region.shape[0], : region.shape[1], None]
         ink = np.array(INKS[style.ink]) + rng.uniform(-8, 8, 3)
@@ -300,8 +485,46 @@ def render(digit: np.ndarray | None, style: Style, rng: np.random.Generator) -> 
     image = Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
     if style.page_angle:
         image = image.rotate(style.page_angle, Image.Resampling.BILINEAR, fillcolor=(90, 80, 70))
-    image = image.crop((margin, margin, margin + w, margin + h))
+        box = _rotated_box(box, style.page_angle, (pw / 2, ph / 2))
+    coverage = None
+    if style.oblique:
+        view = _oblique_view(rng, (pw, ph), style.oblique)
+        inverse = np.linalg.inv(view)
+        coefficients = tuple(float(c) for c in (inverse / inverse[2, 2]).ravel()[:8])
+        perspective = Image.Transform.PERSPECTIVE
+        image = image.transform((pw, ph), perspective, coefficients, Image.Resampling.BILINEAR)
+        coverage = Image.new("L", (pw, ph), 255).transform(
+            (pw, ph), perspective, coefficients, Image.Resampling.BILINEAR
+        )
+        seen = [_through(view, x, y) for y in box[::2] for x in box[1::2]]
+        box = (
+            int(min(y for _, y in seen)),
+            int(min(x for x, _ in seen)),
+            int(max(y for _, y in seen)) + 1,
+            int(max(x for x, _ in seen)) + 1,
+        )
+    # the frame: centred on the page; a slanted view moves it only as far as needed to keep
+    # the digit in view (the other kinds' pictures stay as they were)
+    crop_top, crop_left = margin, margin
+    if style.oblique:
+        gap = int(0.03 * h)
+        crop_top = int(np.clip(np.clip(margin, box[2] + gap - h, box[0] - gap), 0, ph - h))
+        crop_left = int(np.clip(np.clip(margin, box[3] + gap - w, box[1] - gap), 0, pw - w))
+    frame = (crop_left, crop_top, crop_left + w, crop_top + h)
+    image = image.crop(frame)
     pixels = np.asarray(image, dtype=np.float32)
+    if style.desk:
+        if coverage is not None:
+            where = np.asarray(coverage.crop(frame), dtype=np.float32) / 255.0
+        else:
+            in_frame = (
+                box[0] - crop_top,
+                box[1] - crop_left,
+                box[2] - crop_top,
+                box[3] - crop_left,
+            )
+            where = _edge_band(rng, (h, w), in_frame)
+        pixels = _on_desk(rng, pixels, where, style.desk)
     if not style.scan:
         pixels = pixels * _illumination(rng, (h, w), style.shadow)[..., None]
     pixels = pixels + rng.normal(0, style.noise, pixels.shape).astype(np.float32)
@@ -319,13 +542,16 @@ def render(digit: np.ndarray | None, style: Style, rng: np.random.Generator) -> 
 # --------------------------------------------------------------------------- many pictures
 
 # The mix of kinds the training set draws from: mostly photos with conditions at random.
-# "varied" (training only) widens every range beyond the evaluated conditions'.
+# "varied" (training only) widens every range beyond the evaluated conditions'; a page on a
+# desk and a slanted camera (foreshortened digits) are common in phone photos, and weigh more.
 TRAINING_MIX = {
-    "photo": 0.5,
+    "photo": 0.45,
     "varied": 0.2,
-    "scan": 0.15,
+    "scan": 0.1,
     **{kind: 0.15 / len(CONDITIONS) for kind in CONDITIONS},
 }
+TRAINING_MIX["desk"] += 0.05
+TRAINING_MIX["oblique"] += 0.05
 
 
 @dataclass(frozen=True)
@@ -347,14 +573,20 @@ def pictures(
     height: int = 756,
     start: int = 0,
 ) -> list[Picture]:
-    """Picture i shows images[i] (labels[i]) as kinds[i]; kind "blank" ignores the digit.
-    Seeded per picture by (seed, start + i): a slice passed with its start renders exactly
-    as it would within the whole."""
+    """Picture i shows images[i] (labels[i]) as kinds[i]; kinds "blank" (a photo's paper)
+    and "blank-desk" (a page on a desk: its edge in view, or seen at a slant) ignore the
+    digit. Seeded per picture by (seed, start + i): a slice passed with its start renders
+    exactly as it would within the whole."""
     out = []
     for i, (image, label, kind) in enumerate(zip(images, labels, kinds, strict=True)):
         rng = np.random.default_rng([seed, start + i])
-        blank = kind == "blank"
-        style = random_style(rng, "photo" if blank else kind, width, height)
+        blank = kind.startswith("blank")
+        drawn = kind
+        if kind == "blank":
+            drawn = "photo"
+        elif kind == "blank-desk":
+            drawn = "desk" if rng.random() < 0.5 else "oblique"
+        style = random_style(rng, drawn, width, height)
         data, _ = render(None if blank else image, style, rng)
         out.append(Picture(kind, None if blank else int(label), data, style))
     return out

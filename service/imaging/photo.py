@@ -39,6 +39,7 @@ EVEN_GROUND = 0.06  # gray levels between the border's quartiles
 SHADOW_DEPTH = 0.37  # a dark region this deep (fraction of the shorter side) is a shadow
 STROKE_CONTRAST = 0.2  # gray levels: on an even ground, strokes differ from it by this much
 MOST_OF_PICTURE = 0.5  # light strokes on a dark ground (MNIST, dark mode) never cover this much
+PAGE_DEPTH = 0.2  # ... nor reach this deep (see _depth): a light region this deep is a page
 DIM_PAPER = 0.15  # gray level: paper in the deepest shadow we still read
 CLOSING = 9  # cells: wider than a bold stroke (MNIST's are 7 cells at this grid)
 # Ink is darker than the paper around it by many times the paper's own noise there (its
@@ -58,6 +59,9 @@ RESIDUE_REACH = 5  # cells a side over which the paper's level is the least foun
 # shadow's soft edge, light falling off) is all that is left of it. A stroke is narrower
 # than this fraction of the picture's shorter side.
 BOLD_INK = 0.2
+STEP_REACH = 4  # pixels (see paper_steps)
+STEP_OF_PAPER = 0.15
+EDGE_SHARE = 0.8  # a piece with this share of its pixels on a step of the paper is the step
 SHADOW_INK = 0.12  # a region this dark and deep is a shadow (see _has_shadow)
 TOPHAT_OF_SIDE = 5
 MIN_LINE_INK = 0.06  # ruled lines are looked for among pixels at least this dark ...
@@ -116,6 +120,10 @@ MAX_INK_ELSEWHERE = 0.5
 MAX_INK_COVER = 0.15
 SOLID_FILL = 0.6
 REGION_THICKNESS = 0.1  # of the frame's shorter side: a region at the frame is this thick
+RELEVEL = 0.9  # read again when what cannot be the digit set the ink level this much higher
+DESK_CONTACT = 0.5  # a region along the frame this much of its length (see _is_desk) ...
+DESK_FILL = 0.4  # ... filling this much of its box ...
+DESK_ASIDE = 0.3  # ... its centre this far off the picture's (of its width or height)
 # A digit encloses at most two holes (0, 6, 9: one; 8: two; a sloppy 4 or 2 one more); a grid,
 # a lattice or a mesh encloses hundreds. Holes smaller than a quarter of the stroke width
 # squared are pinholes in a grainy stroke (pencil, marker bleed) and do not count. Checked on
@@ -139,6 +147,7 @@ class Component:
     left: int
     bottom: int  # exclusive
     right: int  # exclusive
+    on_step: float = 0.0  # share of its pixels where the paper's level steps (paper_steps)
 
     @property
     def height(self) -> int:
@@ -275,14 +284,15 @@ def even_paper(gray: np.ndarray) -> float | None:
 
 def ink_on_paper(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     """The darkness map and whether the paper was estimated locally (see `measure_ink`)."""
-    dark, photo, _ = measure_ink(gray)
+    dark, photo, _, _ = measure_ink(gray)
     return dark, photo
 
 
-def measure_ink(gray: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
+def measure_ink(gray: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray]:
     """The darkness map (see `darkness`) of the picture's strokes, in its own polarity,
-    whether the paper's level had to be estimated locally (a photo, not a scan or crop), and
-    the paper's noise at each pixel (see `paper_noise`).
+    whether the paper's level had to be estimated locally (a photo, not a scan or crop), the
+    paper's noise at each pixel (see `paper_noise`) and where the paper's level steps (see
+    `paper_steps`; nowhere unless estimated locally).
 
     On an even ground the strokes are whatever departs from it, darker (ink on paper, even
     dim paper) or lighter (MNIST, a dark-mode drawing), measured against that one level: a
@@ -291,6 +301,7 @@ def measure_ink(gray: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
     the light part of the border if that is even (a crop), else against the paper's local
     level (a photo: shadows, uneven light)."""
     ground = even_ground(gray)
+    page = False
     if ground is not None:
         toned, level = gray, ground
         darker = int((gray < ground - STROKE_CONTRAST).sum())
@@ -301,7 +312,8 @@ def measure_ink(gray: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
         if level <= DIM_PAPER:
             gray = toned
         else:
-            page = inverted and lighter > MOST_OF_PICTURE * gray.size
+            wide = lighter > MOST_OF_PICTURE * gray.size
+            page = inverted and (wide or _page_within(gray, ground))
             if not (page or _has_shadow(darkness(toned, np.float32(level)))):
                 return _measured(toned, np.float32(level), False)
             # What departs from the even border is a region, not strokes: the page on a
@@ -309,7 +321,9 @@ def measure_ink(gray: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
             ground = None
     if ground is None and not light_ground(gray):
         gray = 1.0 - gray
-    paper = even_paper(gray)
+    paper = None if page else even_paper(gray)
+    if paper is not None and _page_within(gray, paper):
+        paper = None  # the border is a desk or a table: the paper is judged where it lies
     if paper is not None and not _has_shadow(darkness(gray, np.float32(paper))):
         return _measured(gray, np.float32(paper), False)
     return _measured(gray, paper_level(gray), True)
@@ -317,7 +331,7 @@ def measure_ink(gray: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
 
 def _measured(
     gray: np.ndarray, paper: np.ndarray | np.float32, photo: bool
-) -> tuple[np.ndarray, bool, np.ndarray]:
+) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray]:
     """Darkness against `paper`, less what the paper level left (`paper_residue`); faint
     marks only as far as they are narrow ridges (`_narrow_darkness`)."""
     relative = relative_darkness(gray, paper)
@@ -326,7 +340,20 @@ def _measured(
     faint = dark < BOLD_INK
     if faint.any():  # faint marks count only as far as they are darker than both sides
         dark = np.where(faint, np.minimum(dark, _narrow_darkness(gray, paper)), dark)
-    return dark, photo, noise
+    if isinstance(paper, np.ndarray):
+        return dark, photo, noise, paper_steps(paper)
+    return dark, photo, noise, np.zeros(dark.shape, dtype=bool)
+
+
+def paper_steps(paper: np.ndarray) -> np.ndarray:
+    """Where the paper's level (`paper_level`) changes by STEP_OF_PAPER of itself within
+    STEP_REACH pixels: a page's edge against the desk beyond it, a table's, a sharp shadow's
+    edge. Light falling off across a page changes it far more gently. Marks lying along
+    such a step are the step (the paper level lags behind it), not strokes."""
+    size = 2 * STEP_REACH + 1
+    high = ndi.maximum_filter(paper, size=size, mode="nearest")
+    low = -ndi.maximum_filter(-paper, size=size, mode="nearest")
+    return np.asarray(high - low > STEP_OF_PAPER * np.maximum(high, DIM_PAPER))
 
 
 def _narrow_darkness(gray: np.ndarray, paper: np.ndarray | np.float32) -> np.ndarray:
@@ -343,9 +370,30 @@ def _has_shadow(dark: np.ndarray) -> bool:
     """Whether a dark region is too deep to be strokes: a shadow over part of the page
     (strokes, however bold, are narrow: every pixel of one is near its edge). Light falling
     off more gently across a page is left to `paper_residue`."""
-    region = dark[::4, ::4] > SHADOW_INK
-    depth = 4.0 * float(ndi.distance_transform_edt(region).max()) if region.any() else 0.0
-    return depth > SHADOW_DEPTH * min(dark.shape)
+    return _depth(dark > SHADOW_INK) > SHADOW_DEPTH * min(dark.shape)
+
+
+def _page_within(gray: np.ndarray, border: float) -> bool:
+    """Whether a region far lighter than the border's `border` level reaches PAGE_DEPTH
+    into the picture: a page lying on a desk, the desk all around it (light strokes, even
+    MNIST's boldest, are far thinner). What the region encloses (the digit written on the
+    page) counts as the region's."""
+    lit = gray[::4, ::4] > border + STROKE_CONTRAST
+    enclosed, count = ndi.label(~lit)
+    if count:
+        frame = np.unique(
+            np.concatenate([enclosed[0], enclosed[-1], enclosed[:, 0], enclosed[:, -1]])
+        )
+        lit |= ~np.isin(enclosed, frame)
+    depth = 4.0 * float(ndi.distance_transform_edt(lit).max()) if lit.any() else 0.0
+    return depth > PAGE_DEPTH * min(gray.shape)
+
+
+def _depth(region: np.ndarray) -> float:
+    """How deep a region reaches, in pixels: its largest distance to its edge (measured at a
+    quarter of the resolution: a region's depth, not a stroke's, is what is asked)."""
+    sampled = region[::4, ::4]
+    return 4.0 * float(ndi.distance_transform_edt(sampled).max()) if sampled.any() else 0.0
 
 
 def paper_level(gray: np.ndarray, grid: int = PAPER_GRID) -> np.ndarray:
@@ -563,7 +611,7 @@ def remove_ruled_lines(
     kept &= ~_leftovers(kept, horizontal, vertical)
     kept &= ~_continued_by_faint_lines(kept, faint)
     if dark is not None:
-        kept &= ~_as_faint_as_lines(kept, lines & faint, dark)
+        kept &= ~_as_faint_as_lines(kept, horizontal & faint, vertical & ~horizontal & faint, dark)
     return kept
 
 
@@ -588,16 +636,28 @@ def _leftovers(kept: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray) -
     return leftover[labels]
 
 
-def _as_faint_as_lines(kept: np.ndarray, lines: np.ndarray, dark: np.ndarray) -> np.ndarray:
+def _as_faint_as_lines(
+    kept: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray, dark: np.ndarray
+) -> np.ndarray:
     """Pieces no darker than the paper's lines (their mean darkness under PIECE_OVER_LINE x
-    the lines' median, over all their length, faint parts included): what is left of the
+    the typical line's, over all their length, faint parts included): what is left of the
     lines where they were not found whole (a grid's crossings, dashes in a shadow). A pen's
-    or a pencil's stroke is darker than print. Judged only on paper with MIN_PAPER_LINES
-    lines or more: a single long straight 'line' may be a stroke of a large digit."""
-    _, found = ndi.label(lines, structure=np.ones((3, 3), dtype=bool))
-    if found < MIN_PAPER_LINES:
+    or a pencil's stroke is darker than print. The typical line: the median of each line's
+    own median darkness (the lines of each direction, 8-connected), so that one dark band
+    found among them (a page's edge against the desk, a table's) counts once, not by its
+    pixels. Judged only on paper with MIN_PAPER_LINES lines or more: a single long straight
+    'line' may be a stroke of a large digit."""
+    medians: list[float] = []
+    for found in (horizontal, vertical):
+        if found.any():
+            per_line = _line_darkness(found, dark)
+            labels, count = ndi.label(found, structure=np.ones((3, 3), dtype=bool))
+            first = np.zeros(count + 1, dtype=np.float32)
+            first[labels[found]] = per_line[found]
+            medians.extend(float(m) for m in first[1:])
+    if len(medians) < MIN_PAPER_LINES:
         return np.zeros(kept.shape, dtype=bool)
-    typical = float(np.median(dark[lines]))
+    typical = float(np.median(medians))
     labels, count = ndi.label(kept, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return kept
@@ -716,14 +776,20 @@ def _closing1d(mask: np.ndarray, axis: int, size: int = BRIDGE) -> np.ndarray:
 # --------------------------------------------------------------------------- the digit
 
 
-def components(mask: np.ndarray, dark: np.ndarray) -> tuple[np.ndarray, list[Component]]:
-    """Label the ink mask (8-connected) and describe each piece."""
+def components(
+    mask: np.ndarray, dark: np.ndarray, steps: np.ndarray | None = None
+) -> tuple[np.ndarray, list[Component]]:
+    """Label the ink mask (8-connected) and describe each piece (`steps`: where the paper's
+    level steps, see paper_steps)."""
     labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return labels, []
     flat = labels.ravel()
     areas = np.bincount(flat, minlength=count + 1)[1:]
     inks = np.bincount(flat, weights=dark.ravel(), minlength=count + 1)[1:]
+    stepped = np.zeros(count, dtype=np.int64)
+    if steps is not None and steps.any():
+        stepped = np.bincount(flat[steps.ravel()], minlength=count + 1)[1:]
     pieces = []
     for label, span in enumerate(ndi.find_objects(labels), start=1):
         if span is None:
@@ -737,6 +803,7 @@ def components(mask: np.ndarray, dark: np.ndarray) -> tuple[np.ndarray, list[Com
                 left=span[1].start,
                 bottom=span[0].stop,
                 right=span[1].stop,
+                on_step=float(stepped[label - 1]) / max(1, int(areas[label - 1])),
             )
         )
     return labels, pieces
@@ -760,6 +827,26 @@ def _is_band(piece: Component, shape: tuple[int, int]) -> bool:
     a fold's edge, a table's, never a digit (even a wide '2' or '7' is taller than
     FLATTEST_DIGIT of its width)."""
     return piece.width >= LINE_SPAN * shape[1] and piece.height < FLATTEST_DIGIT * piece.width
+
+
+def _is_outline(
+    piece: Component, pieces: list[Component], shape: tuple[int, int], min_side: float
+) -> bool:
+    """The outline of a page lying on a desk (or of a box drawn around the digit): spanning
+    LINE_SPAN of the picture both ways, around another piece a digit's size that lies wholly
+    within it. No digit holds another one inside (a '0' large enough holds specks at most)."""
+    h, w = shape
+    if piece.height < LINE_SPAN * h or piece.width < LINE_SPAN * w:
+        return False
+    return any(
+        other is not piece
+        and max(other.height, other.width) >= min_side
+        and other.top > piece.top
+        and other.bottom < piece.bottom
+        and other.left > piece.left
+        and other.right < piece.right
+        for other in pieces
+    )
 
 
 def _is_blob(piece: Component, labels: np.ndarray) -> bool:
@@ -792,8 +879,14 @@ def select_digit(
     h, w = shape
     min_side = max(MIN_DIGIT_PIXELS, smallest * min(h, w))
     usable = [
-        p for p in pieces if p.area >= 4 and not _is_blob(p, labels) and not _is_band(p, shape)
+        p
+        for p in pieces
+        if p.area >= 4
+        and not _never_the_digit(p, labels)
+        and not _is_blob(p, labels)
+        and not _is_band(p, shape)
     ]
+    usable = [p for p in usable if not _is_outline(p, usable, shape, min_side)]
     inside = [p for p in usable if not _is_frame_artifact(p, shape)]
     big_inside = [p for p in inside if max(p.height, p.width) >= min_side]
     # A picture cropped tightly around its digit has the digit touching the frame: pieces at
@@ -851,9 +944,10 @@ def _holes_in(pieces: list[Component], labels: np.ndarray) -> int:
 
 def _is_region(piece: Component, labels: np.ndarray) -> bool:
     """A shadow, a table or a page edge rather than marks: solid (it fills most of its box),
-    or at the frame, spanning half of it, thick (a shadow is tens of pixels across, stripes
-    and noise grains are not) and enclosing next to nothing (a texture's pieces are meshes)."""
-    if piece.area >= SOLID_FILL * piece.height * piece.width:
+    lying along a step of the paper's level (`paper_steps`), or at the frame, spanning half
+    of it, thick (a shadow is tens of pixels across, stripes and noise grains are not) and
+    enclosing next to nothing (a texture's pieces are meshes)."""
+    if piece.area >= SOLID_FILL * piece.height * piece.width or piece.on_step >= EDGE_SHARE:
         return True
     shape = (int(labels.shape[0]), int(labels.shape[1]))
     if not _is_frame_artifact(piece, shape):
@@ -1001,8 +1095,31 @@ def read_digit(
     lines or a stain (uploads.read_upload takes a finer look at any). A digit is at least
     `smallest` of the picture's shorter side tall or wide; a `small_digit` (the finer look
     for one) never touches the frame, so pieces that do are left out as in a photo."""
-    dark, photo, noise = measure_ink(luminance(enlarge(shrink(image, side))))
+    dark, photo, noise, steps = measure_ink(luminance(enlarge(shrink(image, side))))
     refuse_noisy_background(noise)
+    frame_photo = photo or small_digit
+    labels, pieces = ink_pieces(dark, noise, steps)
+    # Marks that cannot be the digit (the desk beyond the page, the band along a page's
+    # edge) may still have set the ink's level, which a faint pen then fell short of: if
+    # so, the picture is read again without them.
+    aside = [p for p in pieces if _never_the_digit(p, labels)]
+    if aside:
+        cleared = np.where(_grown(np.isin(labels, [p.label for p in aside])), 0.0, dark)
+        cleared = cleared.astype(np.float32)
+        if ink_level(cleared) < RELEVEL * ink_level(dark):
+            dark = cleared
+            labels, pieces = ink_pieces(dark, noise, steps)
+    chosen = select_digit(pieces, labels, frame_photo, smallest)
+    ink, digit_mask = soft_crop(dark, labels, chosen)
+    ink, width = widen_strokes(ink, digit_mask)
+    return DigitReading(fit_to_field(ink), components=len(chosen), stroke_width=width)
+
+
+def ink_pieces(
+    dark: np.ndarray, noise: np.ndarray, steps: np.ndarray
+) -> tuple[np.ndarray, list[Component]]:
+    """The pieces of ink in a darkness map: thresholds from its ink level and the paper's
+    noise, ruled lines removed. Raises UnusableInput when nothing is clearly dark."""
     level = ink_level(dark)
     strong, _ = ink_thresholds(level, noise)
     if int((dark >= strong).sum()) < MIN_DIGIT_PIXELS // 2:
@@ -1012,8 +1129,37 @@ def read_digit(
         )
     faint = dark >= line_threshold(level)
     mask = remove_ruled_lines(ink_mask(dark, level, noise), faint, dark)
-    labels, pieces = components(mask, dark)
-    chosen = select_digit(pieces, labels, photo or small_digit, smallest)
-    ink, digit_mask = soft_crop(dark, labels, chosen)
-    ink, width = widen_strokes(ink, digit_mask)
-    return DigitReading(fit_to_field(ink), components=len(chosen), stroke_width=width)
+    return components(mask, dark, steps)
+
+
+def _never_the_digit(piece: Component, labels: np.ndarray) -> bool:
+    """A piece that is the desk (`_is_desk`) or lies along a step of the paper's level."""
+    return piece.on_step >= EDGE_SHARE or _is_desk(piece, labels)
+
+
+def _is_desk(piece: Component, labels: np.ndarray) -> bool:
+    """A dark region at the frame, beyond the page: a desk's corner or strip, a table, the
+    dark border of a scan. It lies along the frame (on DESK_CONTACT of its length along one
+    side, a tenth of that side at least), to one side of the picture (its box's centre in
+    the outer fifth across or down: a bold digit filling a tight crop is centred) and fills
+    much of its box (DESK_FILL: a corner's triangle half of it; strokes far less)."""
+    h, w = int(labels.shape[0]), int(labels.shape[1])
+    across = abs((piece.left + piece.right) / 2 / w - 0.5)
+    down = abs((piece.top + piece.bottom) / 2 / h - 0.5)
+    if max(across, down) < DESK_ASIDE or piece.area < DESK_FILL * piece.height * piece.width:
+        return False
+    sides = (
+        (piece.top == 0, labels[0, piece.left : piece.right], w),
+        (piece.bottom == h, labels[h - 1, piece.left : piece.right], w),
+        (piece.left == 0, labels[piece.top : piece.bottom, 0], h),
+        (piece.right == w, labels[piece.top : piece.bottom, w - 1], h),
+    )
+    for touching, edge, length in sides:
+        if touching and len(edge) >= 0.1 * length and (edge == piece.label).mean() >= DESK_CONTACT:
+            return True
+    return False
+
+
+def _grown(mask: np.ndarray) -> np.ndarray:
+    """A mask widened by two pixels (a region's soft edge is darker than the paper too)."""
+    return ndi.maximum_filter(mask.astype(np.uint8), size=5) > 0
