@@ -139,6 +139,35 @@ def test_registry_on_committed_models() -> None:
     assert probs.shape == (3, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+def test_photos_and_pixel_arrays_each_have_their_own_confidence_threshold() -> None:
+    """A card's calibration holds a threshold for photos (rendered photos) and one for pixel
+    arrays (MNIST validation digits); pixel answers fall back to the photo threshold on a
+    card calibrated before the pixel one existed. The pipeline's answers use their source's."""
+    from service.engine.pipeline import Classified
+
+    registry = ModelRegistry.load(Settings.from_env({"RNNSERVE_DEVICE": "cpu"}))
+    model = registry.digit_model("bigru")
+    calibration = model.card.data["calibration"]
+    assert 0 < calibration["pixel_confidence_threshold"] <= 1
+    probs = np.full((2, 10), 0.0, np.float32)
+    probs[:, 3] = [0.5, 0.95]
+    probs[:, 4] = 1 - probs[:, 3]
+    saved = dict(calibration)
+    try:
+        calibration.update(confidence_threshold=0.9, pixel_confidence_threshold=0.4)
+        assert model.confident(probs, photo=True).tolist() == [False, True]
+        assert model.confident(probs, photo=False).tolist() == [True, True]
+        typical = np.ones(2, dtype=bool)
+        assert Classified(model, probs, typical).confident.tolist() == [True, True]
+        photo_answer = Classified(model, probs, typical, photo=True)
+        assert photo_answer.confident.tolist() == [False, True]
+        del calibration["pixel_confidence_threshold"]  # an older card
+        assert model.confident(probs, photo=False).tolist() == [False, True]
+    finally:
+        calibration.clear()
+        calibration.update(saved)
+
+
 # ---------------------------------------------------------------------------- OpenAPI document
 
 

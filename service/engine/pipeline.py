@@ -49,12 +49,14 @@ class Classified:
     model: DigitClassifier
     probabilities: np.ndarray  # (N, 10) float32
     typical: np.ndarray  # (N,) bool: each input looks like a digit (model/input_check.py)
+    photo: bool = False  # read from an uploaded picture (its own calibrated threshold)
 
     @property
     def confident(self) -> np.ndarray:
-        """(N,) bool: the top probability reaches the calibrated threshold, for an input that
-        looks like a digit (a blank or noise array is never a confident answer)."""
-        return self.model.confident(self.probabilities) & self.typical
+        """(N,) bool: the top probability reaches the threshold calibrated for its source
+        (photos, or pixel arrays), for an input that looks like a digit (a blank or noise
+        array is never a confident answer)."""
+        return self.model.confident(self.probabilities, photo=self.photo) & self.typical
 
 
 def split_checked(checked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +255,7 @@ class Pipelines:
                 await self.batcher(model).predict(pixels[None].astype(np.float32))
             )
         # a photo has its own checks (service/imaging/photo.py) and calibration: no input check
-        return Classified(model, probs, np.ones(1, dtype=bool)), pixels
+        return Classified(model, probs, np.ones(1, dtype=bool), photo=True), pixels
 
     def read_digit(self, data: bytes) -> np.ndarray:
         return read_upload(data, self.image_limits).pixels

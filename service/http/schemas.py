@@ -164,8 +164,10 @@ class DigitPrediction(BaseModel):
     digit: int = Field(description="the most probable digit")
     confident: bool = Field(
         description="whether the top probability reaches the model's calibrated threshold "
-        "(its card's calibration: on photos and scans, confident answers were right at "
-        "least 99.5% of the time) and, for pixel arrays, whether the array looks like a digit "
+        "for the input's source (its card's calibration: for photos and scans, calibrated on "
+        "rendered photos, confident answers right at least 99.5% of the time; for pixel "
+        "arrays, on MNIST validation digits, at least 99.7%) and, for pixel arrays, whether "
+        "the array looks like a digit "
         "at all (a blank, constant or noise array never is: the card's input_check); false: "
         "look at the probabilities, or ask for a clearer picture"
     )

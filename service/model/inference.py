@@ -141,15 +141,25 @@ class DigitClassifier(LoadedModel):
 
     @property
     def confidence_threshold(self) -> float:
-        """The top probability from which an answer counts as confident: calibrated per model
-        on photos and scans by training/photo_eval.py (the card's `calibration`), else
-        UNCALIBRATED_THRESHOLD."""
+        """The top probability from which an answer about a photo counts as confident:
+        calibrated per model on rendered photos and scans by training/photo_eval.py (the
+        card's `calibration`), else UNCALIBRATED_THRESHOLD."""
         calibration = self.card.data.get("calibration") or {}
         return float(calibration.get("confidence_threshold", UNCALIBRATED_THRESHOLD))
 
-    def confident(self, probabilities: np.ndarray) -> np.ndarray:
-        """(N, 10) probabilities -> (N,) bool: is each answer's top probability calibrated-sure."""
-        return np.asarray(probabilities.max(axis=-1) >= self.confidence_threshold)
+    @property
+    def pixel_confidence_threshold(self) -> float:
+        """The same for pixel arrays (MNIST-like digits, already 28x28): calibrated apart, on
+        MNIST validation digits (`pixel_confidence_threshold`), since a photo's threshold is
+        stricter than clean digits need; a card without it uses the photo threshold."""
+        calibration = self.card.data.get("calibration") or {}
+        return float(calibration.get("pixel_confidence_threshold", self.confidence_threshold))
+
+    def confident(self, probabilities: np.ndarray, photo: bool = True) -> np.ndarray:
+        """(N, 10) probabilities -> (N,) bool: is each answer's top probability calibrated-sure,
+        by the threshold for photos (`photo`) or for pixel arrays."""
+        threshold = self.confidence_threshold if photo else self.pixel_confidence_threshold
+        return np.asarray(probabilities.max(axis=-1) >= threshold)
 
 
 class CharModel(LoadedModel):
