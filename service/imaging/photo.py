@@ -39,7 +39,7 @@ EVEN_GROUND = 0.06  # gray levels between the border's quartiles
 SHADOW_DEPTH = 0.37  # a dark region this deep (fraction of the shorter side) is a shadow
 STROKE_CONTRAST = 0.2  # gray levels: on an even ground, strokes differ from it by this much
 MOST_OF_PICTURE = 0.5  # light strokes on a dark ground (MNIST, dark mode) never cover this much
-PAGE_DEPTH = 0.2  # ... nor reach this deep (see _depth): a light region this deep is a page
+PAGE_DEPTH = 0.15  # ... nor reach this deep (see _depth): a light region this deep is a page
 DIM_PAPER = 0.15  # gray level: paper in the deepest shadow we still read
 CLOSING = 9  # cells: wider than a bold stroke (MNIST's are 7 cells at this grid)
 # Ink is darker than the paper around it by many times the paper's own noise there (its
@@ -376,17 +376,9 @@ def _has_shadow(dark: np.ndarray) -> bool:
 def _page_within(gray: np.ndarray, border: float) -> bool:
     """Whether a region far lighter than the border's `border` level reaches PAGE_DEPTH
     into the picture: a page lying on a desk, the desk all around it (light strokes, even
-    MNIST's boldest, are far thinner). What the region encloses (the digit written on the
-    page) counts as the region's."""
-    lit = gray[::4, ::4] > border + STROKE_CONTRAST
-    enclosed, count = ndi.label(~lit)
-    if count:
-        frame = np.unique(
-            np.concatenate([enclosed[0], enclosed[-1], enclosed[:, 0], enclosed[:, -1]])
-        )
-        lit |= ~np.isin(enclosed, frame)
-    depth = 4.0 * float(ndi.distance_transform_edt(lit).max()) if lit.any() else 0.0
-    return depth > PAGE_DEPTH * min(gray.shape)
+    MNIST's boldest, are far thinner; the digit written on the page only makes the page
+    less deep, so the bound sits well under a page's depth)."""
+    return _depth(gray > border + STROKE_CONTRAST) > PAGE_DEPTH * min(gray.shape)
 
 
 def _depth(region: np.ndarray) -> float:
