@@ -39,7 +39,7 @@ EVEN_GROUND = 0.06  # gray levels between the border's quartiles
 SHADOW_DEPTH = 0.37  # a dark region this deep (fraction of the shorter side) is a shadow
 STROKE_CONTRAST = 0.2  # gray levels: on an even ground, strokes differ from it by this much
 MOST_OF_PICTURE = 0.5  # light strokes on a dark ground (MNIST, dark mode) never cover this much
-PAGE_DEPTH = 0.15  # ... nor reach this deep (see _depth): a light region this deep is a page
+PAGE_DEPTH = 0.22  # ... nor reach this deep (see _depth): a light region this deep is a page
 DIM_PAPER = 0.15  # gray level: paper in the deepest shadow we still read
 CLOSING = 9  # cells: wider than a bold stroke (MNIST's are 7 cells at this grid)
 # Ink is darker than the paper around it by many times the paper's own noise there (its
