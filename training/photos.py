@@ -400,11 +400,16 @@ def _rotated_box(
         for y in box[::2]
         for x in box[1::2]
     ]
+    return _bounding_box(seen)
+
+
+def _bounding_box(points: list[tuple[float, float]]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) in whole pixels around (x, y) points."""
     return (
-        int(min(y for _, y in seen)),
-        int(min(x for x, _ in seen)),
-        int(max(y for _, y in seen)) + 1,
-        int(max(x for x, _ in seen)) + 1,
+        int(min(y for _, y in points)),
+        int(min(x for x, _ in points)),
+        int(max(y for _, y in points)) + 1,
+        int(max(x for x, _ in points)) + 1,
     )
 
 
@@ -496,13 +501,7 @@ def render(digit: np.ndarray | None, style: Style, rng: np.random.Generator) -> 
         coverage = Image.new("L", (pw, ph), 255).transform(
             (pw, ph), perspective, coefficients, Image.Resampling.BILINEAR
         )
-        seen = [_through(view, x, y) for y in box[::2] for x in box[1::2]]
-        box = (
-            int(min(y for _, y in seen)),
-            int(min(x for x, _ in seen)),
-            int(max(y for _, y in seen)) + 1,
-            int(max(x for x, _ in seen)) + 1,
-        )
+        box = _bounding_box([_through(view, x, y) for y in box[::2] for x in box[1::2]])
     # the frame: centred on the page; a slanted view moves it only as far as needed to keep
     # the digit in view (the other kinds' pictures stay as they were)
     crop_top, crop_left = margin, margin
