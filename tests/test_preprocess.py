@@ -172,6 +172,30 @@ def test_a_large_jpeg_is_decoded_reduced() -> None:
     assert image.size[0] / image.size[1] == pytest.approx(4 / 3)
 
 
+@pytest.mark.parametrize("size", [(4000, 3000), (200, 150)])
+def test_a_colour_jpeg_is_decoded_as_its_gray_levels(size: tuple[int, int]) -> None:
+    """Reduced or not, a colour JPEG comes out as L (its luma, decoded without the chroma),
+    within a couple of levels of Pillow's own RGB -> L of the same picture decoded in
+    colour: coloured ink (blue, red) stays as dark against the paper as it was."""
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (size[1] // 50, size[0] // 50, 3), dtype=np.uint8)
+    photo = Image.fromarray(small).resize(size, Image.Resampling.NEAREST)
+    data = encoded(photo, "JPEG", quality=90)
+    gray = decode_image(data, LIMIT)
+    assert gray.mode == "L"
+    colour = Image.open(io.BytesIO(data))
+    colour.draft("RGB", gray.size)  # the same reduction, in colour
+    expected = np.asarray(colour.convert("L").resize(gray.size, Image.Resampling.BOX), float)
+    assert np.abs(np.asarray(gray, float) - expected).mean() < 2.0
+
+
+def test_a_cmyk_jpeg_is_still_read() -> None:
+    """A print shop's CMYK JPEG has no luma channel to decode alone: it is converted."""
+    image = decode_image(encoded(Image.new("CMYK", (400, 300), (0, 0, 0, 40)), "JPEG"), LIMIT)
+    assert image.mode in ("RGB", "L")
+    assert 150 < np.asarray(image.convert("L")).mean() < 250
+
+
 def test_decoded_size_counts_not_declared_size_for_jpeg() -> None:
     """A JPEG over the pixel limit as declared, within it once reduced, is read."""
     limits = ImageLimits(max_pixels=2_000_000, max_side=16384, max_aspect=20)

@@ -28,6 +28,10 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 Image.MAX_IMAGE_PIXELS = None
 # JPEGs are decoded at 1/2, 1/4 or 1/8 scale while that leaves at least 3/4 of the side
 # asked for (draft mode): a 12-megapixel photo costs the decoding of 0.2 megapixels.
+# A colour JPEG is decoded straight to gray, all the reading uses (photo.luminance):
+# libjpeg outputs its Y channel (Pillow's RGB -> L weights, within a level) and skips the
+# chroma's inverse DCT, upsampling and colour conversion, and one channel is shrunk, not
+# three: 16.4 -> 13.6 ms of decoding for a 12 MP phone photo at 1/8 scale.
 # The second, finer look at a picture where nothing was found (read_upload): a digit 3% of
 # a phone photo's height is ~17 pixels tall there, its fine pen's strokes a pixel or two.
 FINER_SIDE = 768
@@ -122,9 +126,9 @@ def decode_image(data: bytes, limits: ImageLimits, side: int = ANALYSIS_SIDE) ->
 
     Only the allowed formats' parsers ever see the bytes; the declared size is checked from
     the header; JPEGs are decoded at 1/2, 1/4 or 1/8 scale when that still leaves 3/4 of
-    `side` pixels (draft mode: cheaper than decoding everything and shrinking); only the
-    first frame of an animated or multi-picture file is read. Memory then follows the
-    limits, not the file. The picture's size as sent is in its info[SOURCE_SIZE].
+    `side` pixels (draft mode: cheaper than decoding everything and shrinking), colour
+    JPEGs as gray; only the first frame of an animated or multi-picture file is read.
+    Memory then follows the limits, not the file. The picture's size as sent is in its info[SOURCE_SIZE].
     """
     if not data:
         raise BadInput("the uploaded file is empty")
@@ -153,7 +157,8 @@ def decode_image(data: bytes, limits: ImageLimits, side: int = ANALYSIS_SIDE) ->
                 width, height = image.size
                 scale = max(width, height) / (side * 3 // 4)
                 if scale >= 2:
-                    image.draft(None, (max(1, int(width / scale)), max(1, int(height / scale))))
+                    width, height = max(1, int(width / scale)), max(1, int(height / scale))
+                image.draft("L", (width, height))  # gray: see the note at the top
             width, height = image.size
             if width * height > limits.max_pixels:
                 raise TooLarge(
