@@ -128,7 +128,8 @@ def decode_image(data: bytes, limits: ImageLimits, side: int = ANALYSIS_SIDE) ->
     the header; JPEGs are decoded at 1/2, 1/4 or 1/8 scale when that still leaves 3/4 of
     `side` pixels (draft mode: cheaper than decoding everything and shrinking), colour
     JPEGs as gray; only the first frame of an animated or multi-picture file is read.
-    Memory then follows the limits, not the file. The picture's size as sent is in its info[SOURCE_SIZE].
+    Memory then follows the limits, not the file. The picture's size as sent is in its
+    info[SOURCE_SIZE].
     """
     if not data:
         raise BadInput("the uploaded file is empty")
