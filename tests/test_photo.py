@@ -284,6 +284,26 @@ def test_a_desk_corner_in_view_does_not_hide_a_faint_pen() -> None:
     assert np.ptp(rows) >= 18 and np.ptp(columns) <= 8  # a tall bar, not what is left of one
 
 
+@pytest.mark.parametrize("line", ["strip", "corner"])
+def test_a_line_running_out_of_the_frame_on_two_sides_is_no_digit(line: str) -> None:
+    """Blank paper lit evenly, with a thin dark line reaching two sides of the frame off to
+    one side: a desk's strip from top to bottom beyond the page, or the page's edge cutting a
+    corner. Read as a '1' before (it was the only mark, and an even picture may be a tight
+    crop whose digit touches the frame); a digit cut by a crop touches one side, or fills
+    the crop and is centred, as the tight '1' of the desk-corner test above is."""
+    gray = paper()
+    if line == "strip":
+        gray[:, 20:32] = 0.55
+    else:
+        ys, xs = np.mgrid[0:300, 0:400]
+        gray[np.abs(ys - (xs - 310) * 1.2) < 3] = 0.3  # from the top edge to the right one
+    with pytest.raises(UnusableInput, match="no visible digit"):
+        photo.read_digit(Image.fromarray((gray * 255).astype(np.uint8)))
+    a_seven(gray, 100, 150, 80, 4, 0.2)  # a digit beside it is still read
+    seen = photo.read_digit(Image.fromarray((gray * 255).astype(np.uint8)))
+    assert seen.components >= 1 and seen.pixels.max() > 200
+
+
 def test_specks_are_not_a_digit() -> None:
     gray = paper()
     rng = np.random.default_rng(0)

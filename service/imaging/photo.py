@@ -875,6 +875,7 @@ def select_digit(
         for p in pieces
         if p.area >= 4
         and not _never_the_digit(p, labels)
+        and not _runs_out_of_frame(p, shape)
         and not _is_blob(p, labels)
         and not _is_band(p, shape)
     ]
@@ -1127,6 +1128,19 @@ def ink_pieces(
 def _never_the_digit(piece: Component, labels: np.ndarray) -> bool:
     """A piece that is the desk (`_is_desk`) or lies along a step of the paper's level."""
     return piece.on_step >= EDGE_SHARE or _is_desk(piece, labels)
+
+
+def _runs_out_of_frame(piece: Component, shape: tuple[int, int]) -> bool:
+    """A piece reaching two sides of the frame, to one side of the picture (its box's centre
+    in the outer fifth across or down, as `_is_desk`): a page's edge or its shadow cutting
+    a corner, a desk's strip from top to bottom, a line running on beyond the picture. A
+    digit a crop cuts is cut on one side, or fills the crop and is centred in it. Left out
+    of the candidates only: a thin line there is no reason to read the picture again."""
+    h, w = shape
+    across = abs((piece.left + piece.right) / 2 / w - 0.5)
+    down = abs((piece.top + piece.bottom) / 2 / h - 0.5)
+    sides = (piece.top == 0) + (piece.left == 0) + (piece.bottom == h) + (piece.right == w)
+    return max(across, down) >= DESK_ASIDE and sides >= 2
 
 
 def _is_desk(piece: Component, labels: np.ndarray) -> bool:
