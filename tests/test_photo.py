@@ -436,6 +436,22 @@ def test_the_varied_training_kind_widens_every_range_beyond_the_photos() -> None
         assert read_upload(picture.data, LIMITS).pixels.max() > 200
 
 
+@pytest.mark.parametrize("index", [18, 135])
+def test_the_desk_along_a_page_edge_is_part_of_the_step(
+    index: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blank pages on a desk (the renderer's blank-desk kind, seed 555, not an evaluation
+    seed): the paper level lags behind the page's edge, so a band of desk along it looks
+    dark against the page, and pieces of that band were read as a '1'. Counted as part of
+    the step (STEP_BAND), they are refused; without the band they are read."""
+    blank = np.zeros((1, 28, 28), np.uint8)
+    (picture,) = pictures(blank, np.zeros(1, int), ["blank-desk"], seed=555, start=index)
+    with pytest.raises(UnusableInput):
+        read_upload(picture.data, LIMITS)
+    monkeypatch.setattr(photo, "STEP_BAND", 0.0)
+    assert read_upload(picture.data, LIMITS).pixels.max() > 200
+
+
 def test_a_page_on_a_desk_shows_the_desk_beyond_its_edge_never_over_the_digit() -> None:
     """The "desk" kind: one edge, a corner or the whole sheet in view, the desk (one of DESKS)
     beyond; the page always covers the digit, with room to spare."""

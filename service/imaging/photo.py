@@ -61,6 +61,7 @@ RESIDUE_REACH = 5  # cells a side over which the paper's level is the least foun
 BOLD_INK = 0.2
 STEP_REACH = 4  # pixels (see paper_steps)
 STEP_OF_PAPER = 0.15
+STEP_BAND = 0.025  # of the shorter side, on each side of a step (see paper_steps)
 EDGE_SHARE = 0.8  # a piece with this share of its pixels on a step of the paper is the step
 SHADOW_INK = 0.12  # a region this dark and deep is a shadow (see _has_shadow)
 TOPHAT_OF_SIDE = 5
@@ -349,11 +350,17 @@ def paper_steps(paper: np.ndarray) -> np.ndarray:
     """Where the paper's level (`paper_level`) changes by STEP_OF_PAPER of itself within
     STEP_REACH pixels: a page's edge against the desk beyond it, a table's, a sharp shadow's
     edge. Light falling off across a page changes it far more gently. Marks lying along
-    such a step are the step (the paper level lags behind it), not strokes."""
+    such a step are the step, not strokes: the paper level lags behind it, so the desk
+    along a page's edge looks dark against the page's level over a band STEP_BAND of the
+    shorter side wide, and the band is part of the step."""
     size = 2 * STEP_REACH + 1
     high = ndi.maximum_filter(paper, size=size, mode="nearest")
     low = -ndi.maximum_filter(-paper, size=size, mode="nearest")
-    return np.asarray(high - low > STEP_OF_PAPER * np.maximum(high, DIM_PAPER))
+    steps = high - low > STEP_OF_PAPER * np.maximum(high, DIM_PAPER)
+    band = 2 * round(STEP_BAND * min(paper.shape)) + 1
+    if band == 1 or not steps.any():
+        return np.asarray(steps)
+    return np.asarray(ndi.maximum_filter(steps.astype(np.uint8), size=band) > 0)
 
 
 def _narrow_darkness(gray: np.ndarray, paper: np.ndarray | np.float32) -> np.ndarray:
