@@ -1138,16 +1138,23 @@ def _never_the_digit(piece: Component, labels: np.ndarray) -> bool:
 
 
 def _runs_out_of_frame(piece: Component, shape: tuple[int, int]) -> bool:
-    """A piece reaching two sides of the frame, to one side of the picture (its box's centre
-    in the outer fifth across or down, as `_is_desk`): a page's edge or its shadow cutting
-    a corner, a desk's strip from top to bottom, a line running on beyond the picture. A
-    digit a crop cuts is cut on one side, or fills the crop and is centred in it. Left out
-    of the candidates only: a thin line there is no reason to read the picture again."""
+    """A piece reaching two sides of the frame, to one side of the picture (`_aside`, as
+    for `_is_desk`): a page's edge or its shadow cutting a corner, a desk's strip from top
+    to bottom, a line running on beyond the picture. A digit a crop cuts is cut on one
+    side, or fills the crop and is centred in it. Left out of the candidates only: a thin
+    line there is no reason to read the picture again."""
+    h, w = shape
+    sides = (piece.top == 0) + (piece.left == 0) + (piece.bottom == h) + (piece.right == w)
+    return sides >= 2 and _aside(piece, shape)
+
+
+def _aside(piece: Component, shape: tuple[int, int]) -> bool:
+    """Whether a piece's box is centred in the outer fifth of the picture, across or down
+    (DESK_ASIDE): a bold digit filling a tight crop is centred in it."""
     h, w = shape
     across = abs((piece.left + piece.right) / 2 / w - 0.5)
     down = abs((piece.top + piece.bottom) / 2 / h - 0.5)
-    sides = (piece.top == 0) + (piece.left == 0) + (piece.bottom == h) + (piece.right == w)
-    return max(across, down) >= DESK_ASIDE and sides >= 2
+    return max(across, down) >= DESK_ASIDE
 
 
 def _is_desk(piece: Component, labels: np.ndarray) -> bool:
@@ -1157,9 +1164,7 @@ def _is_desk(piece: Component, labels: np.ndarray) -> bool:
     the outer fifth across or down: a bold digit filling a tight crop is centred) and fills
     much of its box (DESK_FILL: a corner's triangle half of it; strokes far less)."""
     h, w = int(labels.shape[0]), int(labels.shape[1])
-    across = abs((piece.left + piece.right) / 2 / w - 0.5)
-    down = abs((piece.top + piece.bottom) / 2 / h - 0.5)
-    if max(across, down) < DESK_ASIDE or piece.area < DESK_FILL * piece.height * piece.width:
+    if not _aside(piece, (h, w)) or piece.area < DESK_FILL * piece.height * piece.width:
         return False
     sides = (
         (piece.top == 0, labels[0, piece.left : piece.right], w),

@@ -31,7 +31,7 @@ Image.MAX_IMAGE_PIXELS = None
 # A colour JPEG is decoded straight to gray, all the reading uses (photo.luminance):
 # libjpeg outputs its Y channel (Pillow's RGB -> L weights, within a level) and skips the
 # chroma's inverse DCT, upsampling and colour conversion, and one channel is shrunk, not
-# three: 16.4 -> 13.6 ms of decoding for a 12 MP phone photo at 1/8 scale.
+# three (loadtest/bench_photo.py measures what a 12 MP photo costs).
 # The second, finer look at a picture where nothing was found (read_upload): a digit 3% of
 # a phone photo's height is ~17 pixels tall there, its fine pen's strokes a pixel or two.
 FINER_SIDE = 768
