@@ -452,6 +452,46 @@ def test_the_desk_along_a_page_edge_is_part_of_the_step(
     assert read_upload(picture.data, LIMITS).pixels.max() > 200
 
 
+# A bold '7' on an 8x8 grid of ink levels (0..16, as UCI's optical digits are stored),
+# its bar against the top of the frame and its corner against the right.
+BOLD_SEVEN_8X8 = np.array(
+    [
+        [0, 0, 0, 8, 16, 16, 16, 12],
+        [0, 0, 4, 14, 14, 14, 16, 12],
+        [0, 0, 0, 0, 0, 12, 16, 10],
+        [0, 0, 0, 0, 6, 16, 12, 0],
+        [0, 0, 0, 2, 16, 14, 0, 0],
+        [0, 0, 0, 10, 16, 6, 0, 0],
+        [0, 0, 2, 16, 12, 0, 0, 0],
+        [0, 0, 6, 16, 4, 0, 0, 0],
+    ]
+)
+
+
+@pytest.mark.parametrize("size", [28, 56, 112])
+def test_no_band_is_grown_around_a_step_deeper_than_an_edge(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upscaled (bicubic) from 8x8, the '7' is wider and softer than the paper level's
+    closing fills in: the crop reads as a photo and the paper level follows the strokes,
+    changing as steeply as at a page's edge but over a region far deeper than an edge's.
+    No band is grown around that (STEP_DEPTH): it took in the strokes the level had not
+    followed (a UCI '7' this bold was refused). A page's edge still has its band."""
+    ink = (255 - BOLD_SEVEN_8X8 * 255 / 16).astype(np.uint8)
+    image = Image.fromarray(ink).resize((size, size), Image.Resampling.BICUBIC)
+    gray = photo.luminance(photo.enlarge(photo.shrink(image, photo.ANALYSIS_SIDE)))
+    level = photo.paper_level(gray)
+    steps = photo.paper_steps(level)
+    edge = paper(192, 256, 0.85)
+    edge[:, 180:] = 0.45
+    edge_steps = photo.paper_steps(photo.paper_level(edge))
+    monkeypatch.setattr(photo, "STEP_BAND", 0.0)
+    assert photo.measure_ink(gray)[1]  # the paper estimated locally
+    raw = photo.paper_steps(level)
+    assert raw.any() and np.array_equal(steps, raw)
+    assert edge_steps.sum() > photo.paper_steps(photo.paper_level(edge)).sum()
+
+
 def test_a_page_on_a_desk_shows_the_desk_beyond_its_edge_never_over_the_digit() -> None:
     """The "desk" kind: one edge, a corner or the whole sheet in view, the desk (one of DESKS)
     beyond; the page always covers the digit, with room to spare."""

@@ -62,6 +62,7 @@ BOLD_INK = 0.2
 STEP_REACH = 4  # pixels (see paper_steps)
 STEP_OF_PAPER = 0.15
 STEP_BAND = 0.025  # of the shorter side, on each side of a step (see paper_steps)
+STEP_DEPTH = 6  # cells of the paper's grid: a step deeper than this is no edge's (paper_steps)
 EDGE_SHARE = 0.8  # a piece with this share of its pixels on a step of the paper is the step
 SHADOW_INK = 0.12  # a region this dark and deep is a shadow (see _has_shadow)
 TOPHAT_OF_SIDE = 5
@@ -352,15 +353,24 @@ def paper_steps(paper: np.ndarray) -> np.ndarray:
     edge. Light falling off across a page changes it far more gently. Marks lying along
     such a step are the step, not strokes: the paper level lags behind it, so the desk
     along a page's edge looks dark against the page's level over a band STEP_BAND of the
-    shorter side wide, and the band is part of the step."""
+    shorter side wide, and the band is part of the step. Only an edge's step is widened: a
+    step reaching deeper than STEP_DEPTH cells of the grid is a region (a sharp shadow's,
+    or the paper level following something too wide for its closing: a bold, blurred
+    digit filling a tight crop), and a band around it would take in that digit's
+    strokes."""
     size = 2 * STEP_REACH + 1
     high = ndi.maximum_filter(paper, size=size, mode="nearest")
     low = -ndi.maximum_filter(-paper, size=size, mode="nearest")
-    steps = high - low > STEP_OF_PAPER * np.maximum(high, DIM_PAPER)
+    steps = np.asarray(high - low > STEP_OF_PAPER * np.maximum(high, DIM_PAPER))
     band = 2 * round(STEP_BAND * min(paper.shape)) + 1
     if band == 1 or not steps.any():
-        return np.asarray(steps)
-    return np.asarray(ndi.maximum_filter(steps.astype(np.uint8), size=band) > 0)
+        return steps
+    labels, count = ndi.label(steps)
+    depths = np.zeros(count + 1)
+    np.maximum.at(depths, labels[steps], ndi.distance_transform_edt(steps)[steps])
+    cell = max(paper.shape) / PAPER_GRID
+    edges = np.isin(labels, np.flatnonzero(depths[1:] <= STEP_DEPTH * cell) + 1)
+    return np.asarray(steps | (ndi.maximum_filter(edges.astype(np.uint8), size=band) > 0))
 
 
 def _narrow_darkness(gray: np.ndarray, paper: np.ndarray | np.float32) -> np.ndarray:
