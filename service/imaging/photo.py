@@ -107,6 +107,8 @@ MIN_DIGIT_PIXELS = 8
 # MNIST strokes are about 2.5 pixels wide in the 20x20 box; thinner pen strokes are widened.
 MNIST_STROKE = 2.5
 FLATTEST_DIGIT = 0.4  # height / width: even a wide '2' or '7' is taller than this
+PAGE_HOLE = 0.5  # an empty page's outline encloses this much of its box, or more ...
+HULL_TOLERANCE = 0.03  # ... in a hole with four corners at this tolerance (of its size)
 BLOB_THICKNESS = 0.65  # a piece this thick for its length is a stain, not strokes
 # A digit on paper is most of the picture's ink (once ruled lines, stains and frame edges are
 # set aside): when more than this fraction of it lies outside the digit found, the picture is
@@ -839,15 +841,19 @@ def _is_band(piece: Component, shape: tuple[int, int]) -> bool:
 
 
 def _is_outline(
-    piece: Component, pieces: list[Component], shape: tuple[int, int], min_side: float
+    piece: Component,
+    pieces: list[Component],
+    labels: np.ndarray,
+    min_side: float,
 ) -> bool:
     """The outline of a page lying on a desk (or of a box drawn around the digit): spanning
     LINE_SPAN of the picture both ways, around another piece a digit's size that lies wholly
-    within it. No digit holds another one inside (a '0' large enough holds specks at most)."""
-    h, w = shape
+    within it (no digit holds another one inside: a '0' large enough holds specks at most),
+    or around nothing but a straight-sided hole (`_encloses_a_page`)."""
+    h, w = int(labels.shape[0]), int(labels.shape[1])
     if piece.height < LINE_SPAN * h or piece.width < LINE_SPAN * w:
         return False
-    return any(
+    return _encloses_a_page(piece, labels) or any(
         other is not piece
         and max(other.height, other.width) >= min_side
         and other.top > piece.top
@@ -856,6 +862,77 @@ def _is_outline(
         and other.right < piece.right
         for other in pieces
     )
+
+
+def _encloses_a_page(piece: Component, labels: np.ndarray) -> bool:
+    """Whether a piece holds a hole over PAGE_HOLE of its box whose outline has four
+    corners (its hull simplified to within HULL_TOLERANCE of its size): an empty page's
+    outline, its edges and shadow seen whole on a desk. A '0''s hole is rounded (nine
+    corners and more at that tolerance, over at most two fifths of its box)."""
+    ink = labels[piece.top : piece.bottom, piece.left : piece.right] == piece.label
+    ground, count = ndi.label(~np.pad(ink, 1))
+    if count < 2:
+        return False
+    sizes = np.bincount(ground.ravel())
+    sizes[0] = sizes[ground[0, 0]] = 0  # the outside
+    hole = ground == int(sizes.argmax())
+    if int(sizes.max()) < PAGE_HOLE * ink.size:
+        return False
+    return len(_corners(_hull(hole))) <= 4
+
+
+def _hull(mask: np.ndarray) -> np.ndarray:
+    """The convex hull of a mask's pixels (row, column), in order (Andrew's monotone chain
+    over each row's first and last pixel)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    first = mask[rows].argmax(axis=1)
+    last = mask.shape[1] - 1 - mask[rows, ::-1].argmax(axis=1)
+    ends = zip(rows.tolist() * 2, first.tolist() + last.tolist(), strict=True)
+    points = sorted(set(ends))
+
+    def turn(o: tuple[int, int], a: tuple[int, int], b: tuple[int, int]) -> int:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    chain: list[tuple[int, int]] = []
+    for sweep in (points, points[::-1]):
+        start = len(chain)
+        for point in sweep:
+            while len(chain) >= start + 2 and turn(chain[-2], chain[-1], point) <= 0:
+                chain.pop()
+            chain.append(point)
+        chain.pop()
+    return np.array(chain, dtype=np.float64)
+
+
+def _corners(hull: np.ndarray) -> list[int]:
+    """The corners left of a closed polygon simplified (Douglas-Peucker) to within
+    HULL_TOLERANCE of its size: split at its two farthest-apart vertices, each half
+    simplified alone."""
+    if len(hull) < 4:
+        return list(range(len(hull)))
+    tolerance = HULL_TOLERANCE * float(np.ptp(hull, axis=0).max())
+    distances = ((hull[:, None, :] - hull[None, :, :]) ** 2).sum(axis=-1)
+    a, b = sorted(np.unravel_index(int(distances.argmax()), distances.shape))
+    halves = (np.arange(a, b + 1), np.concatenate([np.arange(b, len(hull)), np.arange(a + 1)]))
+    corners: list[int] = []
+    for half in halves:
+        corners += [int(half[i]) for i in _simplified(hull[half], tolerance)[:-1]]
+    return corners
+
+
+def _simplified(line: np.ndarray, tolerance: float) -> list[int]:
+    """Douglas-Peucker: the indices of an open polyline's vertices kept at `tolerance`."""
+    start, end = line[0], line[-1]
+    direction = end - start
+    length = max(float(np.hypot(*direction)), 1e-9)
+    offsets = line - start
+    distance = np.abs(direction[0] * offsets[:, 1] - direction[1] * offsets[:, 0]) / length
+    far = int(distance.argmax())
+    if len(line) < 3 or distance[far] <= tolerance:
+        return [0, len(line) - 1]
+    before = _simplified(line[: far + 1], tolerance)
+    after = _simplified(line[far:], tolerance)
+    return before[:-1] + [far + i for i in after]
 
 
 def _is_blob(piece: Component, labels: np.ndarray) -> bool:
@@ -896,7 +973,7 @@ def select_digit(
         and not _is_blob(p, labels)
         and not _is_band(p, shape)
     ]
-    usable = [p for p in usable if not _is_outline(p, usable, shape, min_side)]
+    usable = [p for p in usable if not _is_outline(p, usable, labels, min_side)]
     inside = [p for p in usable if not _is_frame_artifact(p, shape)]
     big_inside = [p for p in inside if max(p.height, p.width) >= min_side]
     # A picture cropped tightly around its digit has the digit touching the frame: pieces at
