@@ -8,7 +8,8 @@ The same photos also go to a server of an earlier revision (`--against`, by defa
 whose 27.0 ms the photo issue took as its baseline), extracted with `git archive` and run
 from the same virtual environment, in alternating rounds: this machine's speed drifts by a
 tenth from one hour to the next, so only a ratio measured in one run says what the
-current code costs against it.
+current code costs against it. The two servers take turns going first (ABBA), so that
+neither always runs on a machine the other has just warmed or loaded.
 
     python -m loadtest.bench_photo            # writes loadtest/results/bench_photo.md
 """
@@ -117,9 +118,11 @@ def run(count: int, seed: int, against: str | None, rounds: int) -> dict[str, ob
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-photo-") as scratch:
         base_tree = checkout(against, Path(scratch) / "baseline") if against else None
         for n in range(rounds):
+            turns = [("c", ROOT, current)]
             if base_tree is not None:
-                baseline.append(serve_photos(base_tree, Path(scratch) / f"b{n}", photos))
-            current.append(serve_photos(ROOT, Path(scratch) / f"c{n}", photos))
+                turns.insert(n % 2, ("b", base_tree, baseline))  # ABBA: each goes first in turn
+            for name, tree, results in turns:
+                results.append(serve_photos(tree, Path(scratch) / f"{name}{n}", photos))
     ours = float(np.median([r["cpu_ms"] for r in current]))
     theirs = float(np.median([r["cpu_ms"] for r in baseline])) if baseline else None
     return {
@@ -172,7 +175,8 @@ def render(result: dict[str, object], command: str) -> str:
             f"{result['count']} JPEGs of 4032x3024 pixels (quality 92, "
             f"{min(sizes):.1f}-{max(sizes):.1f} MB) rendered by training/photos.py, sent one "
             "at a time to POST /classify_image (multipart) of a real `bentoml serve` with the "
-            "committed models, after 3 warm-up requests; a fresh server each round.",
+            "committed models, after 3 warm-up requests; a fresh server each round, the two "
+            "revisions taking turns to go first.",
             "",
             "| measure | value |",
             "| --- | ---: |",
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_photo", description=__doc__)
     parser.add_argument("--count", type=int, default=30)
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6, help="an even number: ABBA")
     parser.add_argument(
         "--against",
         default=BASELINE,
