@@ -853,7 +853,7 @@ def _is_outline(
     h, w = int(labels.shape[0]), int(labels.shape[1])
     if piece.height < LINE_SPAN * h or piece.width < LINE_SPAN * w:
         return False
-    return _encloses_a_page(piece, labels) or any(
+    return any(
         other is not piece
         and max(other.height, other.width) >= min_side
         and other.top > piece.top
@@ -861,7 +861,7 @@ def _is_outline(
         and other.left > piece.left
         and other.right < piece.right
         for other in pieces
-    )
+    ) or _encloses_a_page(piece, labels)
 
 
 def _encloses_a_page(piece: Component, labels: np.ndarray) -> bool:
@@ -870,15 +870,10 @@ def _encloses_a_page(piece: Component, labels: np.ndarray) -> bool:
     outline, its edges and shadow seen whole on a desk. A '0''s hole is rounded (nine
     corners and more at that tolerance, over at most two fifths of its box)."""
     ink = labels[piece.top : piece.bottom, piece.left : piece.right] == piece.label
-    ground, count = ndi.label(~np.pad(ink, 1))
-    if count < 2:
+    ground, areas = _holes(ink)
+    if int(areas.max()) < PAGE_HOLE * ink.size:
         return False
-    sizes = np.bincount(ground.ravel())
-    sizes[0] = sizes[ground[0, 0]] = 0  # the outside
-    hole = ground == int(sizes.argmax())
-    if int(sizes.max()) < PAGE_HOLE * ink.size:
-        return False
-    return len(_corners(_hull(hole))) <= 4
+    return len(_corners(_hull(ground == int(areas.argmax())))) <= 4
 
 
 def _hull(mask: np.ndarray) -> np.ndarray:
@@ -1071,16 +1066,21 @@ def refuse_scattered_ink(
 
 
 def enclosed_holes(ink: np.ndarray, min_area: float) -> int:
-    """How many regions of background the ink encloses (4-connected, so that a diagonal gap
-    in an 8-connected stroke does not open a hole), of at least `min_area` pixels."""
-    ground, count = ndi.label(~np.pad(ink, 1))
-    if count == 0:
-        return 0
-    areas = np.bincount(ground.ravel(), minlength=count + 1)
-    outside = np.unique(np.concatenate([ground[0], ground[-1], ground[:, 0], ground[:, -1]]))
-    areas[outside] = 0
-    areas[0] = 0
+    """How many regions of background the ink encloses (see `_holes`), of at least
+    `min_area` pixels."""
+    _, areas = _holes(ink)
     return int((areas >= min_area).sum())
+
+
+def _holes(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The regions of background the ink encloses (4-connected, so that a diagonal gap in
+    an 8-connected stroke does not open a hole): their labels over the ink padded by one
+    pixel, and each label's area (0 for the ink and the outside)."""
+    ground, count = ndi.label(~np.pad(ink, 1))
+    areas = np.bincount(ground.ravel(), minlength=count + 1)
+    areas[ground[0, 0]] = 0  # the padding joins all of the outside into one region
+    areas[0] = 0
+    return ground, areas
 
 
 def refuse_meshes(chosen: list[Component], labels: np.ndarray) -> None:
