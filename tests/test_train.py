@@ -260,6 +260,36 @@ def test_augmenter_warps_deterministically_and_keeps_the_background(mnist_root: 
     assert abs((a > 1).sum().item() / (x > 1).sum().item() - 1) < 0.25
 
 
+def test_shapes_vary_the_writers_hand_on_the_chosen_share_only(mnist_root: Path) -> None:
+    """--shapes adds slant, elastic bending and restroking to that share of the images: the
+    others are warped exactly as plain --augment warps them, the chosen differ, thickened
+    and thinned strokes keep full darkness and the background stays the background."""
+    from training import data as D
+
+    x = D.normalize_images(D.load_mnist_split(mnist_root, train=False).images[:64])
+    plain = train.Augmenter(5)(x)
+    none = train.Augmenter(5, shapes=0.0)(x)
+    assert torch.equal(plain, none)
+    every = train.Augmenter(5, shapes=1.0)(x)
+    assert torch.equal(every, train.Augmenter(5, shapes=1.0)(x))  # seeded
+    differs = (every - plain).abs().flatten(1).amax(1) > 0.5
+    assert differs.float().mean() > 0.9
+    background = (0 - D.MNIST_MEAN) / D.MNIST_STD
+    assert torch.allclose(every[:, 0, 0], torch.full((64,), background), atol=1e-4)
+    # strokes keep full darkness: every image's brightest pixel within 15% of the plain one's
+    ratio = (every - background).flatten(1).amax(1) / (plain - background).flatten(1).amax(1)
+    assert ratio.min() > 0.85 and ratio.max() < 1.15
+    # widths vary both ways: some images have clearly more ink, some clearly less
+    ink = lambda z: ((z - background) > 1.0).flatten(1).sum(1).float()  # noqa: E731
+    change = ink(every) / ink(plain).clamp_min(1)
+    assert (change > 1.15).any() and (change < 0.87).any()
+
+
+def test_shapes_needs_augment(mnist_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--shapes varies the --augment warps"):
+        run_mnist(mnist_root, tmp_path / "s", "--epochs", "1", "--shapes", "0.5")
+
+
 def test_augment_flag_changes_training(mnist_root: Path, tmp_path: Path) -> None:
     plain = run_mnist(mnist_root, tmp_path / "p", "--epochs", "1", "--seed", "1")
     warped = run_mnist(mnist_root, tmp_path / "w", "--epochs", "1", "--seed", "1", "--augment")

@@ -102,6 +102,7 @@ class MnistRunConfig(RunConfig):
     bidirectional: bool
     val_size: int  # validation images held out of train, 0 for min(5000, 10%)
     augment: bool  # random small affine warps of training batches
+    shapes: float  # share of augmented images also slanted, elastically bent, restroked
     photos: float  # fraction of training digits also rendered as photos/scans, 0 for none
     init_from: str | None  # weights to fine-tune from: a best.pt or an exported model.ts
     download: bool
@@ -115,6 +116,10 @@ class MnistRunConfig(RunConfig):
                 "--dropout acts between recurrent layers; with --layers 1 it would do "
                 "nothing: use --layers 2 or more, or leave --dropout at 0"
             )
+        if not 0 <= self.shapes <= 1:
+            raise ConfigError("--shapes is a share of the training images: 0..1")
+        if self.shapes and not self.augment:
+            raise ConfigError("--shapes varies the --augment warps: give --augment too")
         if not 0 <= self.photos <= 1:
             raise ConfigError("--photos is a fraction of the training digits: 0..1")
         if self.init_from and not Path(self.init_from).is_file():

@@ -39,14 +39,29 @@ class Augmenter:
     MNIST models that read rows are sensitive to exact placement; mild jitter of the kind
     handwriting has anyway is the cheapest way to close part of the validation-to-test gap.
     Works on normalized images: the background value is restored where the warp pads.
+
+    With `shapes` > 0, that share of the images also gets what varies between writers and
+    pens rather than between placements (the photo stage's digits are all MNIST's writers,
+    re-drawn): a slant (shear), an elastic distortion (a smooth random displacement field,
+    Simard et al. 2003) and a stroke made thicker or thinner (a grey dilation or erosion,
+    blended in part). The reading normalizes size and position but not a writer's hand.
     """
 
     def __init__(
-        self, seed: int, degrees: float = 10.0, shift: float = 2.0, scale: float = 0.1
+        self,
+        seed: int,
+        degrees: float = 10.0,
+        shift: float = 2.0,
+        scale: float = 0.1,
+        shapes: float = 0.0,
+        slant: float = 0.3,
+        elastic: float = 2.0,
     ) -> None:
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.degrees, self.shift, self.scale = degrees, shift, scale
+        self.shapes, self.slant, self.elastic = shapes, slant, elastic
         self.background = (0.0 - D.MNIST_MEAN) / D.MNIST_STD
+        self.smoothing = _gaussian_kernel(sigma=4.0, radius=8)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, 28, 28) normalized -> same shape, warped
@@ -61,12 +76,59 @@ class Augmenter:
                 torch.stack([sin, cos, rand[:, 3] * self.shift * 2 / 28], dim=1),
             ],
             dim=1,
-        ).to(x.device)  # (B, 2, 3)
-        grid = F.affine_grid(theta, [batch, 1, 28, 28], align_corners=False)
+        )  # (B, 2, 3)
+        chosen = torch.zeros(batch, dtype=torch.bool)
+        if self.shapes > 0:
+            chosen = torch.rand(batch, generator=self.generator) < self.shapes
+            shear = (torch.rand(batch, generator=self.generator) * 2 - 1) * self.slant
+            theta[:, 0, 1] += torch.where(chosen, shear, torch.zeros_like(shear))
+        grid = F.affine_grid(theta.to(x.device), [batch, 1, 28, 28], align_corners=False)
+        if chosen.any():
+            grid = grid + self._displacement(chosen).to(x.device)
         warped = F.grid_sample(
             (x - self.background).unsqueeze(1), grid, align_corners=False, padding_mode="zeros"
         )
+        if chosen.any():
+            warped = self._restroked(warped, chosen.to(x.device))
         return warped.squeeze(1) + self.background
+
+    def _displacement(self, chosen: torch.Tensor) -> torch.Tensor:
+        """(B, 28, 28, 2) offsets in grid units: smoothed uniform noise scaled so its largest
+        offset is up to `elastic` pixels, zero for the images not chosen."""
+        batch = chosen.shape[0]
+        noise = torch.rand(batch * 2, 1, 28, 28, generator=self.generator) * 2 - 1
+        pad = self.smoothing.shape[-1] // 2
+        smooth = F.conv2d(F.pad(noise, (pad, pad, pad, pad), mode="reflect"), self.smoothing)
+        smooth = smooth.view(batch, 2, 28, 28)
+        peak = smooth.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+        size = torch.rand(batch, 1, 1, 1, generator=self.generator) * self.elastic
+        offsets = smooth / peak * size * chosen.view(batch, 1, 1, 1) * (2 / 28)
+        return offsets.permute(0, 2, 3, 1)
+
+    def _restroked(self, ink: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """Strokes thickened (half of the chosen) or thinned (the other half) by a 3x3 grey
+        dilation or erosion, blended in by a random share so widths vary continuously; a
+        thinned digit is brought back to its darkest value, as the reading scales ink so
+        strokes reach full darkness (it never hands the model a faint digit)."""
+        batch = ink.shape[0]
+        draw = torch.rand(batch, 2, generator=self.generator).to(ink.device)
+        thicker = F.max_pool2d(ink, 3, stride=1, padding=1)
+        thinner = -F.max_pool2d(-ink, 3, stride=1, padding=1)
+        thicken = (draw[:, 0] < 0.5).view(batch, 1, 1, 1)
+        share = (draw[:, 1] * chosen).view(batch, 1, 1, 1)
+        share = torch.where(thicken, share, share * 0.6)
+        mixed = ink + share * (torch.where(thicken, thicker, thinner) - ink)
+        peak = ink.amax(dim=(1, 2, 3), keepdim=True)
+        mixed_peak = mixed.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+        return torch.where(thicken, mixed, mixed * (peak / mixed_peak))
+
+
+def _gaussian_kernel(sigma: float, radius: int) -> torch.Tensor:
+    """(1, 1, 2r+1, 2r+1) normalized Gaussian for smoothing displacement fields."""
+    steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    line = torch.exp(-(steps**2) / (2 * sigma**2))
+    kernel = torch.outer(line, line)
+    return (kernel / kernel.sum()).view(1, 1, 2 * radius + 1, 2 * radius + 1)
 
 
 def with_photos(
@@ -152,7 +214,7 @@ def train_mnist(config: MnistRunConfig, rt: Runtime, run_dir: Path) -> RunReport
         "normalization": {"mean": D.MNIST_MEAN, "std": D.MNIST_STD, "scale": 1 / 255},
     }
     # each rank warps its own batches differently (and the same way on every rerun)
-    augment = Augmenter(config.seed + rt.rank) if config.augment else None
+    augment = Augmenter(config.seed + rt.rank, shapes=config.shapes) if config.augment else None
     result = fit(
         model,
         D.to_dataset(train),

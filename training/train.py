@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="random small rotations/scalings/shifts of training images",
     )
     mnist.add_argument(
+        "--shapes",
+        type=float,
+        default=0.0,
+        help="with --augment, this share of the images is also slanted, bent elastically "
+        "and drawn with thicker or thinner strokes (writers and pens, 0: none)",
+    )
+    mnist.add_argument(
         "--photos",
         type=float,
         default=0.0,
