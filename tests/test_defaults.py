@@ -73,6 +73,7 @@ def test_defaults_all_trains_exports_and_summarizes(
         hyper = card.data["training"]["hyperparameters"]
         assert hyper["init_from"] == str(tmp_path / "runs" / name / "best.pt")
         assert hyper["photos"] == 0.05 and "photo/scan renders" in card.data["metrics"]["val_split"]
+        assert hyper["shapes"] == 0.3 and hyper["augment"]
         assert 0 < card.data["calibration"]["confidence_threshold"] <= 1
     assert {c.data["export"]["onnx"]["exporter"] for c in cards} == {"legacy"}
     captured = capsys.readouterr()
