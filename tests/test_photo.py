@@ -285,6 +285,34 @@ def test_a_dark_band_among_ruled_lines_does_not_make_strokes_count_as_print() ->
     assert faint_ones[40:42, 200:215].all()
 
 
+def test_strips_of_desk_along_the_frame_are_no_paper_lines() -> None:
+    """A page filling most of the frame, the desk beyond its edge a thin dark strip along
+    the frame's bottom, found as lines (in pieces where the edge is slanted). Taken for the
+    paper's rules, their darkness made the pen's stroke, darker than paper but lighter
+    than the desk, "as faint as the lines", and the digit went with them ("no visible
+    digit" on a clear digit). Lines along the frame's side parallel to them are not
+    counted; the same lines inside the page still are."""
+    shape = (192, 256)
+    dark = np.zeros(shape, dtype=np.float32)
+    kept = np.zeros(shape, dtype=bool)
+    kept[60:120, 100:104] = True  # a pen stroke
+    dark[60:120, 100:104] = 0.5
+
+    def strips(rows: slice) -> np.ndarray:
+        lines = np.zeros(shape, dtype=bool)
+        for left in (0, 90, 180):  # three pieces of one slanted edge
+            lines[rows, left : left + 76] = True
+        return lines
+
+    at_frame = strips(slice(186, 192))
+    dark[at_frame] = 0.73
+    none = np.zeros(shape, dtype=bool)
+    assert not photo._as_faint_as_lines(kept, at_frame, none, dark).any()
+    inside = strips(slice(150, 156))
+    dark[inside] = 0.73
+    assert photo._as_faint_as_lines(kept, inside, none, dark)[60:120, 100:104].all()
+
+
 def test_a_desk_corner_in_view_does_not_hide_a_faint_pen() -> None:
     """A page's corner with the desk beyond it, dark and solid at the frame: its darkness set
     the picture's ink level, which a faint, thin pen then fell short of, and the corner was

@@ -657,15 +657,18 @@ def _as_faint_as_lines(
     own median darkness (the lines of each direction, 8-connected), so that one dark band
     found among them (a page's edge against the desk, a table's) counts once, not by its
     pixels. Judged only on paper with MIN_PAPER_LINES lines or more: a single long straight
-    'line' may be a stroke of a large digit."""
+    'line' may be a stroke of a large digit. Lines along the frame's side parallel to them
+    (`_along_the_frame`: a strip of desk beyond the page, found in pieces) are no paper's
+    rules: counted, they made a pen darker than the paper but lighter than the desk go."""
     medians: list[float] = []
-    for found in (horizontal, vertical):
+    for found, axis in ((horizontal, 1), (vertical, 0)):
         if found.any():
             per_line = _line_darkness(found, dark)
             labels, count = ndi.label(found, structure=np.ones((3, 3), dtype=bool))
             first = np.zeros(count + 1, dtype=np.float32)
             first[labels[found]] = per_line[found]
-            medians.extend(float(m) for m in first[1:])
+            at_frame = _along_the_frame(labels, count, axis)
+            medians.extend(float(m) for i, m in enumerate(first[1:], 1) if i not in at_frame)
     if len(medians) < MIN_PAPER_LINES:
         return np.zeros(kept.shape, dtype=bool)
     typical = float(np.median(medians))
@@ -677,6 +680,16 @@ def _as_faint_as_lines(
     faint = sums / areas < PIECE_OVER_LINE * typical
     faint[0] = False
     return faint[labels]
+
+
+def _along_the_frame(labels: np.ndarray, count: int, axis: int) -> set[int]:
+    """The lines (of `labels`, running along `axis`) that reach the frame's side parallel
+    to them: a strip of desk beyond the page's edge, or the edge's shadow, found as a line
+    because it is long, straight and thin enough. Paper's rules run across the picture
+    from one side to the other, within it."""
+    ends = (labels[0, :], labels[-1, :]) if axis == 1 else (labels[:, 0], labels[:, -1])
+    touching = np.unique(np.concatenate(ends))
+    return {int(i) for i in touching if 0 < i <= count}
 
 
 def _continued_by_faint_lines(kept: np.ndarray, faint: np.ndarray) -> np.ndarray:
