@@ -77,8 +77,9 @@ DEFAULT_MODELS: dict[str, list[str]] = {
 # --shapes 0.3: writers' and pens' variation on a share of the images (slant, elastic bend,
 # thicker or thinner strokes): UCI digits 93.3-94.3% -> 96.3-97.0% with t10k held at 99.50%;
 # 0.5 reached 96.3-97.3% but cost t10k (99.49%) (loadtest/results/shapes_stage.md).
-PHOTO_FINE_TUNE = ["--photos", "0.5", "--shapes", "0.3", "--epochs", "4", "--lr", "3e-4"]
-PHOTO_FINE_TUNE += ["--patience", "0"]
+PHOTO_FINE_TUNE = [
+    "--photos", "0.5", "--shapes", "0.3", "--epochs", "4", "--lr", "3e-4", "--patience", "0",
+]  # fmt: skip
 # Only the default classifier has the photo stage: the same stage cost mnist-rnn and
 # mnist-birnn 0.08 and 0.13 points of MNIST t10k accuracy (99.02%, 99.09%), so they stay
 # MNIST-only until a longer stage keeps their accuracy.

@@ -667,7 +667,7 @@ def _as_faint_as_lines(
             labels, count = ndi.label(found, structure=np.ones((3, 3), dtype=bool))
             first = np.zeros(count + 1, dtype=np.float32)
             first[labels[found]] = per_line[found]
-            at_frame = _along_the_frame(labels, count, axis)
+            at_frame = _along_the_frame(labels, axis)
             medians.extend(float(m) for i, m in enumerate(first[1:], 1) if i not in at_frame)
     if len(medians) < MIN_PAPER_LINES:
         return np.zeros(kept.shape, dtype=bool)
@@ -682,14 +682,14 @@ def _as_faint_as_lines(
     return faint[labels]
 
 
-def _along_the_frame(labels: np.ndarray, count: int, axis: int) -> set[int]:
+def _along_the_frame(labels: np.ndarray, axis: int) -> set[int]:
     """The lines (of `labels`, running along `axis`) that reach the frame's side parallel
     to them: a strip of desk beyond the page's edge, or the edge's shadow, found as a line
     because it is long, straight and thin enough. Paper's rules run across the picture
     from one side to the other, within it."""
     ends = (labels[0, :], labels[-1, :]) if axis == 1 else (labels[:, 0], labels[:, -1])
     touching = np.unique(np.concatenate(ends))
-    return {int(i) for i in touching if 0 < i <= count}
+    return {int(i) for i in touching if i}  # 0: no line
 
 
 def _continued_by_faint_lines(kept: np.ndarray, faint: np.ndarray) -> np.ndarray:
